@@ -1,0 +1,431 @@
+"""Run configuration: YAML -> validated pydantic models, presets by name, ``--set`` overrides.
+
+A run's resolved configuration is one document::
+
+    protocol: {...}   # the protocol file (world, stream, phases, evaluation, record)
+    model:    {...}   # a model preset (models/<name>.yaml), validated by the model's config
+    rule:     {...}   # a rule preset (rules/<name>.yaml) + modifiers, validated by the rule
+    seed: 0
+    device: cpu
+
+Every error is a :class:`ConfigError` with one line naming the field path and the fix,
+e.g. ``protocol.phases[2].steps: must be > 0``.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from colsim import registry
+
+__all__ = [
+    "ConfigError", "Strict", "OptimizerConfig", "PhaseConfig", "StreamConfig", "EvaluationConfig",
+    "RecordConfig", "ProtocolConfig", "RunConfig", "load_yaml_text", "load_yaml_file", "resolve_run_config",
+    "apply_override", "format_validation_error", "validate_as", "rule_spec_to_config",
+]
+
+
+class ConfigError(ValueError):
+    """Bad user input (file, field, name). The CLI prints it on one line and exits 2."""
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ------------------------------------------------------------------------------------------
+# error formatting
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _message(err: dict) -> str:
+    t, ctx = err["type"], err.get("ctx") or {}
+    if t == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if t == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if t == "less_than":
+        return f"must be < {ctx['lt']}"
+    if t == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if t == "extra_forbidden":
+        return "unknown key (remove it or check its spelling)"
+    if t == "missing":
+        return "required field is missing"
+    if t == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    errs = exc.errors()
+    e = errs[0]
+    path = _loc(tuple(prefix.split(".")) + tuple(e["loc"]) if prefix else tuple(e["loc"]))
+    more = f" (and {len(errs) - 1} more error{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
+    return f"{path}: {_message(e)}{more}"
+
+
+def validate_as(cls: type, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: must be a mapping, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix)) from None
+
+
+# ------------------------------------------------------------------------------------------
+# YAML
+
+def load_yaml_text(text: str, source: str) -> dict:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}:{where}: malformed YAML ({problem})") from None
+    if not isinstance(doc, dict):
+        kind = "empty" if doc is None else type(doc).__name__
+        raise ConfigError(f"{source}: the document must be a mapping of keys to values, got {kind}")
+    return doc
+
+
+def load_yaml_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: file not found")
+    if not p.is_file():
+        raise ConfigError(f"{p}: not a file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    return load_yaml_text(text, str(p))
+
+
+# ------------------------------------------------------------------------------------------
+# protocol
+
+class OptimizerConfig(Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(4e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class PhaseConfig(Strict):
+    name: str
+    steps: int = Field(gt=0)
+    classes: Optional[list[int]] = None  # None: every class of the world
+    learn: bool = True
+    world: dict[str, Any] = Field(default_factory=dict)  # per-phase world overrides (action ranges, context)
+
+
+class StreamConfig(Strict):
+    batch: int = Field(32, gt=0)
+    episode_length: int = Field(8, ge=2)
+
+
+class EvaluationConfig(Strict):
+    probe_samples: int = Field(200, ge=10)  # episodes per probe set (one set per phase)
+    views: int = Field(4, ge=2)  # views per probe episode
+    at_start: bool = True  # evaluate before any training (needed for FWT)
+    every: Optional[int] = Field(None, gt=0)  # extra evaluations every N steps (besides phase ends)
+    batch: int = Field(256, gt=0)
+
+
+class RecordConfig(Strict):
+    metrics_every: int = Field(1, gt=0)
+    flush_every: int = Field(200, gt=0)
+    probe: bool = True  # write probe activity (z, z_agg, actions, labels) at each evaluation
+    enabled: bool = True
+
+
+class ProtocolConfig(Strict):
+    name: str
+    description: str = ""
+    world: dict[str, Any]
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    phases: list[PhaseConfig] = Field(min_length=1)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig)
+    model: str = "seqjepa_cnn"  # default model preset
+    rule: str = "backprop"  # default rule spec
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+
+class RunConfig(Strict):
+    protocol: ProtocolConfig
+    model: Any  # the model's own config instance (validated through the registry)
+    rule: Any  # RuleSpec (validated through the registry)
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return {
+            "protocol": self.protocol.model_dump(mode="json"),
+            "model": self.model.model_dump(mode="json"),
+            "rule": self.rule.model_dump(mode="json"),
+            "seed": self.seed,
+            "device": self.device,
+        }
+
+
+# ------------------------------------------------------------------------------------------
+# rule specs: "lpl", "lpl+metaplastic", partitions
+
+class RuleSpec(Strict):
+    """A validated rule: base ``config`` (or ``partition``) plus modifiers applied in order."""
+
+    name: str
+    config: Any = None  # base rule's config instance (None for partitions)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    partition: Optional[dict[str, "RuleSpec"]] = None
+    wrap: list[Any] = Field(default_factory=list)  # modifier config instances
+
+    def model_dump(self, **kw):  # noqa: D102 — nested configs are pydantic models of varying class
+        d: dict[str, Any] = {"name": self.name}
+        if self.partition is not None:
+            d["partition"] = {k: v.model_dump(**kw) for k, v in self.partition.items()}
+        else:
+            d.update(self.config.model_dump(**kw))
+        d["optimizer"] = self.optimizer.model_dump(**kw)
+        if self.wrap:
+            d["wrap"] = [w.model_dump(**kw) for w in self.wrap]
+        return d
+
+
+def rule_spec_to_config(data: Any, prefix: str = "rule") -> RuleSpec:
+    """Validate a rule section: ``{name, optimizer, <rule fields>, wrap: [...]}`` or ``{partition: {...}}``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    wrap = data.pop("wrap", []) or []
+    if not isinstance(wrap, list):
+        raise ConfigError(f"{prefix}.wrap: must be a list of modifier configs")
+    opt = validate_as(OptimizerConfig, data.pop("optimizer", {}) or {}, f"{prefix}.optimizer")
+    mods = []
+    for i, w in enumerate(wrap):
+        if not isinstance(w, dict) or "name" not in w:
+            raise ConfigError(f"{prefix}.wrap[{i}]: must be a mapping with a 'name'")
+        e = registry.lookup(registry.RULES, w["name"], "rule")
+        if e.kind != "modifier":
+            raise ConfigError(f"{prefix}.wrap[{i}]: {w['name']!r} is a base rule, not a modifier; "
+                              f"modifiers: {', '.join(sorted(n for n, x in registry.RULES.items() if x.kind == 'modifier'))}")
+        mods.append(validate_as(e.config, w, f"{prefix}.wrap[{i}]"))
+    if "partition" in data:
+        part = data.pop("partition")
+        extra = set(data) - {"name"}
+        if extra:
+            raise ConfigError(f"{prefix}.{sorted(extra)[0]}: unknown key next to 'partition' (put rule fields inside each group)")
+        if not isinstance(part, dict) or not part:
+            raise ConfigError(f"{prefix}.partition: must map parameter patterns (e.g. 'encoder.*') to rule sections")
+        groups = {str(k): rule_spec_to_config(v, f"{prefix}.partition.{k}") for k, v in part.items()}
+        name = data.get("name") or "partition(" + ",".join(f"{k}:{v.name}" for k, v in groups.items()) + ")"
+        return RuleSpec(name=name, partition=groups, optimizer=opt, wrap=mods)
+    if "name" not in data:
+        raise ConfigError(f"{prefix}.name: required field is missing (a rule name such as 'lpl')")
+    e = registry.lookup(registry.RULES, data["name"], "rule")
+    if e.kind != "base":
+        raise ConfigError(f"{prefix}.name: {data['name']!r} is a modifier; use it as 'BASE+{data['name']}' "
+                          f"(e.g. --rule lpl+{data['name']})")
+    cfg = validate_as(e.config, data, prefix)
+    full = "+".join([data["name"]] + [m.name for m in mods])
+    return RuleSpec(name=full, config=cfg, optimizer=opt, wrap=mods)
+
+
+def rule_preset(spec: str) -> dict:
+    """``"lpl+metaplastic"`` -> the lpl preset with the metaplastic preset in ``wrap``."""
+    parts = [p.strip() for p in spec.split("+")]
+    if not all(parts):
+        raise ConfigError(f"--rule {spec!r}: empty part; write e.g. 'lpl' or 'lpl+metaplastic'")
+    base = _rule_preset_one(parts[0])
+    base.setdefault("wrap", [])
+    for m in parts[1:]:
+        base["wrap"].append(_rule_preset_one(m))
+    return base
+
+
+def _rule_preset_one(name: str) -> dict:
+    from importlib import resources
+
+    if (resources.files(registry.PACKAGES["rules"]) / f"{name}.yaml").is_file():
+        return registry.preset("rules", name)
+    if name in registry.RULES:
+        return {"name": name}
+    raise ConfigError(f"unknown rule {name!r}; valid: {', '.join(sorted(set(registry.RULES) | set(registry.preset_names('rules'))))}")
+
+
+# ------------------------------------------------------------------------------------------
+# overrides
+
+_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+def _parse_path(path: str) -> list:
+    out: list = []
+    for part in path.split("."):
+        m = _KEY.fullmatch(part)
+        if not m:
+            raise ConfigError(f"--set {path}: bad key {part!r}; write e.g. protocol.phases[0].steps=100")
+        out.append(m.group(1))
+        out += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
+    return out
+
+
+def apply_override(doc: dict, assignment: str) -> None:
+    """Apply ``a.b[0].c=VALUE`` (VALUE parsed as YAML) to ``doc`` in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. rule.optimizer.lr=1e-3")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    path = _parse_path(key.strip())
+    roots = ("protocol", "model", "rule", "seed", "device")
+    if path[0] not in roots:
+        raise ConfigError(f"--set {key}: must start with one of {', '.join(roots)} (e.g. protocol.stream.batch=16)")
+    node: Any = doc
+    for i, k in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(k, int):
+            if not isinstance(node, list) or k >= len(node):
+                raise ConfigError(f"--set {key}: index [{k}] out of range")
+            node = node[k]
+        else:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {k!r} is not inside a mapping")
+            if k not in node or node[k] is None:
+                node[k] = [] if isinstance(nxt, int) else {}
+            node = node[k]
+    last = path[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ConfigError(f"--set {key}: index [{last}] out of range")
+        node[last] = value
+    else:
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: parent is not a mapping")
+        node[last] = value
+
+
+# ------------------------------------------------------------------------------------------
+# resolution
+
+def resolve_run_config(
+    protocol: str | Path,
+    rule: Optional[str] = None,
+    model: Optional[str] = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    seed: Optional[int] = None,
+    device: Optional[str] = None,
+    steps: Optional[int] = None,
+) -> RunConfig:
+    """Protocol path or packaged name + rule/model preset names + overrides -> RunConfig."""
+    proto_raw = load_protocol(protocol)
+    proto_raw = copy.deepcopy(proto_raw)
+    # the protocol names its default model / rule; CLI options win
+    model_name = model or proto_raw.get("model") or "seqjepa_cnn"
+    rule_name = rule or proto_raw.get("rule") or "backprop"
+    if not isinstance(model_name, str) or not isinstance(rule_name, str):
+        raise ConfigError("protocol.model / protocol.rule: must be preset names (strings)")
+    doc: dict[str, Any] = {
+        "protocol": proto_raw,
+        "model": registry.preset("models", model_name),
+        "rule": rule_preset(rule_name),
+        "seed": 0 if seed is None else seed,
+        "device": device or "cpu",
+    }
+    doc["protocol"]["model"], doc["protocol"]["rule"] = model_name, rule_name
+    for o in overrides:
+        apply_override(doc, o)
+    if seed is not None:
+        doc["seed"] = seed
+    return build_run_config(doc, steps=steps)
+
+
+def load_protocol(protocol: str | Path) -> dict:
+    p = Path(protocol)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in str(protocol):
+        if not p.exists():
+            # "protocols/stationary.yaml" from any directory: fall back to the packaged file
+            packaged = p.stem in registry.preset_names("protocols") and p.parent.name in ("protocols", "")
+            if packaged:
+                return registry.preset("protocols", p.stem)
+        return load_yaml_file(p)
+    return registry.preset("protocols", str(protocol))
+
+
+def build_run_config(doc: dict, steps: Optional[int] = None) -> RunConfig:
+    extra = set(doc) - {"protocol", "model", "rule", "seed", "device"}
+    if extra:
+        raise ConfigError(f"{sorted(extra)[0]}: unknown top-level key; valid: protocol, model, rule, seed, device")
+    proto = validate_as(ProtocolConfig, doc.get("protocol"), "protocol")
+    w = proto.world
+    if "name" not in w:
+        raise ConfigError("protocol.world.name: required field is missing (e.g. affine_digits)")
+    we = registry.lookup(registry.WORLDS, w["name"], "world")
+    world_cfg = validate_as(we.config, w, "protocol.world")
+    proto = proto.model_copy(update={"world": world_cfg.model_dump(mode="json")})
+    for i, ph in enumerate(proto.phases):
+        if ph.world:
+            validate_as(we.config, {**proto.world, **ph.world}, f"protocol.phases[{i}].world")
+    if steps is not None:
+        if steps <= 0:
+            raise ConfigError(f"--steps: must be > 0, got {steps}")
+        proto = _shorten(proto, steps)
+    m = doc.get("model")
+    if not isinstance(m, dict) or "name" not in m:
+        raise ConfigError("model.name: required field is missing (a model family such as 'seqjepa')")
+    me = registry.lookup(registry.MODELS, m["name"], "model")
+    model_cfg = validate_as(me.config, m, "model")
+    rule_cfg = rule_spec_to_config(doc.get("rule"), "rule")
+    seed = doc.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed: must be a non-negative integer, got {seed!r}")
+    device = doc.get("device", "cpu")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ConfigError(f"device: must be cpu, cuda or cuda:N, got {device!r}")
+    return RunConfig(protocol=proto, model=model_cfg, rule=rule_cfg, seed=seed, device=device)
+
+
+def _shorten(proto: ProtocolConfig, steps: int) -> ProtocolConfig:
+    """Scale phase lengths so they total ``steps`` while keeping their proportions (each >= 1)."""
+    total = proto.total_steps
+    n = len(proto.phases)
+    if steps < n:
+        raise ConfigError(f"--steps: {steps} is fewer than the protocol's {n} phases; use at least {n}")
+    raw = [p.steps * steps / total for p in proto.phases]
+    new = [max(1, int(r)) for r in raw]
+    # distribute the remainder to the largest fractional parts
+    rem = steps - sum(new)
+    order = sorted(range(n), key=lambda i: raw[i] - int(raw[i]), reverse=True)
+    for i in order[: max(rem, 0)]:
+        new[i] += 1
+    phases = [p.model_copy(update={"steps": s}) for p, s in zip(proto.phases, new)]
+    return proto.model_copy(update={"phases": phases})

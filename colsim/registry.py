@@ -1,0 +1,89 @@
+"""Name -> factory registries for worlds, models (columns) and rules.
+
+The core knows no concrete model or rule: ``colsim.models``, ``colsim.rules`` and
+``colsim.protocols`` register theirs on import (the CLI imports them). Each entry carries
+a pydantic config class (unknown keys rejected) and a factory:
+
+* world:  ``factory(cfg, split: str) -> World``
+* model:  ``factory(cfg, spec: WorldSpec) -> AbstractColumn``
+* rule:   ``factory(cfg, column) -> Rule``            (kind ``"base"``)
+          ``factory(cfg, inner: Rule, column) -> Rule`` (kind ``"modifier"``: wraps a rule)
+
+Presets are YAML files shipped inside the registering package (``rules/lpl.yaml`` ->
+``colsim.rules``), read with ``importlib.resources``.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Callable, NamedTuple
+
+import yaml
+
+__all__ = ["Entry", "WORLDS", "MODELS", "RULES", "register_world", "register_model", "register_rule",
+           "preset", "preset_names", "lookup", "PACKAGES"]
+
+
+class Entry(NamedTuple):
+    name: str
+    config: type  # pydantic BaseModel subclass
+    factory: Callable[..., Any]
+    kind: str  # "world" | "model" | "base" | "modifier"
+    summary: str
+
+
+WORLDS: dict[str, Entry] = {}
+MODELS: dict[str, Entry] = {}
+RULES: dict[str, Entry] = {}
+PACKAGES = {"rules": "colsim.rules", "models": "colsim.models", "protocols": "colsim.protocols"}
+
+
+def _summary(fn) -> str:
+    doc = (fn.__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def register_world(name: str, config: type):
+    def deco(fn):
+        WORLDS[name] = Entry(name, config, fn, "world", _summary(fn))
+        return fn
+    return deco
+
+
+def register_model(name: str, config: type):
+    def deco(fn):
+        MODELS[name] = Entry(name, config, fn, "model", _summary(fn))
+        return fn
+    return deco
+
+
+def register_rule(name: str, config: type, kind: str = "base"):
+    if kind not in ("base", "modifier"):
+        raise ValueError(f"rule kind must be 'base' or 'modifier', got {kind!r}")
+
+    def deco(fn):
+        RULES[name] = Entry(name, config, fn, kind, _summary(fn))
+        return fn
+    return deco
+
+
+def lookup(table: dict[str, Entry], name: str, what: str) -> Entry:
+    from colsim.config import ConfigError
+
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; valid: {', '.join(sorted(table)) or '(none registered)'}")
+    return table[name]
+
+
+def preset_names(kind: str) -> list[str]:
+    root = resources.files(PACKAGES[kind])
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset(kind: str, name: str) -> dict:
+    """The YAML preset ``name`` of ``kind`` ("rules", "models", "protocols") as a dict."""
+    from colsim.config import ConfigError, load_yaml_text
+
+    path = resources.files(PACKAGES[kind]) / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown {kind[:-1]} preset {name!r}; valid: {', '.join(preset_names(kind))}")
+    return load_yaml_text(path.read_text(), f"{kind}/{name}.yaml")

@@ -1,0 +1,190 @@
+"""The Rule interface and its combinators (DESIGN.md section 2, "Rule").
+
+A rule is an optax-shaped NamedTuple of pure functions built by a factory::
+
+    rule = lpl(cfg)
+    state = rule.init(params)
+    grads, state, metrics = rule.update(params, state, trace)
+
+``grads`` follow the ``.grad`` convention (descent directions), so any ``torch.optim``
+optimizer applies them; the Simulator is the single place where parameters change.
+Loss-based rules call ``torch.autograd.grad`` on their own loss; local rules compute
+``-dW`` under ``torch.no_grad``.
+
+Two optional hooks keep the step schedule explicit (no hook zoo):
+
+* ``post_step(params, state, delta) -> (delta, state)`` sees the update the optimizer
+  just applied (``delta = theta_after - theta_before``) and may rescale it (metaplastic
+  gating: Adam cancels a constant gradient scale, so availability is applied to the
+  update) or accumulate from it (Synaptic Intelligence's path integral).
+* ``boundary(params, state, event) -> state`` is called at ``"phase_end"`` (EWC's Fisher,
+  SI's Omega).
+
+``needs`` names the Trace keys the rule reads; the special key ``"local"`` asks the
+column to run with detached block inputs (layer-local learning).
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from colsim.types import Grads, Metrics, Params, PyTree, Trace
+
+__all__ = [
+    "Rule",
+    "RuleState",
+    "partition",
+    "chain",
+    "masked",
+    "loss_grads",
+    "select",
+]
+
+RuleState = PyTree  # nested dict of tensors / python scalars; must round-trip through torch.save
+
+InitFn = Callable[[Params], RuleState]
+UpdateFn = Callable[[Params, RuleState, Trace], "tuple[Grads, RuleState, Metrics]"]
+PostStepFn = Callable[[Params, RuleState, "dict[str, Tensor]"], "tuple[dict[str, Tensor], RuleState]"]
+BoundaryFn = Callable[[Params, RuleState, str], RuleState]
+
+
+class Rule(NamedTuple):
+    init: InitFn
+    update: UpdateFn
+    needs: frozenset = frozenset()
+    post_step: Optional[PostStepFn] = None
+    boundary: Optional[BoundaryFn] = None
+
+
+def loss_grads(loss: Tensor, params: Params, retain_graph: bool = False) -> Grads:
+    """Gradients of ``loss`` w.r.t. ``params``; parameters the loss does not reach get zeros."""
+    names = [n for n, p in params.items() if p.requires_grad]
+    if not names:
+        return {}
+    if not loss.requires_grad:
+        return {n: torch.zeros_like(params[n]) for n in names}
+    gs = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=retain_graph, allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, gs)}
+
+
+def select(params: Params, patterns: "list[str] | str") -> Params:
+    """The parameters whose names match any fnmatch pattern (``"encoder.*"``)."""
+    pats = [patterns] if isinstance(patterns, str) else list(patterns)
+    return {n: p for n, p in params.items() if any(fnmatch.fnmatchcase(n, q) for q in pats)}
+
+
+def _prefix(metrics: Metrics, prefix: str) -> Metrics:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def partition(rules: "dict[str, Rule]") -> Rule:
+    """Give each parameter to the first rule whose fnmatch pattern matches its name.
+
+    ``partition({"encoder.*": lpl(...), "*": backprop(...)})``. Every parameter must be
+    matched (the Simulator checks this before step 0); each sub-rule sees only its own
+    parameters. Sub-rules share the Trace, so loss-based sub-rules keep the graph alive for
+    the ones after them.
+    """
+    items = list(rules.items())
+
+    def assign(params: Params) -> list[Params]:
+        taken: set[str] = set()
+        out = []
+        for pat, _ in items:
+            sub = {n: p for n, p in params.items() if n not in taken and fnmatch.fnmatchcase(n, pat)}
+            taken |= set(sub)
+            out.append(sub)
+        return out
+
+    def init(params: Params) -> RuleState:
+        return {pat: r.init(sub) for (pat, r), sub in zip(items, assign(params))}
+
+    def update(params, state, trace):
+        grads: Grads = {}
+        metrics: Metrics = {}
+        new_state = {}
+        for (pat, r), sub in zip(items, assign(params)):
+            trace["_retain_graph"] = True  # later sub-rules may differentiate the same graph
+            g, s, m = r.update(sub, state[pat], trace)
+            grads.update(g)
+            new_state[pat] = s
+            metrics.update(_prefix(m, pat.rstrip(".*") or "all"))
+        trace.pop("_retain_graph", None)
+        return grads, new_state, metrics
+
+    post = [r.post_step for _, r in items]
+
+    def post_step(params, state, delta):
+        state = dict(state)
+        out = dict(delta)
+        for (pat, r), sub in zip(items, assign(params)):
+            if r.post_step is not None:
+                d_sub = {n: delta[n] for n in sub if n in delta}
+                d_sub, state[pat] = r.post_step(sub, state[pat], d_sub)
+                out.update(d_sub)
+        return out, state
+
+    def boundary(params, state, event):
+        state = dict(state)
+        for (pat, r), sub in zip(items, assign(params)):
+            if r.boundary is not None:
+                state[pat] = r.boundary(sub, state[pat], event)
+        return state
+
+    needs = frozenset().union(*(r.needs for _, r in items))
+    return Rule(init, update, needs, post_step if any(p is not None for p in post) else None,
+                boundary if any(r.boundary is not None for _, r in items) else None)
+
+
+def chain(*rules: Rule) -> Rule:
+    """Sum the descent directions of several rules over the same parameters."""
+
+    def init(params):
+        return [r.init(params) for r in rules]
+
+    def update(params, state, trace):
+        grads: Grads = {}
+        metrics: Metrics = {}
+        new_state = []
+        for i, (r, s) in enumerate(zip(rules, state)):
+            trace["_retain_graph"] = i < len(rules) - 1 or trace.get("_retain_graph", False)
+            g, s, m = r.update(params, s, trace)
+            for n, v in g.items():
+                grads[n] = grads[n] + v if n in grads else v
+            new_state.append(s)
+            metrics.update(m)
+        return grads, new_state, metrics
+
+    def post_step(params, state, delta):
+        state = list(state)
+        for i, r in enumerate(rules):
+            if r.post_step is not None:
+                delta, state[i] = r.post_step(params, state[i], delta)
+        return delta, state
+
+    def boundary(params, state, event):
+        return [r.boundary(params, s, event) if r.boundary is not None else s for r, s in zip(rules, state)]
+
+    return Rule(init, update, frozenset().union(*(r.needs for r in rules)),
+                post_step if any(r.post_step for r in rules) else None,
+                boundary if any(r.boundary for r in rules) else None)
+
+
+def masked(rule: Rule, patterns: "list[str] | str") -> Rule:
+    """Apply ``rule`` only to parameters matching ``patterns``; the others get no update."""
+    return Rule(lambda params: rule.init(select(params, patterns)),
+                lambda params, state, trace: rule.update(select(params, patterns), state, trace),
+                rule.needs,
+                (lambda params, state, delta: _masked_post(rule, patterns, params, state, delta)) if rule.post_step else None,
+                (lambda params, state, event: rule.boundary(select(params, patterns), state, event)) if rule.boundary else None)
+
+
+def _masked_post(rule, patterns, params, state, delta):
+    sub = select(params, patterns)
+    d_sub, state = rule.post_step(sub, state, {n: delta[n] for n in sub if n in delta})
+    out = dict(delta)
+    out.update(d_sub)
+    return out, state

@@ -1,0 +1,74 @@
+"""World / Stream interfaces (DESIGN.md section 2).
+
+A :class:`World` owns its data (a train pool for streams, a disjoint probe pool) and makes
+
+* :class:`Stream` s — B parallel streams in lockstep, state in / state out::
+
+      stream = world.stream(batch=32, episode_length=8, classes=[0, 1], overrides={})
+      state = stream.init(torch.Generator().manual_seed(0))
+      state, step = stream.step(state)      # step: colsim.types.Step
+
+  The state is a dict of tensors (including the stream's RNG state as a uint8 tensor under
+  ``"rng"``), so it round-trips through ``torch.save`` / ``torch.load(weights_only=True)``
+  and a checkpoint resumes the streams exactly where they were.
+
+* :class:`ProbeSet` s — fixed held-out episodes drawn from one phase's distribution.
+
+Worlds never touch the global RNG: every draw uses an explicit ``torch.Generator``.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from colsim.types import PyTree, Step, WorldSpec
+
+__all__ = ["World", "Stream", "ProbeSet", "generator_from_state", "rng_state"]
+
+
+class Stream(NamedTuple):
+    init: Callable[[torch.Generator], PyTree]
+    step: Callable[[PyTree], "tuple[PyTree, Step]"]
+
+
+class ProbeSet(NamedTuple):
+    """Held-out episodes of one phase.
+
+    obs:     (N, V, C, H, W) V consecutive views of N episodes (one object each).
+    actions: (N, V, A) action from view v to view v+1 (the last view's action is zeros).
+    labels:  name -> (N,) per-episode labels (``class``) or (N, V, ...) per-view latent
+             factors (``angle`` (N, V), ``shift`` (N, V, 2), ``scale`` (N, V)).
+    """
+
+    obs: Tensor
+    actions: Tensor
+    labels: dict[str, Tensor]
+
+
+class World(abc.ABC):
+    """Abstract world. Subclasses are final and registered with ``registry.register_world``."""
+
+    spec: WorldSpec
+
+    @abc.abstractmethod
+    def stream(self, batch: int, episode_length: int, classes: Optional[list[int]],
+               overrides: dict[str, Any]) -> Stream:
+        """B parallel streams of episodes of ``episode_length`` views of objects of ``classes``."""
+
+    @abc.abstractmethod
+    def probe_set(self, classes: Optional[list[int]], n: int, views: int, generator: torch.Generator,
+                  overrides: dict[str, Any]) -> ProbeSet:
+        """``n`` held-out episodes of ``views`` views from the probe pool."""
+
+
+def rng_state(gen: torch.Generator) -> Tensor:
+    return gen.get_state().clone()
+
+
+def generator_from_state(state: Tensor) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(state)
+    return g

@@ -1,0 +1,3 @@
+"""colsim.rules — installed as a subpackage of `colsim` (see DESIGN.md section 1)."""
+if __name__ != "colsim.rules":  # guard: the folder must not be importable under its bare name
+    raise ImportError("import colsim.rules, not 'rules': the rules/ folder installs as colsim.rules (pip install -e .)")
