@@ -4,7 +4,7 @@ The core knows no concrete model or rule: ``colsim.models``, ``colsim.rules`` an
 ``colsim.protocols`` register theirs on import (the CLI imports them). Each entry carries
 a pydantic config class (unknown keys rejected) and a factory:
 
-* world:  ``factory(cfg, split: str) -> World``
+* world:  ``factory(cfg) -> World`` (one world holds both the train and the probe pool)
 * model:  ``factory(cfg, spec: WorldSpec) -> AbstractColumn``
 * rule:   ``factory(cfg, column) -> Rule``            (kind ``"base"``)
           ``factory(cfg, inner: Rule, column) -> Rule`` (kind ``"modifier"``: wraps a rule)

@@ -1,3 +1,5 @@
 """colsim.models — installed as a subpackage of `colsim` (see DESIGN.md section 1)."""
 if __name__ != "colsim.models":  # guard: the folder must not be importable under its bare name
     raise ImportError("import colsim.models, not 'models': the models/ folder installs as colsim.models (pip install -e .)")
+
+from colsim.models import seq_jepa  # noqa: E402,F401  (registers the "seqjepa" model)

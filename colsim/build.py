@@ -1,0 +1,132 @@
+"""Build runnable objects from a validated RunConfig: world, column, rule, optimizer.
+
+Checks everything that can be checked before step 0 (DESIGN.md style item 7): the rule's
+``needs`` against the column's ``provides``, every parameter owned by exactly one rule of a
+partition, and combinations that cannot work (a global rule on parameters that a layer-local
+rule's detached forward cuts off).
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+
+from colsim import registry
+from colsim.column import AbstractColumn
+from colsim.config import ConfigError, OptimizerConfig, RuleSpec, RunConfig
+from colsim.rule import Rule, partition
+
+__all__ = ["build_world", "build_column", "build_rule", "build_optimizer", "check_rule", "lr_at"]
+
+SPECIAL_NEEDS = frozenset({"local", "global"})
+
+
+def build_world(cfg: RunConfig):
+    e = registry.lookup(registry.WORLDS, cfg.protocol.world["name"], "world")
+    return e.factory(e.config.model_validate(cfg.protocol.world))
+
+
+def build_column(cfg: RunConfig, world) -> AbstractColumn:
+    e = registry.lookup(registry.MODELS, cfg.model.name, "model")
+    try:
+        return e.factory(cfg.model, world.spec)
+    except ValueError as exc:  # shape / divisibility problems found while building
+        raise ConfigError(f"model: {exc}") from None
+
+
+def build_rule(spec: RuleSpec, column: AbstractColumn) -> Rule:
+    if spec.partition is not None:
+        rule = partition({pat: build_rule(sub, column) for pat, sub in spec.partition.items()})
+    else:
+        e = registry.lookup(registry.RULES, spec.config.name, "rule")
+        rule = e.factory(spec.config, column)
+    for mod in spec.wrap:
+        e = registry.lookup(registry.RULES, mod.name, "rule")
+        rule = e.factory(mod, rule, column)
+    return rule
+
+
+def _groups(spec: RuleSpec, params: dict) -> list[tuple[RuleSpec, dict]]:
+    """(sub-spec, params) per partition group (first matching pattern wins), or one group."""
+    if spec.partition is None:
+        return [(spec, params)]
+    taken: set[str] = set()
+    out = []
+    for pat, sub in spec.partition.items():
+        grp = {n: p for n, p in params.items() if n not in taken and fnmatch.fnmatchcase(n, pat)}
+        taken |= set(grp)
+        out.append((sub, grp))
+    return out
+
+
+def _needs(spec: RuleSpec, column) -> frozenset:
+    return build_rule(spec, column).needs
+
+
+def check_rule(spec: RuleSpec, rule: Rule, column: AbstractColumn) -> bool:
+    """Validate a rule against a column; returns whether the column must run layer-local."""
+    missing = set(rule.needs) - set(column.provides) - SPECIAL_NEEDS
+    if missing:
+        raise ConfigError(f"rule {spec.name!r} needs {sorted(missing)} which model {type(column).__name__} does not "
+                          f"provide (it provides {sorted(column.provides)}); pick another --model or --rule")
+    params = column.trainable()
+    local = "local" in rule.needs
+    if local and "local" not in column.provides:
+        raise ConfigError(f"rule {spec.name!r} is layer-local but the model cannot run with detached block inputs")
+    if spec.partition is not None:
+        groups = _groups(spec, params)
+        owned = set().union(*(set(g) for _, g in groups))
+        orphans = sorted(set(params) - owned)
+        if orphans:
+            raise ConfigError(f"rule.partition: parameters {orphans[:3]}{'...' if len(orphans) > 3 else ''} match no "
+                              f"pattern; add a catch-all group such as '*': {{name: backprop}}")
+        scope = getattr(column, "local_scope", ("encoder.*",))
+        for sub, grp in groups:
+            if not grp:
+                raise ConfigError(f"rule.partition: pattern for rule {sub.name!r} matches no parameter")
+            if local and "global" in _needs(sub, column):
+                cut = [n for n in grp if any(fnmatch.fnmatchcase(n, s) for s in scope)]
+                if cut:
+                    raise ConfigError(f"rule.partition: {sub.name!r} needs end-to-end gradients but another group is "
+                                      f"layer-local, which detaches {cut[0]!r}; give those parameters a local rule")
+    return local
+
+
+def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> torch.optim.Optimizer:
+    """One torch optimizer; a partition gives each group its own hyper-parameters (same optimizer kind)."""
+    params = column.trainable()
+    groups: list[dict[str, Any]] = []
+    kinds = set()
+    for sub, grp in _groups(spec, params):
+        o: OptimizerConfig = sub.optimizer if spec.partition is not None else spec.optimizer
+        kinds.add(o.name)
+        decay = [p for n, p in grp.items() if not getattr(p, "_no_weight_decay", False)]
+        no_decay = [p for n, p in grp.items() if getattr(p, "_no_weight_decay", False)]
+        base = {"lr": o.lr, "initial_lr": o.lr, "warmup_steps": o.warmup_steps}
+        if o.name in ("adam", "adamw"):
+            base["betas"] = o.betas
+        if o.name == "sgd":
+            base["momentum"] = o.momentum
+        if decay:
+            groups.append({**base, "params": decay, "weight_decay": o.weight_decay})
+        if no_decay:
+            groups.append({**base, "params": no_decay, "weight_decay": 0.0})
+    if len(kinds) > 1:
+        raise ConfigError(f"rule.partition: groups use different optimizers {sorted(kinds)}; use one kind "
+                          f"(hyper-parameters may differ per group)")
+    kind = kinds.pop()
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, foreach=True)
+    if kind == "adam":
+        # Adam's weight_decay is L2 (added to the gradient) as in the LPL paper
+        return torch.optim.Adam(groups, foreach=True)
+    return torch.optim.SGD(groups, foreach=True)
+
+
+def lr_at(group: dict, step: int) -> float:
+    """Linear warm-up over ``warmup_steps`` then constant."""
+    w = group.get("warmup_steps", 0)
+    if w and step < w:
+        return group["initial_lr"] * (step + 1) / w
+    return group["initial_lr"]

@@ -1,0 +1,252 @@
+"""colsim command line (typer + rich).
+
+    colsim run PROTOCOL [--rule SPEC] [--model NAME] [--set K=V]... [--steps N] [--seed N]
+               [--device cpu|cuda] [--out DIR]
+    colsim validate PROTOCOL [--rule SPEC] [--model NAME] [--set K=V]...
+    colsim list rules|models|protocols|worlds
+
+Exit codes: 0 done, 1 run failed (diverged / interrupted), 2 bad input (one line, no traceback).
+Only this module imports everything (core, models, rules, protocols, analysis).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from colsim import __version__, registry
+from colsim.config import ConfigError, RunConfig, resolve_run_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="colsim: cortical-column learning modules under pluggable plasticity rules.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _load_plugins() -> None:
+    import colsim.models  # noqa: F401
+    import colsim.protocols  # noqa: F401
+    import colsim.rules  # noqa: F401
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _resolve(protocol, rule, model, sets, seed, device, steps) -> RunConfig:
+    _load_plugins()
+    return resolve_run_config(protocol, rule=rule, model=model, overrides=sets or (), seed=seed, device=device,
+                              steps=steps)
+
+
+def _git_revision() -> str:
+    try:
+        here = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _out_dir(out: Optional[Path], cfg: RunConfig) -> Path:
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path("runs") / f"{stamp}-{cfg.protocol.name}-{cfg.rule.name.replace('+', '_')}"
+        out = base
+        k = 1
+        while out.exists():
+            out = Path(f"{base}-{k}")
+            k += 1
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"--out {out}: already exists; runs are never overwritten — choose a new folder")
+    try:
+        out.mkdir(parents=True)
+        (out / "checkpoints").mkdir()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the run folder ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"--out {out}: folder is not writable")
+    return out
+
+
+@app.command()
+def run(
+    protocol: str = typer.Argument(..., help="protocol YAML path or packaged name (stationary, nonstationary)"),
+    rule: Optional[str] = typer.Option(None, "--rule", help="rule spec: lpl, backprop, lpl+metaplastic, ..."),
+    model: Optional[str] = typer.Option(None, "--model", help="model preset (seqjepa_cnn, seqjepa_resnet18, ...)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override KEY=VALUE, e.g. rule.optimizer.lr=1e-3"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="shorten the run to N steps (phases keep proportions)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-<protocol>-<rule>)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+):
+    """Run a protocol under a rule; write config.yaml, store.zarr, summary.json, checkpoints/."""
+    import torch
+
+    from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.record import ZarrRecorder
+    from colsim.simulate import run as simulate
+
+    try:
+        cfg = _resolve(protocol, rule, model, set_, seed, device, steps)
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu")
+        torch.manual_seed(cfg.seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        world = build_world(cfg)
+        column = build_column(cfg, world).to(cfg.device)
+        rule_obj = build_rule(cfg.rule, column)
+        local = check_rule(cfg.rule, rule_obj, column)
+        optimizer = build_optimizer(cfg.rule, column)
+        out_dir = _out_dir(out, cfg)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    resolved = cfg.to_dict()
+    config_yaml = yaml.safe_dump(resolved, sort_keys=False)
+    (out_dir / "config.yaml").write_text(config_yaml)
+    attrs = {"config": resolved, "rule": cfg.rule.name, "model": cfg.protocol.model, "protocol": cfg.protocol.name,
+             "seed": cfg.seed, "device": cfg.device, "colsim_version": __version__, "torch_version": torch.__version__,
+             "git_revision": _git_revision(), "started": _dt.datetime.now().isoformat(timespec="seconds")}
+    recorder = ZarrRecorder(out_dir / "store.zarr", attrs, flush_every=cfg.protocol.record.flush_every)
+    console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
+                  f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> {out_dir}")
+    result = _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir,
+                                config_yaml, quiet)
+    (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
+    print_summary(result.summary)
+    if result.status != "completed":
+        err_console.print(f"[bold red]run {result.status}[/] after {result.steps} steps; everything recorded so far is "
+                          f"in {out_dir}")
+        raise typer.Exit(1)
+
+
+def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    kw = dict(world=world, optimizer=optimizer, seed=cfg.seed, device=cfg.device, local=local,
+              ckpt_dir=out_dir / "checkpoints", config_yaml=config_yaml)
+    if quiet:
+        return simulate(column, rule_obj, cfg.protocol, recorder, **kw)
+    cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
+            TimeElapsedColumn()]
+    with Progress(*cols, console=console, transient=False) as prog:
+        task = prog.add_task("run", total=cfg.protocol.total_steps, phase="init", loss=float("nan"), rate=0.0)
+
+        def on_step(info):
+            prog.update(task, completed=info["step"], phase=info["phase"], loss=info["loss"], rate=info["steps_per_s"])
+
+        return simulate(column, rule_obj, cfg.protocol, recorder, on_step=on_step, **kw)
+
+
+def print_summary(s: dict) -> None:
+    t = Table(title=f"colsim summary — status {s['status']}, {s['steps']} steps, {s['wall_s']:.1f} s")
+    t.add_column("evaluation")
+    t.add_column("step", justify="right")
+    for n in s["probe_sets"]:
+        t.add_column(f"acc[{n}]", justify="right")
+    t.add_column("probe acc z_AGG", justify="right")
+    t.add_column("probe acc z", justify="right")
+    t.add_column("action R² (lin)", justify="right")
+
+    def f(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    for i, e in enumerate(s["evaluations"]):
+        t.add_row(e["phase"], str(e["step"]), *[f(v) for v in s["accuracy_matrix"][i]], f(s["probe_acc_agg"][i]),
+                  f(s["probe_acc_z"][i]), f(s["equivariance_r2"][i]))
+    console.print(t)
+    console.print(f"forgetting {f(s['forgetting'])} · BWT {f(s['bwt'])} · FWT {f(s.get('fwt'))}")
+
+
+@app.command()
+def validate(
+    protocol: str = typer.Argument(...),
+    rule: Optional[str] = typer.Option(None, "--rule"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    set_: Optional[List[str]] = typer.Option(None, "--set"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+):
+    """Check a protocol + rule + model without running (builds everything, runs no step)."""
+    from colsim.build import build_column, build_rule, build_world, check_rule, build_optimizer
+
+    try:
+        cfg = _resolve(protocol, rule, model, set_, None, None, steps)
+        world = build_world(cfg)
+        column = build_column(cfg, world)
+        r = build_rule(cfg.rule, column)
+        local = check_rule(cfg.rule, r, column)
+        build_optimizer(cfg.rule, column)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    n = sum(p.numel() for p in column.trainable().values())
+    console.print(f"[green]ok[/] {cfg.protocol.name}: {len(cfg.protocol.phases)} phases, {cfg.protocol.total_steps} "
+                  f"steps · rule {cfg.rule.name}{' (layer-local)' if local else ''} · model {cfg.protocol.model} "
+                  f"({n / 1e6:.2f} M trainable parameters)")
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="rules | models | protocols | worlds")):
+    """List registered rules, model presets, packaged protocols or worlds."""
+    _load_plugins()
+    t = Table()
+    if what == "rules":
+        t.add_column("rule"), t.add_column("kind"), t.add_column("description")
+        for n, e in sorted(registry.RULES.items()):
+            t.add_row(n, e.kind, e.summary)
+    elif what == "models":
+        t.add_column("preset"), t.add_column("family"), t.add_column("description")
+        for n in registry.preset_names("models"):
+            d = registry.preset("models", n)
+            first = (registry.PACKAGES["models"], n)
+            t.add_row(n, str(d.get("name")), _preset_comment("models", n))
+            del first
+    elif what == "protocols":
+        t.add_column("protocol"), t.add_column("phases", justify="right"), t.add_column("steps", justify="right"),
+        t.add_column("description")
+        for n in registry.preset_names("protocols"):
+            d = registry.preset("protocols", n)
+            ph = d.get("phases") or []
+            t.add_row(n, str(len(ph)), str(sum(int(p.get("steps", 0)) for p in ph)), str(d.get("description", "")))
+    elif what == "worlds":
+        t.add_column("world"), t.add_column("description")
+        for n, e in sorted(registry.WORLDS.items()):
+            t.add_row(n, e.summary)
+    else:
+        _fail(f"list: unknown kind {what!r}; valid: rules, models, protocols, worlds")
+    console.print(t)
+
+
+def _preset_comment(kind: str, name: str) -> str:
+    from importlib import resources
+
+    text = (resources.files(registry.PACKAGES[kind]) / f"{name}.yaml").read_text()
+    lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
+    return " ".join(lines)[:100]
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:  # anything that escaped a command
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Recorders: write a run's activity as it goes, every array carrying its dimension names.
+
+``ZarrRecorder`` writes the run store (DESIGN.md section 3) so ``xr.open_datatree(store,
+engine="zarr")`` opens it directly:
+
+* ``metrics`` — one float32 array per scalar metric over the ``step`` dimension; a metric
+  that appears later is NaN before; names use "." as separator (``lpl.l0.hebb``).
+  Buffered in memory and appended every ``flush_every`` records.
+* ``probe`` / ``evaluation`` — one slice per evaluation along ``eval`` (written with xarray).
+* root attributes — resolved config, seed, versions, git revision, device and ``status``
+  (running / completed / diverged / interrupted).
+
+Writes use consolidated=False; ``close()`` consolidates the metadata once. ``MemoryRecorder``
+keeps everything in memory for tests.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["Recorder", "ZarrRecorder", "MemoryRecorder", "sanitize"]
+
+
+def sanitize(name: str) -> str:
+    return name.replace("/", ".").replace(" ", "_")
+
+
+class Recorder:
+    """Interface: ``record(step, values)``, ``record_eval(group, ds_vars, static)``, ``set_attrs``, ``close(status)``."""
+
+    def record(self, step: int, values: dict[str, float]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def record_eval(self, group: str, data: dict[str, tuple], coords: dict[str, tuple],
+                    static: Optional[dict[str, tuple]] = None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def set_attrs(self, **attrs: Any) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class MemoryRecorder(Recorder):
+    def __init__(self):
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.evals: dict[str, list[dict]] = {}
+        self.static: dict[str, dict] = {}
+        self.attrs: dict[str, Any] = {}
+        self.status: Optional[str] = None
+
+    def record(self, step, values):
+        self.metrics.append((int(step), {sanitize(k): float(v) for k, v in values.items()}))
+
+    def record_eval(self, group, data, coords, static=None):
+        self.evals.setdefault(group, []).append({"data": data, "coords": coords})
+        if static and group not in self.static:
+            self.static[group] = static
+
+    def set_attrs(self, **attrs):
+        self.attrs.update(attrs)
+
+    def close(self, status):
+        self.status = status
+        self.attrs["status"] = status
+
+    def series(self, name: str) -> np.ndarray:
+        return np.array([m.get(name, np.nan) for _, m in self.metrics])
+
+
+class ZarrRecorder(Recorder):
+    def __init__(self, path: str | Path, attrs: dict[str, Any], flush_every: int = 200):
+        import zarr
+
+        self.path = Path(path)
+        self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        self.root.attrs.update(_jsonable(attrs))
+        self.root.attrs["status"] = "running"
+        self.metrics = self.root.create_group("metrics")
+        self.metrics.create_array("step", shape=(0,), chunks=(8192,), dtype="int64", fill_value=-1,
+                                  dimension_names=["step"])
+        self.flush_every = flush_every
+        self._buf: list[tuple[int, dict[str, float]]] = []
+        self._n = 0  # rows written
+        self._eval_groups: set[str] = set()
+
+    # -------------------------------------------------------------- metrics
+    def record(self, step: int, values: dict[str, float]) -> None:
+        self._buf.append((int(step), {sanitize(k): float(v) for k, v in values.items()}))
+        if len(self._buf) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        keys = sorted(set().union(*(v.keys() for _, v in self._buf)))
+        existing = set(self.metrics.array_keys())
+        for k in keys:
+            if k not in existing:
+                arr = self.metrics.create_array(k, shape=(self._n,), chunks=(8192,), dtype="float32",
+                                                fill_value=float("nan"), dimension_names=["step"])
+                existing.add(k)
+        m = len(self._buf)
+        self.metrics["step"].append(np.array([s for s, _ in self._buf], dtype=np.int64))
+        for k in existing - {"step"}:
+            col = np.array([v.get(k, np.nan) for _, v in self._buf], dtype=np.float32)
+            self.metrics[k].append(col)
+        self._n += m
+        self._buf.clear()
+
+    # -------------------------------------------------------------- evaluations
+    def record_eval(self, group: str, data: dict[str, tuple], coords: dict[str, tuple],
+                    static: Optional[dict[str, tuple]] = None) -> None:
+        """Append one evaluation: ``data[name] = (dims, array)`` with a leading ``eval`` dim of length 1.
+
+        ``coords`` are (dims, values) pairs (``eval``-indexed ones are appended too);
+        ``static`` variables (no ``eval`` dim) are written once, with the first evaluation.
+        """
+        import xarray as xr
+
+        eval_coord_names = [k for k, (d, _) in coords.items() if d and d[0] == "eval"]
+        data_vars = {}
+        for k, (dims, arr) in data.items():
+            attrs = {"coordinates": " ".join(c for c in eval_coord_names if c != "eval")} if eval_coord_names else {}
+            data_vars[k] = xr.Variable(dims, arr, attrs=attrs)
+        first = group not in self._eval_groups
+        if first and static:
+            for k, (dims, arr) in static.items():
+                data_vars[k] = xr.Variable(dims, arr)
+        ds = xr.Dataset(data_vars, coords={k: xr.Variable(d, v) for k, (d, v) in coords.items()
+                                           if first or (d and d[0] == "eval")})
+        with _quiet():
+            if first:
+                ds.to_zarr(str(self.path), group=group, mode="w", zarr_format=3, consolidated=False)
+                self._eval_groups.add(group)
+            else:
+                ds.to_zarr(str(self.path), group=group, mode="a", append_dim="eval", zarr_format=3, consolidated=False)
+
+    # -------------------------------------------------------------- attributes / close
+    def set_attrs(self, **attrs: Any) -> None:
+        self.root.attrs.update(_jsonable(attrs))
+
+    def close(self, status: str) -> None:
+        import zarr
+
+        self.flush()
+        self.root.attrs["status"] = status
+        with _quiet():
+            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+
+
+def _quiet():
+    """Silence zarr's notes that fixed-width strings / consolidated metadata are not in the v3 spec yet."""
+    import warnings
+
+    cm = warnings.catch_warnings()
+    cm.__enter__()
+    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+    warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently not part.*")
+    return _Exit(cm)
+
+
+class _Exit:
+    def __init__(self, cm):
+        self.cm = cm
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cm.__exit__(*exc)
+        return False
+
+
+def _jsonable(obj: Any) -> Any:
+    """Attributes must be JSON: numpy scalars -> python, NaN/Inf -> None."""
+    return json.loads(json.dumps(obj, default=_default), parse_constant=lambda _: None)
+
+
+def _default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        f = float(o)
+        return f if math.isfinite(f) else None
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,112 @@
+"""LPL — Latent Predictive Learning (Halvagal & Zenke 2023, Nat. Neurosci. 26:1906), per layer.
+
+For every encoder block l with globally pooled output z (B, M) of the current view and
+z_prev (B, M) of the previous view of the same episode (REFERENCE.md section 4)::
+
+    L_l = lambda_pred * L_pred + lambda_hebb * L_hebb + lambda_dec * L_dec        (1, 1, 10)
+    L_pred = mean_{b valid, i} (z_bi(t) - sg(z_bi(t-1)))²                      causal stop-grad form
+    L_hebb = -mean_i log(sigma_i² + 1e-4),  sigma_i² = 1/(B-1) sum_b (z_bi - sg(mu_i))²
+    L_dec  = 1/(M²-M) sum_{i != k} C_ik²,    C = batch covariance (erratum's form)
+
+``stats: running`` replaces batch estimates by running (EMA) means / variances per unit
+for online or small-batch use: the Hebbian term then uses the surrogate
+``-mean_i mean_b (z_bi - mu_i)² / (sg(var_i) + 1e-4)`` whose gradient equals that of
+``-log sigma_i²`` at the running estimate.
+
+Which parameters each term trains (the column runs with ``local=True``: every block's
+input is detached, the aggregator sees detached encoder outputs):
+
+* L_l (pred, hebb, dec) trains encoder block l only — the weights and biases of
+  ``encoder.blocks.l``; no gradient crosses blocks.
+* the seq-JEPA prediction loss ``1 - cos(z_hat, sg(z~))`` (weight ``predictive_weight``)
+  trains the action embedding, aggregator and predictor only — never the encoder.
+
+Locality: each encoder block learns from its own pre- and post-synaptic activity, the
+previous view's activity (a trace) and per-unit statistics — no error is backpropagated
+between layers. Defaults (rules/lpl.yaml): Adam lr 1e-3, weight decay 1.5e-6.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from colsim.config import Strict
+from colsim.registry import register_rule
+from colsim.rule import Rule, loss_grads
+
+__all__ = ["LPLConfig", "lpl", "lpl_terms"]
+
+
+class LPLConfig(Strict):
+    name: Literal["lpl"] = "lpl"
+    lambda_pred: float = Field(1.0, ge=0)
+    lambda_hebb: float = Field(1.0, ge=0)
+    lambda_dec: float = Field(10.0, ge=0)
+    eps: float = Field(1e-4, gt=0)
+    stats: Literal["batch", "running"] = "batch"
+    stats_momentum: float = Field(0.99, ge=0, lt=1)  # EMA factor of running statistics
+    layers: Optional[list[int]] = None  # encoder blocks under LPL (default: all)
+    predictive_weight: float = Field(1.0, ge=0)  # weight of the seq-JEPA loss on aggregator + predictor
+
+
+def lpl_terms(z: Tensor, z_prev: Tensor, valid: Tensor, eps: float = 1e-4,
+              running: Optional[tuple[Tensor, Tensor]] = None) -> dict[str, Tensor]:
+    """The three LPL terms for one layer. z, z_prev (B, M); valid (B,) bool; running = (mean, var) (M,)."""
+    B, M = z.shape
+    v = valid.to(z.dtype).unsqueeze(1)  # (B, 1)
+    nv = v.sum().clamp(min=1)
+    pred = ((z - z_prev.detach()) ** 2 * v).sum() / (nv * M)
+    if running is None:
+        mu = z.mean(0, keepdim=True).detach()  # (1, M) stop-gradient mean
+        var = ((z - mu) ** 2).sum(0) / max(B - 1, 1)  # (M,)
+        hebb = -torch.log(var + eps).mean()
+    else:
+        mu = running[0].unsqueeze(0)
+        var_run = running[1]
+        hebb = -(((z - mu) ** 2).mean(0) / (var_run + eps)).mean()
+    zc = z - mu
+    cov = zc.T @ zc / max(B - 1, 1)  # (M, M)
+    off = cov - torch.diag(torch.diagonal(cov))
+    dec = (off ** 2).sum() / max(M * M - M, 1)
+    return {"pred": pred, "hebb": hebb, "dec": dec}
+
+
+@register_rule("lpl", LPLConfig)
+def lpl(cfg: LPLConfig, column=None) -> Rule:
+    """Latent Predictive Learning per encoder block (pred + Hebbian + decorrelation), layer-local."""
+
+    def init(params):
+        return {"mean": [], "var": [], "count": 0}
+
+    def update(params, state, trace):
+        layers, prev, valid = trace["layers"], trace["layers_prev"], trace["valid"]
+        use = range(len(layers)) if cfg.layers is None else cfg.layers
+        total = cfg.predictive_weight * trace["loss"]
+        metrics = {"loss.pred": float(trace["loss"].detach())}
+        running = cfg.stats == "running"
+        mean, var = list(state["mean"]), list(state["var"])
+        if running and not mean:
+            mean = [l.detach().mean(0) for l in layers]
+            var = [l.detach().var(0, unbiased=False) + cfg.eps for l in layers]
+        for l in use:
+            if l >= len(layers):
+                raise ValueError(f"rule.layers: block {l} does not exist (the encoder has {len(layers)} blocks)")
+            z = layers[l]
+            terms = lpl_terms(z, prev[l], valid, cfg.eps, (mean[l], var[l]) if running else None)
+            total = total + cfg.lambda_pred * terms["pred"] + cfg.lambda_hebb * terms["hebb"] + cfg.lambda_dec * terms["dec"]
+            for k, t in terms.items():
+                metrics[f"lpl.l{l}.{k}"] = float(t.detach())
+            if running:
+                m = cfg.stats_momentum
+                zd = z.detach()
+                mean[l] = m * mean[l] + (1 - m) * zd.mean(0)
+                var[l] = m * var[l] + (1 - m) * ((zd - mean[l]) ** 2).mean(0)
+                metrics[f"lpl.l{l}.hebb"] = float(-torch.log(var[l] + cfg.eps).mean())
+        grads = loss_grads(total, params, retain_graph=bool(trace.get("_retain_graph", False)))
+        metrics["loss.lpl"] = float(total.detach())
+        return grads, {"mean": mean, "var": var, "count": state["count"] + 1}, metrics
+
+    return Rule(init, update, frozenset({"layers", "layers_prev", "valid", "loss", "local"}))
