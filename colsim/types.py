@@ -47,7 +47,10 @@ class Trace(dict):
       per-stream prediction loss ``1 - cos(z_hat, sg(z_target))``; ``layers`` list of
       (B, C_l) globally pooled encoder block outputs for the current obs; ``layers_prev``
       the same for the previous obs (no grad); ``local`` bool tensor, True when the forward
-      ran with detached block inputs. A rule's ``needs`` names the keys it reads.
+      ran with detached block inputs; ``inputs`` the column inputs of this tick (context
+      window ``obs_ctx`` (B, M, C, H, W), ``act_ctx`` (B, M, A), ``count`` (B,), ``obs``,
+      ``action``) so a rule can store and replay them (``column.forward_inputs``).
+      A rule's ``needs`` names the keys it reads.
     """
 
 

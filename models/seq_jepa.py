@@ -135,7 +135,7 @@ class MLPPredictor(nn.Module):
 
 class SeqJepaColumn(AbstractColumn):
     provides = frozenset({"z", "z_agg", "z_hat", "z_target", "valid", "loss_pred", "layers", "layers_prev",
-                          "local", "loss"})
+                          "local", "loss", "inputs"})
 
     def __init__(self, cfg: SeqJepaConfig, spec: WorldSpec):
         super().__init__()
@@ -247,8 +247,17 @@ class SeqJepaColumn(AbstractColumn):
             "count": (count + 1).clamp(max=self.window),
         }
         trace = Trace(z=z, z_agg=z_agg, z_hat=z_hat, z_target=z_target, valid=valid, loss_pred=loss_pred,
-                      loss=loss, layers=layers, layers_prev=layers_prev, local=torch.tensor(local))
+                      loss=loss, layers=layers, layers_prev=layers_prev, local=torch.tensor(local),
+                      inputs={"obs_ctx": state["obs"], "act_ctx": state["act"], "count": count, "obs": obs,
+                              "action": action})
         return new_state, trace
+
+    def forward_inputs(self, inputs: dict, local: bool = False):
+        """Re-run a forward from recorded ``trace["inputs"]`` (replay): returns the Trace."""
+        state = {"obs": inputs["obs_ctx"], "act": inputs["act_ctx"], "count": inputs["count"]}
+        start = torch.zeros_like(inputs["count"], dtype=torch.bool)
+        _, trace = self(state, inputs["obs"], inputs["action"], start, local=local)
+        return trace
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
