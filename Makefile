@@ -1,0 +1,36 @@
+# colsim — set up a local virtual environment and run the demo or the tests.
+#   make demo   # .venv + colsim run protocols/nonstationary.yaml --rule lpl
+#   make test   # .venv + the whole test suite (fast and slow tests)
+PY    ?= python3
+VENV  ?= .venv
+# torch is pinned here only to pick the locally cached CPU wheel on fresh machines;
+# colsim itself requires torch>=2.4 (override: make demo TORCH='torch>=2.4').
+TORCH ?= torch==2.13.0
+BIN    = $(VENV)/bin
+STAMP  = $(VENV)/.colsim-installed
+
+.PHONY: demo test test-fast bench setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev,dashboards]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/colsim run protocols/nonstationary.yaml --rule lpl
+
+test: $(STAMP)
+	-bash tests/analysis/ensure_chromium.sh
+	$(BIN)/python -m pytest -m "slow or not slow" -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_step.py
+
+clean:
+	rm -rf build dist *.egg-info
