@@ -71,6 +71,10 @@ def check_rule(spec: RuleSpec, rule: Rule, column: AbstractColumn) -> bool:
         raise ConfigError(f"rule {spec.name!r} needs {sorted(missing)} which model {type(column).__name__} does not "
                           f"provide (it provides {sorted(column.provides)}); pick another --model or --rule")
     params = column.trainable()
+    names = [m.name for m in spec.wrap]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"rule {spec.name!r}: modifier {dup[0]!r} is applied twice; use it once")
     local = "local" in rule.needs
     if local and "local" not in column.provides:
         raise ConfigError(f"rule {spec.name!r} is layer-local but the model cannot run with detached block inputs")
@@ -90,6 +94,7 @@ def check_rule(spec: RuleSpec, rule: Rule, column: AbstractColumn) -> bool:
                 if cut:
                     raise ConfigError(f"rule.partition: {sub.name!r} needs end-to-end gradients but another group is "
                                       f"layer-local, which detaches {cut[0]!r}; give those parameters a local rule")
+    rule.init(params)  # rules check what they own (e.g. layerwise's predictors inside a partition) before step 0
     return local
 
 
@@ -116,11 +121,14 @@ def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> torch.optim.Optim
         raise ConfigError(f"rule.partition: groups use different optimizers {sorted(kinds)}; use one kind "
                           f"(hyper-parameters may differ per group)")
     kind = kinds.pop()
+    fused = any(sub.optimizer.fused for sub, _ in _groups(spec, params)) if spec.partition is not None \
+        else spec.optimizer.fused
+    fast = {"fused": True} if fused else {"foreach": True}
     if kind == "adamw":
-        return torch.optim.AdamW(groups, foreach=True)
+        return torch.optim.AdamW(groups, **fast)
     if kind == "adam":
         # Adam's weight_decay is L2 (added to the gradient) as in the LPL paper
-        return torch.optim.Adam(groups, foreach=True)
+        return torch.optim.Adam(groups, **fast)
     return torch.optim.SGD(groups, foreach=True)
 
 

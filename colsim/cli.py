@@ -240,6 +240,18 @@ def _preset_comment(kind: str, name: str) -> str:
     return " ".join(lines)[:100]
 
 
+def _register_analysis() -> None:
+    """``colsim analyze | compare | dashboard`` live in colsim.analysis (torch-free)."""
+    from colsim.analysis import cli as acli
+
+    app.command("analyze")(acli.analyze)
+    app.command("compare")(acli.compare)
+    app.command("dashboard")(acli.dashboard)
+
+
+_register_analysis()
+
+
 def main() -> None:
     try:
         app()

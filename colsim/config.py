@@ -132,6 +132,7 @@ class OptimizerConfig(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.0, ge=0, lt=1)
     warmup_steps: int = Field(0, ge=0)
+    fused: bool = False  # torch's fused Adam/AdamW kernels (CPU and CUDA)
 
 
 class PhaseConfig(Strict):

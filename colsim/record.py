@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["Recorder", "ZarrRecorder", "MemoryRecorder", "sanitize"]
+__all__ = ["Recorder", "ZarrRecorder", "MemoryRecorder", "NullRecorder", "sanitize"]
 
 
 def sanitize(name: str) -> str:
@@ -47,6 +47,22 @@ class Recorder:
 
     def close(self, status: str) -> None:  # pragma: no cover
         raise NotImplementedError
+
+
+class NullRecorder(Recorder):
+    """Drops everything (``record.enabled: false`` and the recording-overhead benchmark)."""
+
+    def record(self, step, values):
+        pass
+
+    def record_eval(self, group, data, coords, static=None):
+        pass
+
+    def set_attrs(self, **attrs):
+        pass
+
+    def close(self, status):
+        self.status = status
 
 
 class MemoryRecorder(Recorder):

@@ -92,6 +92,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     evals: list[dict] = []
     step = 0
     status = "completed"
+    recording = protocol.record.enabled
 
     def evaluate(phase_name: str) -> None:
         emb = embed_probe_sets(column, probe_sets, ev.batch, device)
@@ -145,6 +146,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 if ph.learn:
                     # 2. column forward
                     cstate, trace = column(cstate, obs, action, start, local=local)
+                    trace["labels"] = st.labels  # world truth, for rule diagnostics only (replay's class histogram)
                     # 3. rule update
                     grads, rstate, rm = rule.update(params, rstate, trace)
                     loss = float(trace["loss"].detach())
@@ -183,7 +185,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                         cstate, trace = column(cstate, obs, action, start, local=False)
                     metrics["loss"] = float(trace["loss"])
                 # 7. record
-                if step % protocol.record.metrics_every == 0:
+                if recording and step % protocol.record.metrics_every == 0:
                     metrics.update(collapse_diagnostics(trace["z"], "z"))
                     metrics.update(collapse_diagnostics(trace["z_agg"], "zagg"))
                     metrics.update(column.diagnostics())
@@ -191,6 +193,9 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
                     metrics["steps_per_s"] = rate
                     recorder.record(step, metrics)
+                elif not recording:
+                    dt = time.perf_counter() - ts
+                    rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
                 step += 1
                 if on_step is not None:
                     on_step({"phase": ph.name, "phase_index": p_idx, "step": step, "total": total,

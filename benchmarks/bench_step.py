@@ -1,0 +1,225 @@
+"""Training-step throughput of the default column, recording overhead, and ResNet-18 efficiency.
+
+Prints figures, and ratios against baselines measured in the same run:
+
+1. steps/s and sequences/s (B streams x steps/s) of the default column (seqjepa_cnn on the
+   nonstationary protocol's stream) under ``backprop`` and ``lpl``, through the real
+   simulator loop;
+2. recording overhead: the same run with recording on (ZarrRecorder, metrics every step,
+   collapse diagnostics) and off, as a ratio (target: <= 1.05);
+3. optionally (``--full``) the wall time of the default command
+   ``colsim run protocols/nonstationary.yaml --rule lpl`` (target: <= 180 s on 2 cores);
+4. seqjepa_resnet18 at 32 px, batch 64, M = 3 (paper-style: episodes of M+1 views, windows
+   full) under backprop: FLOPs of one training step (torch.utils.flop_counter, forward +
+   backward) over its measured time, as a fraction of the FLOP/s of a 2048x2048 fp32 matmul
+   measured in the same process (target: >= 0.8). Variants: default, channels-last, fused
+   AdamW, transparent huge pages for large allocations (``THP_MEM_ALLOC_ENABLE=1``, read by
+   torch at start-up, so each variant runs in its own subprocess).
+
+    python benchmarks/bench_step.py [--steps 40] [--full] [--skip-resnet] [--resnet-steps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonstationary"):
+    import torch
+
+    import colsim.models  # noqa: F401
+    import colsim.protocols  # noqa: F401
+    import colsim.rules  # noqa: F401
+    from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.config import resolve_run_config
+
+    cfg = resolve_run_config(protocol, rule=rule, model=model, overrides=list(overrides))
+    torch.manual_seed(0)
+    world = build_world(cfg)
+    col = build_column(cfg, world)
+    r = build_rule(cfg.rule, col)
+    local = check_rule(cfg.rule, r, col)
+    opt = build_optimizer(cfg.rule, col)
+    return cfg, world, col, r, local, opt
+
+
+def sim_rate(rule: str, steps: int, record: bool) -> float:
+    """Steps/s of the simulator loop (no evaluations) with recording on or off."""
+    from colsim.record import NullRecorder, ZarrRecorder
+    from colsim.simulate import run
+
+    cfg, world, col, r, local, opt = _setup(rule, overrides=[
+        f"protocol.phases=[{{name: p, steps: {steps}, classes: [0,1,2,3,4,5,6,7,8,9]}}]",
+        "protocol.evaluation.at_start=false", "protocol.record.probe=false",
+        f"protocol.record.enabled={'true' if record else 'false'}"])
+    proto = cfg.protocol
+    with tempfile.TemporaryDirectory() as d:
+        rec = ZarrRecorder(Path(d) / "s.zarr", {"bench": True}, flush_every=proto.record.flush_every) if record \
+            else NullRecorder()
+        times = []
+
+        def on_step(info):
+            times.append(time.perf_counter())
+
+        # the end-of-phase evaluation is excluded: time from the first to the last step
+        run(col, r, proto, rec, world=world, optimizer=opt, local=local, on_step=on_step)
+    warm = 5
+    return (len(times) - 1 - warm) / (times[-1] - times[warm])
+
+
+def part_default(steps: int) -> dict:
+    out = {}
+    for rule in ("backprop", "lpl"):
+        on, off = [], []
+        for _ in range(2):  # interleaved: on, off, on, off
+            on.append(sim_rate(rule, steps, True))
+            off.append(sim_rate(rule, steps, False))
+        r_on, r_off = statistics.median(on), statistics.median(off)
+        out[rule] = {"steps_per_s": r_off, "sequences_per_s": r_off * 32, "steps_per_s_recording": r_on,
+                     "recording_overhead": r_off / r_on}
+    return out
+
+
+def part_full() -> float:
+    exe = Path(sys.executable).parent / "colsim"
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        subprocess.run([str(exe), "run", "protocols/nonstationary.yaml", "--rule", "lpl", "--quiet", "--out",
+                        str(Path(d) / "run")], check=True, cwd=HERE.parent, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------- ResNet-18
+def matmul_flops(n: int = 2048, reps: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(ts)
+
+
+def resnet_child(variant: str, steps: int) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    over = ["protocol.stream.batch=64", "protocol.stream.episode_length=4", "model.window=3"]
+    if "channels_last" in variant:
+        over.append("model.channels_last=true")
+    if "fused" in variant:
+        over.append("rule.optimizer.fused=true")
+    cfg, world, col, r, local, opt = _setup("backprop", "seqjepa_resnet18", over, protocol="stationary")
+    B = 64
+    stream = world.stream(B, 4, None, {})
+    ss = stream.init(torch.Generator().manual_seed(0))
+    cs = col.init_state(B, "cpu")
+    params = col.trainable()
+    rs = r.init(params)
+    # fill the windows (3 context views per stream), then time full-window steps
+    for t in range(3):
+        ss, st = stream.step(ss)
+        with torch.no_grad():
+            cs, _ = col(cs, st.obs, st.action, torch.zeros(B, dtype=torch.bool) | (t == 0))
+    cs["count"][:] = 3
+
+    def step(count_flops=False):
+        nonlocal cs, rs, ss
+        ss, st = stream.step(ss)
+        start = torch.zeros(B, dtype=torch.bool)
+        if count_flops:
+            with FlopCounterMode(display=False) as fc:
+                cs2, tr = col(cs, st.obs, st.action, start)
+                g, _, _ = r.update(params, rs, tr)
+            return fc.get_total_flops()
+        cs2, tr = col(cs, st.obs, st.action, start)
+        g, rs, _ = r.update(params, rs, tr)
+        for n, p in params.items():
+            p.grad = g.get(n)
+        opt.step()
+        col.update_target(0.5)
+        cs = {k: v for k, v in cs.items()}  # keep the windows full: reuse the same context
+        return None
+
+    flops = step(count_flops=True)
+    step()  # warm-up
+    ts = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t)
+    mm = matmul_flops()
+    dt = statistics.median(ts)
+    return {"variant": variant, "step_s": dt, "flops_per_step": flops, "achieved_flops": flops / dt,
+            "matmul_flops": mm, "fraction": flops / dt / mm}
+
+
+def part_resnet(steps: int) -> list[dict]:
+    variants = [("default", {}), ("channels_last", {}), ("channels_last+fused", {}),
+                ("channels_last+fused+thp", {"THP_MEM_ALLOC_ENABLE": "1"})]
+    rows = []
+    for name, env in variants:
+        e = {**os.environ, **env}
+        res = subprocess.run([sys.executable, __file__, "--resnet-child", name, "--resnet-steps", str(steps)],
+                             capture_output=True, text=True, env=e, cwd=HERE.parent)
+        if res.returncode != 0:
+            print(f"  variant {name} failed:\n{res.stderr[-1500:]}")
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--full", action="store_true", help="also time the default command end to end")
+    ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--resnet-steps", type=int, default=3)
+    ap.add_argument("--resnet-child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.resnet_child:
+        print(json.dumps(resnet_child(a.resnet_child, a.resnet_steps)))
+        return
+    import torch
+
+    print(f"colsim bench_step — torch {torch.__version__}, {torch.get_num_threads()} threads")
+    d = part_default(a.steps)
+    print("\n1-2. default column (seqjepa_cnn, batch 32, M=3), simulator loop")
+    print(f"{'rule':<10}{'steps/s':>10}{'seq/s':>10}{'steps/s rec':>14}{'rec overhead':>14}")
+    for rule, v in d.items():
+        ok = "PASS" if v["recording_overhead"] <= 1.05 else "FAIL"
+        print(f"{rule:<10}{v['steps_per_s']:>10.2f}{v['sequences_per_s']:>10.1f}{v['steps_per_s_recording']:>14.2f}"
+              f"{v['recording_overhead']:>13.3f}x  {ok} (target <= 1.05x)")
+    print(f"lpl / backprop step-time ratio: {d['backprop']['steps_per_s'] / d['lpl']['steps_per_s']:.2f}")
+    if a.full:
+        w = part_full()
+        print(f"\n3. colsim run protocols/nonstationary.yaml --rule lpl: {w:.1f} s  "
+              f"{'PASS' if w <= 180 else 'FAIL'} (target <= 180 s)")
+    if not a.skip_resnet:
+        print("\n4. seqjepa_resnet18, 32 px, batch 64, M=3, backprop (one subprocess per variant)")
+        rows = part_resnet(a.resnet_steps)
+        print(f"{'variant':<26}{'s/step':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}{'fraction':>10}")
+        for r in rows:
+            print(f"{r['variant']:<26}{r['step_s']:>8.2f}{r['flops_per_step'] / 1e9:>12.1f}"
+                  f"{r['achieved_flops'] / 1e9:>10.1f}{r['matmul_flops'] / 1e9:>16.1f}{r['fraction']:>10.2f}")
+        if rows:
+            best = max(rows, key=lambda r: r["fraction"])
+            print(f"best: {best['variant']} at {best['fraction']:.2f} of the matmul rate  "
+                  f"{'PASS' if best['fraction'] >= 0.8 else 'FAIL'} (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()
