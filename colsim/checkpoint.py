@@ -26,7 +26,7 @@ def _plain(tree: Any) -> Any:
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
         return {k: _plain(v) for k, v in tree._asdict().items()}
     if isinstance(tree, dict):
-        return {str(k): _plain(v) for k, v in tree.items()}
+        return {k: _plain(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return [_plain(v) for v in tree]
     return tree

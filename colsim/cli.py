@@ -92,22 +92,41 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-<protocol>-<rule>)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="checkpoint (.pt) to continue from: its config is "
+                                          "used (PROTOCOL must name the same protocol); runs the remaining phases"),
 ):
     """Run a protocol under a rule; write config.yaml, store.zarr, summary.json, checkpoints/."""
     import torch
 
     from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.checkpoint import load_checkpoint
+    from colsim.config import build_run_config, load_yaml_text
     from colsim.record import ZarrRecorder
     from colsim.simulate import run as simulate
 
+    ckpt = None
     try:
-        cfg = _resolve(protocol, rule, model, set_, seed, device, steps)
+        if resume is not None:
+            if not resume.is_file():
+                raise ConfigError(f"--resume {resume}: file not found")
+            try:
+                ckpt = load_checkpoint(resume)
+            except Exception as exc:  # noqa: BLE001 — any unreadable file is bad input
+                raise ConfigError(f"--resume {resume}: not a colsim checkpoint ({type(exc).__name__})") from None
+            _load_plugins()
+            cfg = build_run_config(load_yaml_text(ckpt["config"], str(resume)))
+            if Path(protocol).stem != cfg.protocol.name and protocol != cfg.protocol.name:
+                raise ConfigError(f"--resume {resume}: checkpoint is of protocol {cfg.protocol.name!r}, not {protocol!r}")
+        else:
+            cfg = _resolve(protocol, rule, model, set_, seed, device, steps)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu")
         torch.manual_seed(cfg.seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
         world = build_world(cfg)
         column = build_column(cfg, world).to(cfg.device)
+        if ckpt is not None:
+            column.load_state_dict(ckpt["model"])
         rule_obj = build_rule(cfg.rule, column)
         local = check_rule(cfg.rule, rule_obj, column)
         optimizer = build_optimizer(cfg.rule, column)
@@ -125,7 +144,7 @@ def run(
     console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
                   f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> {out_dir}")
     result = _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir,
-                                config_yaml, quiet)
+                                config_yaml, quiet, ckpt)
     (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
     print_summary(result.summary)
     if result.status != "completed":
@@ -134,11 +153,12 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet):
+def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet,
+                       ckpt=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     kw = dict(world=world, optimizer=optimizer, seed=cfg.seed, device=cfg.device, local=local,
-              ckpt_dir=out_dir / "checkpoints", config_yaml=config_yaml)
+              ckpt_dir=out_dir / "checkpoints", config_yaml=config_yaml, resume=ckpt)
     if quiet:
         return simulate(column, rule_obj, cfg.protocol, recorder, **kw)
     cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),

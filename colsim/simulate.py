@@ -77,11 +77,23 @@ def _seeded(seed: int, *salt: int) -> torch.Generator:
 
 def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, world, optimizer: torch.optim.Optimizer,
         seed: int = 0, device: str = "cpu", local: bool = False, ckpt_dir=None, config_yaml: str = "",
-        on_step: Optional[Callable[[dict], None]] = None) -> RunResult:
-    """Run ``protocol`` (see the module docstring for the step schedule). Returns a RunResult."""
+        on_step: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None) -> RunResult:
+    """Run ``protocol`` (see the module docstring for the step schedule). Returns a RunResult.
+
+    ``resume``: a checkpoint dict (:func:`colsim.checkpoint.load_checkpoint`) whose model
+    parameters are already loaded into ``column``; the run continues with the phase after the
+    checkpoint, restoring optimizer, rule state, step counter and the torch RNG.
+    """
     t0 = time.perf_counter()
     params = column.trainable()
     rstate = rule.init(params)
+    first_phase = 0
+    step = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        rstate = _to_device(resume["rule_state"], device)
+        first_phase, step = int(resume["phase"]), int(resume["step"])
+        torch.set_rng_state(resume["torch_rng"])
     ev = protocol.evaluation
     P = len(protocol.phases)
     names = [ph.name for ph in protocol.phases]
@@ -90,7 +102,6 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                   for j, ph in enumerate(protocol.phases)]
     total = protocol.total_steps
     evals: list[dict] = []
-    step = 0
     status = "completed"
     recording = protocol.record.enabled
 
@@ -126,10 +137,12 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         }, coords)
 
     try:
-        if ev.at_start:
+        if ev.at_start and resume is None:
             evaluate("init")
         rate = None
         for p_idx, ph in enumerate(protocol.phases):
+            if p_idx < first_phase:
+                continue
             stream = world.stream(protocol.stream.batch, protocol.stream.episode_length, ph.classes, ph.world)
             sstate = stream.init(_seeded(seed, 11, p_idx))
             cstate = column.init_state(protocol.stream.batch, device)
@@ -223,6 +236,16 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     recorder.set_attrs(steps_done=step, wall_s=wall)
     recorder.close(status)
     return RunResult(status, step, wall, summary)
+
+
+def _to_device(tree, device):
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_device(v, device) for v in tree]
+    return tree
 
 
 def _f(x) -> Optional[float]:

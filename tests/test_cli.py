@@ -216,3 +216,22 @@ def test_list_and_validate():
     assert "affine_digits" in res.output
     res = runner.invoke(app, ["validate", "nonstationary", "--rule", "lpl"])
     assert res.exit_code == 0 and "layer-local" in res.output
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    full, of = _run(tmp_path, "nonstationary", "--rule", "lpl", "--steps", "10", "--seed", "2", name="full")
+    assert full.exit_code == 0, full.output
+    res = runner.invoke(app, ["run", "nonstationary", "--resume", str(of / "checkpoints" / "phase01-digits23.pt"),
+                              "--out", str(tmp_path / "resumed"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    a = torch.load(of / "checkpoints" / "phase04-digits89.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "phase04-digits89.pt", weights_only=True)
+    assert a["step"] == b["step"] == 10
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    s_full = json.loads((of / "summary.json").read_text())
+    s_res = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert s_res["accuracy_matrix"] == s_full["accuracy_matrix"][3:]  # evaluations after phases 2..4
+    bad = runner.invoke(app, ["run", "nonstationary", "--resume", str(of / "config.yaml"), "--quiet",
+                              "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "not a colsim checkpoint" in bad.output
