@@ -174,17 +174,23 @@ def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimiz
 
 
 def print_summary(s: dict) -> None:
-    t = Table(title=f"colsim summary — status {s['status']}, {s['steps']} steps, {s['wall_s']:.1f} s")
-    t.add_column("evaluation")
+    """The end-of-run table: one row per evaluation; accuracy matrix columns p0.. = probe sets."""
+    names = s["probe_sets"]
+    t = Table(title=f"colsim summary — {s['status']}, {s['steps']} steps, {s['wall_s']:.0f} s",
+              caption="p<j>: linear-probe accuracy from z_AGG on phase j's probe set ("
+                      + ", ".join(f"p{j}={n}" for j, n in enumerate(names))
+                      + "); pooled: all probe sets; R²: relative action from encoder pairs (linear probe)",
+              caption_justify="left")
+    t.add_column("after", no_wrap=True)
     t.add_column("step", justify="right")
-    for n in s["probe_sets"]:
-        t.add_column(f"acc[{n}]", justify="right")
-    t.add_column("probe acc z_AGG", justify="right")
-    t.add_column("probe acc z", justify="right")
-    t.add_column("action R² (lin)", justify="right")
+    for j in range(len(names)):
+        t.add_column(f"p{j}", justify="right")
+    t.add_column("pooled z_AGG", justify="right")
+    t.add_column("pooled z", justify="right")
+    t.add_column("R²", justify="right")
 
     def f(x):
-        return "—" if x is None else f"{x:.3f}"
+        return "—" if x is None else f"{x:.2f}"
 
     for i, e in enumerate(s["evaluations"]):
         t.add_row(e["phase"], str(e["step"]), *[f(v) for v in s["accuracy_matrix"][i]], f(s["probe_acc_agg"][i]),
