@@ -26,18 +26,30 @@ class Encoder(nn.Module):
 
     width: int
     blocks: nn.ModuleList
+    channels_last: bool = False  # set by the column: feed NHWC tensors to the blocks
 
     @staticmethod
     def pool(h: Tensor) -> Tensor:
         return h.mean(dim=(2, 3)) if h.dim() == 4 else h  # (B, C, H, W) -> (B, C)
 
+    out_norm: "nn.Module | None" = None
+
     def forward(self, x: Tensor, detach_blocks: bool = False) -> "tuple[Tensor, list[Tensor]]":
         h = x
+        if self.channels_last and x.dim() == 4:
+            h = x.contiguous(memory_format=torch.channels_last)
         layers = []
         for block in self.blocks:
             h = block(h.detach() if detach_blocks else h)
             layers.append(self.pool(h))
-        return layers[-1], layers
+        z = layers[-1]  # (B, D)
+        if self.out_norm is not None:
+            if self.training and z.shape[0] < 2:  # one sample has no batch statistics: use the running ones
+                n = self.out_norm
+                z = torch.nn.functional.batch_norm(z, n.running_mean, n.running_var, training=False, eps=n.eps)
+            else:
+                z = self.out_norm(z)
+        return z, layers
 
 
 class ConvEncoder(Encoder):
@@ -121,11 +133,17 @@ class ResNet18Encoder(Encoder):
 
 
 def build_encoder(kind: str, obs_shape: Sequence[int], channels: Sequence[int] = (32, 64, 128),
-                  hidden: Sequence[int] = (512, 256), cifar_stem: bool = True) -> Encoder:
+                  hidden: Sequence[int] = (512, 256), cifar_stem: bool = True, output_norm: bool = False) -> Encoder:
+    """``output_norm``: z = BatchNorm1d(affine=False)(pooled last block) — centres z across the batch
+    (the per-block ``layers`` stay raw for layer-local rules)."""
     if kind == "cnn":
-        return ConvEncoder(obs_shape[0], channels)
-    if kind == "mlp":
-        return MLPEncoder(obs_shape, hidden)
-    if kind == "resnet18":
-        return ResNet18Encoder(obs_shape[0], cifar_stem=cifar_stem)
-    raise ValueError(f"unknown encoder kind {kind!r}; valid: cnn, mlp, resnet18")
+        enc: Encoder = ConvEncoder(obs_shape[0], channels)
+    elif kind == "mlp":
+        enc = MLPEncoder(obs_shape, hidden)
+    elif kind == "resnet18":
+        enc = ResNet18Encoder(obs_shape[0], cifar_stem=cifar_stem)
+    else:
+        raise ValueError(f"unknown encoder kind {kind!r}; valid: cnn, mlp, resnet18")
+    if output_norm:
+        enc.out_norm = nn.BatchNorm1d(enc.width, affine=False)
+    return enc
