@@ -9,7 +9,8 @@
 then for every phase p (a fresh stream of that phase's distribution, column windows reset)
 and every step t of it:
 
-1. take the Step from the stream (``stream.step``: obs, action, start, labels);
+1. take the Step from the stream (``stream.step``: obs, action, start, labels; the simulator
+   adds the ``phase`` label);
 2. column forward (``local`` when the rule is layer-local) -> (column state, Trace);
 3. rule update -> (grads, rule state, metrics)          [skipped when the phase has learn: false]
 4. stop with status ``diverged`` if the loss or a rule's loss is NaN / Inf;
@@ -152,6 +153,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 ts = time.perf_counter()
                 # 1. Step
                 sstate, st = stream.step(sstate)
+                st.labels["phase"] = torch.full_like(st.labels["class"], p_idx)  # (B,) phase id
                 obs, action = st.obs.to(device, non_blocking=True), st.action.to(device, non_blocking=True)
                 start = st.start.to(device) | first
                 first = False
