@@ -9,21 +9,46 @@ x_{t-c..t-1} (c <= M) and their actions a (a_i leads from view i to view i+1):
 2. tokens u_i = concat(z_i, e(a_i)) with e = Linear(A -> E) + BatchNorm(affine=False); the
    last context token's action embedding is zeroed (the action to the target goes to the
    predictor) — paper section 3;
-3. z_AGG = g([AGG]; u) — transformer encoder (post-norm, no positional encoding, learnable
-   zero-initialised [AGG] token; padded window slots masked);
-4. z_hat = h(concat(z_AGG, e(a_{t-1}))) predicts the embedding of x_t;
+3. z_AGG = g([AGG]; u) — aggregator (``aggregator.kind``: transformer | crate | crate_alpha |
+   tost, models/seq_jepa_parts.py; padded window slots masked);
+4. z_hat = h(z_AGG, e(a_{t-1})) predicts the embedding of x_t (``predictor.kind``: mlp | crate);
 5. target z~_t = f_EMA(x_t) (teacher ``ema``; momentum cosine 0.996 -> 1 over training), or
-   sg(f(x_t)) (teacher ``stopgrad``); loss ``1 - cos(z_hat, sg(z~_t))`` where a context exists.
+   sg(f(x_t)) (``stopgrad`` and ``symmetric``); ``L_fwd = 1 - cos(z_hat, sg(z~_t))`` where a
+   context exists;
+6. teacher ``symmetric`` also predicts backwards in time (REFERENCE.md section 1: "predict
+   view t from the reversed context"). In the streaming window the reversed context is the
+   c views after the first context view, newest first: x_t, x_{t-1}, ..., x_{t-c+1}; it
+   predicts the earliest view x_{t-c} (window slot 0) with target sg(f(x_{t-c})). Its tokens
+   pair each view with the action linking it to the next view of the reversed sequence,
+   i.e. the forward action a_{i-1} of that pair, shown as reversed (``reverse_actions``):
+   ``flag`` (default) adds a learned direction vector r (E,) to e(a), so the networks learn
+   the inverse map themselves — right for any action encoding; ``negate`` uses e(-a) =
+   -e(a) (exact inverse only for actions that are additive, Lie-algebra coordinates; in
+   affine_digits the cos(dtheta) and shift components are not). As forward, the last
+   reversed token's action is zeroed and e(a_{t-c}) (+ r) goes to the predictor. The same c
+   actions enter both directions, so e's batch statistics are shared. ``L_rev = 1 -
+   cos(z_hat_rev, sg(f(x_{t-c})))``; the prediction loss is the mean of the two directions;
+7. regularisers (``regularizers``: name, weight, on z_agg | z, options) add
+   ``sign * weight * value`` to the loss (``on: z_agg``: the streams with a context;
+   ``on: z``: f(x_t) of every stream, computed with a graph when such a term exists).
+
+``loss = L_pred + loss_reg``: every loss-based rule trains on the regularisers too. The Trace
+also holds ``loss_jepa`` (prediction part), ``loss_reg`` and ``reg`` (name.on -> term).
+``diagnostics()`` returns the cached block statistics of the last forward (ISTA
+non-zero fraction and per-head MSSA coding rate per CRATE layer, TSSA membership entropy per
+ToST layer) and each regulariser's value ``reg.<name>.<on>``.
 
 Offline paper-style training is the special case "episodes of length M+1, learn on the last
 step". With ``action_conditioning=False`` (the paper's ablation) e(a) is dropped from the
 tokens and the predictor.
 
 ``local=True`` (layer-local rules): every encoder block sees a detached input, context views
-are encoded without a graph, and the aggregator / predictor see detached encoder outputs.
+are encoded without a graph, and the aggregator / predictor see detached encoder outputs (a
+regulariser ``on: z`` then reaches the last encoder block only).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Literal, Optional
@@ -35,37 +60,20 @@ from torch import Tensor, nn
 
 from colsim.column import AbstractColumn
 from colsim.config import Strict
+from colsim.models.encoders import build_encoder
+from colsim.models.regularizers import regularizer_loss
+from colsim.models.seq_jepa_parts import (
+    ActionEmbed, AggregatorConfig, EncoderConfig, MLPPredictor, PredictorConfig, RegularizerConfig, TeacherConfig,
+    TransformerAggregator, build_aggregator, build_predictor, encoder_width,
+)
 from colsim.registry import register_model
 from colsim.types import Trace, WorldSpec
-from colsim.models.encoders import build_encoder
 
 __all__ = ["SeqJepaConfig", "SeqJepaColumn", "seqjepa", "TransformerAggregator", "MLPPredictor", "ActionEmbed"]
 
 
-class EncoderConfig(Strict):
-    kind: Literal["cnn", "mlp", "resnet18"] = "cnn"
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
-    hidden: list[int] = Field(default_factory=lambda: [512, 256], min_length=1)
-    cifar_stem: bool = True
-
-
-class AggregatorConfig(Strict):
-    kind: Literal["transformer"] = "transformer"
-    layers: int = Field(3, ge=1)
-    heads: int = Field(4, ge=1)
-    ff_mult: int = Field(4, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-
-class PredictorConfig(Strict):
-    kind: Literal["mlp"] = "mlp"
-    hidden: int = Field(1024, ge=1)
-
-
-class TeacherConfig(Strict):
-    kind: Literal["ema", "stopgrad"] = "ema"
-    momentum: float = Field(0.996, ge=0, le=1)
-    momentum_end: float = Field(1.0, ge=0, le=1)
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, min(n, 16) + 1) if n % k == 0]
 
 
 class SeqJepaConfig(Strict):
@@ -75,88 +83,66 @@ class SeqJepaConfig(Strict):
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    regularizers: list[RegularizerConfig] = Field(default_factory=list)
     window: int = Field(3, ge=1)  # M: context views aggregated
     action_conditioning: bool = True
+    channels_last: bool = False  # NHWC memory format for conv encoders (faster convolutions on CPU / GPU)
 
     @model_validator(mode="after")
-    def _heads_divide(self):
+    def _widths(self):
+        D = encoder_width(self.encoder)
+        W = D + (self.action_embed if self.action_conditioning else 0)
+        if W % self.aggregator.heads:
+            raise ValueError(f"aggregator.heads={self.aggregator.heads} does not divide the aggregator width {W} "
+                             f"(encoder width {D} + action_embed {W - D}); use one of {_divisors(W)}")
+        if self.predictor.kind == "crate" and D % self.predictor.heads:
+            raise ValueError(f"predictor.heads={self.predictor.heads} does not divide the encoder width {D}; "
+                             f"use one of {_divisors(D)}")
+        seen = set()
+        for i, r in enumerate(self.regularizers):
+            if (r.name, r.on) in seen:
+                raise ValueError(f"regularizers[{i}]: {r.name} on {r.on} is listed twice (its metric "
+                                 f"reg.{r.name}.{r.on} would be ambiguous); keep one entry")
+            seen.add((r.name, r.on))
         return self
-
-
-class ActionEmbed(nn.Module):
-    """e(a) = BatchNorm(Linear(a)) without affine; statistics over the valid entries only."""
-
-    def __init__(self, action_dim: int, dim: int):
-        super().__init__()
-        self.linear = nn.Linear(action_dim, dim)
-        self.norm = nn.BatchNorm1d(dim, affine=False)
-
-    def forward(self, a: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """a (N, A), mask (N,) bool of entries that enter the batch statistics -> (N, E)."""
-        h = self.linear(a)  # (N, E)
-        if mask is None:
-            return self.norm(h) if h.shape[0] > 1 or not self.training else h
-        out = torch.zeros_like(h)
-        if int(mask.sum()) > 1 or (not self.training and bool(mask.any())):
-            out[mask] = self.norm(h[mask])
-        return out
-
-
-class TransformerAggregator(nn.Module):
-    """g: [AGG] + tokens -> transformer encoder (post-norm, no positions) -> [AGG] output."""
-
-    def __init__(self, dim: int, layers: int = 3, heads: int = 4, ff_mult: int = 4, dropout: float = 0.1):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"aggregator width {dim} is not divisible by heads={heads}; change model.aggregator.heads")
-        layer = nn.TransformerEncoderLayer(dim, heads, ff_mult * dim, dropout, batch_first=True, norm_first=False)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.agg = nn.Parameter(torch.zeros(1, 1, dim))
-
-    def forward(self, tokens: Tensor, pad_mask: Tensor) -> Tensor:
-        """tokens (B, M, dim), pad_mask (B, M) True = empty slot -> z_AGG (B, dim)."""
-        B = tokens.shape[0]
-        x = torch.cat([self.agg.expand(B, -1, -1), tokens], dim=1)  # (B, 1+M, dim)
-        mask = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=tokens.device), pad_mask], dim=1)
-        return self.encoder(x, src_key_padding_mask=mask)[:, 0]
-
-
-class MLPPredictor(nn.Module):
-    """h: concat(z_AGG, e(a)) -> hidden -> D."""
-
-    def __init__(self, d_in: int, d_out: int, hidden: int = 1024):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, d_out))
-
-    def forward(self, z_agg: Tensor, a_emb: Optional[Tensor]) -> Tensor:
-        x = z_agg if a_emb is None else torch.cat([z_agg, a_emb], dim=-1)
-        return self.net(x)
 
 
 class SeqJepaColumn(AbstractColumn):
     provides = frozenset({"z", "z_agg", "z_hat", "z_target", "valid", "loss_pred", "layers", "layers_prev",
-                          "local", "loss", "inputs"})
+                          "local", "loss", "loss_jepa", "loss_reg", "reg", "inputs"})
 
     def __init__(self, cfg: SeqJepaConfig, spec: WorldSpec):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
         e = cfg.encoder
-        self.encoder = build_encoder(e.kind, spec.obs_shape, e.channels, e.hidden, e.cifar_stem)
+        self.encoder = build_encoder(e.kind, spec.obs_shape, e.channels, e.hidden, e.cifar_stem, e.output_norm)
         D = self.encoder.width
         E = cfg.action_embed if cfg.action_conditioning else 0
         self.dim, self.action_dim = D, E
-        self.action_embed = ActionEmbed(spec.action_dim, E) if cfg.action_conditioning else None
-        a = cfg.aggregator
-        self.aggregator = TransformerAggregator(D + E, a.layers, a.heads, a.ff_mult, a.dropout)
-        self.predictor = MLPPredictor(D + 2 * E, D, cfg.predictor.hidden)
         self.window = cfg.window
+        self.action_embed = ActionEmbed(spec.action_dim, E) if cfg.action_conditioning else None
+        self.aggregator = build_aggregator(cfg.aggregator, D + E, cfg.window)
+        self.predictor = build_predictor(cfg.predictor, D + E, E, D)
+        self.symmetric = cfg.teacher.kind == "symmetric"
+        self.reverse_flag = None
+        if self.symmetric and E and cfg.teacher.reverse_actions == "flag":
+            self.reverse_flag = nn.Parameter(torch.zeros(E))  # r: marks an action seen backwards in time
+        if self.symmetric:
+            self.provides = self.provides | {"z_hat_rev", "z_target_rev", "loss_pred_rev"}
+        self.regularizers = list(cfg.regularizers)
+        self._grad_now = self.symmetric or any(r.on == "z" for r in self.regularizers)
+        if cfg.channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
+            self.encoder.channels_last = True
         if cfg.teacher.kind == "ema":
             self.target_encoder = copy.deepcopy(self.encoder)
             for p in self.target_encoder.parameters():
                 p.requires_grad_(False)
         else:
             self.target_encoder = None
+        self._stat_modules = [m for m in self.modules() if hasattr(m, "record_stats")]
+        self._last: dict[str, Tensor] = {}  # detached scalars of the last training forward (diagnostics)
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch: int, device) -> dict:
@@ -179,19 +165,53 @@ class SeqJepaColumn(AbstractColumn):
         return out
 
     # ------------------------------------------------------------------ pieces
-    def _tokens(self, z_ctx: Tensor, act_ctx: Tensor, count: Tensor) -> "tuple[Tensor, Tensor, Optional[Tensor]]":
-        """z_ctx (B, M, D), act_ctx (B, M, A), count (B,) -> tokens (B, M, D+E), pad (B, M), e(a_last) (B, E)."""
-        B, M, _ = z_ctx.shape
+    def _action_emb(self, act_ctx: Tensor, count: Tensor) -> Optional[Tensor]:
+        """act_ctx (B, M, A), count (B,) -> e(a) (B, M, E) (empty slots 0), or None without actions."""
+        if self.action_embed is None:
+            return None
+        B, M, _ = act_ctx.shape
+        valid = torch.arange(M, device=act_ctx.device).unsqueeze(0) < count.unsqueeze(1)  # (B, M)
+        return self.action_embed(act_ctx.reshape(B * M, -1), valid.reshape(-1)).view(B, M, -1)
+
+    @staticmethod
+    def _tokens(z_ctx: Tensor, emb: Optional[Tensor], count: Tensor) -> "tuple[Tensor, Tensor, Optional[Tensor]]":
+        """z_ctx (B, M, D), e(a) (B, M, E) or None, count (B,) -> tokens (B, M, D+E), pad (B, M), e(a_last) (B, E)."""
+        M = z_ctx.shape[1]
         pos = torch.arange(M, device=z_ctx.device).unsqueeze(0)  # (1, M)
         pad = pos >= count.unsqueeze(1)  # (B, M)
-        if self.action_embed is None:
+        if emb is None:
             return z_ctx, pad, None
-        valid = ~pad
-        emb = self.action_embed(act_ctx.reshape(B * M, -1), valid.reshape(-1)).view(B, M, -1)  # (B, M, E)
         last = pos == (count - 1).clamp(min=0).unsqueeze(1)  # (B, M) the last context view
         a_last = (emb * last.unsqueeze(-1)).sum(1)  # (B, E) e(a_{t-1})
         emb = emb * (~last).unsqueeze(-1)  # zero the last token's action
         return torch.cat([z_ctx, emb], dim=-1), pad, a_last
+
+    def _tokens_reversed(self, z_ctx: Tensor, z_now: Tensor, emb: Optional[Tensor], count: Tensor
+                         ) -> "tuple[Tensor, Optional[Tensor]]":
+        """Reversed context (module docstring, step 6): z_ctx (B, M, D), z_now (B, D) = f(x_t),
+        e(a) (B, M, E) or None, count (B,) -> tokens (B, M, D+E) (same pad mask), e(a) to the predictor (B, E).
+
+        Reversed token k (k < c) is view x_{t-k}: k = 0 the current view, k >= 1 window slot
+        c - k; its action links it to x_{t-k-1}, the forward action of window slot c - 1 - k.
+        """
+        B, M, D = z_ctx.shape
+        k = torch.arange(M, device=z_ctx.device).unsqueeze(0)  # (1, M)
+        c = count.unsqueeze(1)  # (B, 1)
+        pad = k >= c  # (B, M)
+        seq = torch.cat([z_ctx, z_ctx.new_zeros(B, 1, D)], dim=1)  # (B, M+1, D): slots, then room for x_t
+        at_now = (torch.arange(M + 1, device=z_ctx.device).unsqueeze(0) == c).unsqueeze(-1)  # (B, M+1, 1)
+        seq = torch.where(at_now, z_now.unsqueeze(1), seq)  # x_t at slot c
+        src = (c - k).clamp(min=0)  # (B, M) token k <- slot c - k
+        z_rev = seq.gather(1, src.unsqueeze(-1).expand(B, M, D)) * (~pad).unsqueeze(-1)  # (B, M, D)
+        if emb is None:
+            return z_rev, None
+        E = emb.shape[-1]
+        e_rev = emb.gather(1, (c - 1 - k).clamp(min=0).unsqueeze(-1).expand(B, M, E))  # (B, M, E)
+        e_rev = -e_rev if self.reverse_flag is None else e_rev + self.reverse_flag
+        last = k == (c - 1).clamp(min=0)  # (B, M) the last reversed token (the view after x_{t-c})
+        a_first = (e_rev * last.unsqueeze(-1)).sum(1)  # (B, E) e(a_{t-c}) shown reversed
+        e_rev = e_rev * (~(last | pad)).unsqueeze(-1)
+        return torch.cat([z_rev, e_rev], dim=-1), a_first
 
     def _encode_ctx(self, obs_ctx: Tensor, count: Tensor, grad: bool) -> "tuple[Tensor, list[Tensor]]":
         """Encode the valid window slots: obs_ctx (B, M, C, H, W) -> z (B, M, D), layers [(B, M, C_l)]."""
@@ -208,6 +228,32 @@ class SeqJepaColumn(AbstractColumn):
         l_full = [l.new_zeros(B, M, l.shape[-1]).index_put((valid,), l) for l in layers] if flat.shape[0] else []
         return z_full, l_full
 
+    @contextlib.contextmanager
+    def _quiet(self):
+        """Blocks keep the statistics of the forward prediction: none recorded inside."""
+        old = [m.record_stats for m in self._stat_modules]
+        for m in self._stat_modules:
+            m.record_stats = False
+        try:
+            yield
+        finally:
+            for m, o in zip(self._stat_modules, old):
+                m.record_stats = o
+
+    def _regularize(self, z_agg: Tensor, z: Tensor, valid: Tensor) -> "tuple[Tensor, dict[str, Tensor]]":
+        """Sum of the regulariser terms and name.on -> term; z_agg (B, W) of valid streams, z (B, D)."""
+        total = z_agg.new_zeros(())
+        terms: dict[str, Tensor] = {}
+        for r in self.regularizers:
+            src = z_agg[valid] if r.on == "z_agg" else z  # (m, W) / (B, D)
+            if src.shape[0] < 2:
+                continue
+            term, value = regularizer_loss(r.name, src, r.weight, **r.options())
+            terms[f"{r.name}.{r.on}"] = term
+            self._last[f"reg.{r.name}.{r.on}"] = value
+            total = total + term
+        return total, terms
+
     # ------------------------------------------------------------------ forward
     def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
         """See the module docstring. obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace)."""
@@ -215,9 +261,11 @@ class SeqJepaColumn(AbstractColumn):
         valid = count > 0  # (B,) a prediction of obs exists
         B = obs.shape[0]
 
-        # context (views before t)
+        # context (views before t) -> forward prediction
         z_ctx, l_ctx = self._encode_ctx(state["obs"], count, grad=not local)
-        tokens, pad, a_last = self._tokens(z_ctx.detach() if local else z_ctx, state["act"], count)
+        z_in = z_ctx.detach() if local else z_ctx  # (B, M, D) what the aggregator sees
+        emb = self._action_emb(state["act"], count)  # (B, M, E) or None
+        tokens, pad, a_last = self._tokens(z_in, emb, count)
         z_agg = self.aggregator(tokens, pad)  # (B, D+E)
         z_hat = self.predictor(z_agg, a_last)  # (B, D)
 
@@ -225,16 +273,30 @@ class SeqJepaColumn(AbstractColumn):
         if local:
             z, layers = self.encoder(obs, detach_blocks=True)  # block-local graphs only
         else:
-            with torch.no_grad():
+            with torch.set_grad_enabled(self._grad_now and torch.is_grad_enabled()):
                 z, layers = self.encoder(obs)
         with torch.no_grad():
             if self.target_encoder is not None:
                 z_target, _ = self.target_encoder(obs)
             else:
                 z_target = z.detach()
-        loss_pred = 1.0 - F.cosine_similarity(z_hat, z_target.detach(), dim=-1)  # (B,)
+        loss_pred = 1.0 - F.cosine_similarity(z_hat, z_target, dim=-1)  # (B,)
         n_valid = valid.sum().clamp(min=1)
-        loss = (loss_pred * valid).sum() / n_valid
+        extra = {}
+        per_stream = loss_pred
+        if self.symmetric:  # backward in time: x_t .. x_{t-c+1} predict x_{t-c}
+            with self._quiet():
+                tokens_r, a_first = self._tokens_reversed(z_in, z.detach() if local else z, emb, count)
+                z_hat_r = self.predictor(self.aggregator(tokens_r, pad), a_first)  # (B, D)
+            z_target_r = z_ctx[:, 0].detach()  # (B, D) sg(f(x_{t-c}))
+            loss_pred_r = 1.0 - F.cosine_similarity(z_hat_r, z_target_r, dim=-1)  # (B,)
+            per_stream = 0.5 * (loss_pred + loss_pred_r)
+            extra = {"z_hat_rev": z_hat_r, "z_target_rev": z_target_r, "loss_pred_rev": loss_pred_r}
+            self._last["seqjepa.loss_fwd"] = ((loss_pred * valid).sum() / n_valid).detach()
+            self._last["seqjepa.loss_rev"] = ((loss_pred_r * valid).sum() / n_valid).detach()
+        loss_jepa = (per_stream * valid).sum() / n_valid
+        loss_reg, reg_terms = self._regularize(z_agg, z, valid)
+        loss = loss_jepa + loss_reg
 
         # previous view's pooled block outputs (for layer-local temporal terms), no graph
         idx = (count - 1).clamp(min=0)
@@ -247,7 +309,8 @@ class SeqJepaColumn(AbstractColumn):
             "count": (count + 1).clamp(max=self.window),
         }
         trace = Trace(z=z, z_agg=z_agg, z_hat=z_hat, z_target=z_target, valid=valid, loss_pred=loss_pred,
-                      loss=loss, layers=layers, layers_prev=layers_prev, local=torch.tensor(local),
+                      loss=loss, loss_jepa=loss_jepa, loss_reg=loss_reg, reg=reg_terms, layers=layers,
+                      layers_prev=layers_prev, local=torch.tensor(local), **extra,
                       inputs={"obs_ctx": state["obs"], "act_ctx": state["act"], "count": count, "obs": obs,
                               "action": action})
         return new_state, trace
@@ -268,9 +331,23 @@ class SeqJepaColumn(AbstractColumn):
         z = z.view(N, V, -1)
         c = min(self.window, V)
         count = torch.full((N,), c, dtype=torch.long, device=obs.device)
-        tokens, pad, _ = self._tokens(z[:, :c], actions[:, :c], count)
-        z_agg = self.aggregator(tokens, pad)
+        tokens, pad, _ = self._tokens(z[:, :c], self._action_emb(actions[:, :c], count), count)
+        with self._quiet():
+            z_agg = self.aggregator(tokens, pad)
         return {"z": z, "z_agg": z_agg}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Block statistics and regulariser values of the last forward (cached; ``embed`` does not count).
+
+        ``crate.l{i}.ista_nonzero`` in [0, 1], ``crate.l{i}.h{k}.coding_rate`` >= 0 (aggregator;
+        ``crate_pred.*`` for a CRATE predictor), ``tost.l{i}.membership_entropy`` in [0, ln K],
+        ``reg.<name>.<on>`` (the raw value), ``seqjepa.loss_fwd`` / ``loss_rev`` (symmetric).
+        """
+        out: dict[str, float] = {}
+        for part in (self.aggregator, self.predictor):
+            out.update({k.replace("/", "."): v for k, v in part.diagnostics().items()})
+        out.update({k: float(v) for k, v in self._last.items()})
+        return out
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
@@ -290,5 +367,5 @@ class SeqJepaColumn(AbstractColumn):
 
 @register_model("seqjepa", SeqJepaConfig)
 def seqjepa(cfg: SeqJepaConfig, spec: WorldSpec) -> SeqJepaColumn:
-    """seq-JEPA column: encoder, action-conditioned transformer aggregator, predictor, EMA teacher."""
+    """seq-JEPA column: encoder, action embedding, aggregator, predictor, teacher, regularisers."""
     return SeqJepaColumn(cfg, spec)
