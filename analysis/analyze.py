@@ -1,0 +1,330 @@
+"""``analyze_run``: compute a run's metrics and write them into the store's ``analysis`` group.
+
+Out of core: per (eval, probe_set) one streaming pass over ``z`` / ``z_agg`` in blocks of
+samples (:mod:`._stream`) gives exact effective ranks, RankMe, unit usage, sparsity and the
+factor-induced dz eigenspectra; probes (linear probes, equivariance, leakage, circularity) run
+on the first ``max_probe_samples`` samples of each probe set (samples are i.i.d. episodes, so
+the prefix is an unbiased subsample), the MLP equivariance probe on the first
+``mlp_max_samples``. Peak memory is O(unit^2 + block + probe subsample), not O(store).
+
+The ``analysis`` group (idempotent: re-running replaces it):
+
+* coords ``eval``, ``step`` (eval), ``phase`` (eval), ``probe_set``, ``action_dim``,
+  ``regressor`` = [linear, mlp], ``factor`` = [rotation, translation, scale];
+* (eval, probe_set): ``acc_agg``, ``acc_z`` (class, logistic probes on z_AGG / z),
+  ``pose_from_z``, ``pose_from_zagg`` (leakage), ``z_eff_rank``, ``z_rankme``,
+  ``zagg_eff_rank``, ``zagg_rankme``, ``unit_usage`` (fraction of units whose std exceeds
+  ``usage_tol`` x the largest unit std of the run), ``z_sparsity``, ``radius_cv``,
+  ``phase_residual`` (rotation circularity);
+* ``equivariance_r2`` (eval, probe_set, regressor) and ``equivariance_r2_dim`` (+ action_dim)
+  — MLP only at the evaluations chosen by ``mlp`` (NaN elsewhere); dropped constant
+  dimensions are NaN;
+* ``dz_eigenspectrum`` (eval, probe_set, factor, component): variance shares, descending;
+  ``dz_top2_share`` (eval, probe_set, factor); ``dz_method`` (same dims): "isolated" (pairs
+  where only that factor changes), "residualised" (other factors regressed out) or "none";
+* ``acc_matrix`` (after_phase, probe_set), ``acc_init`` (probe_set), ``forgetting_phase``
+  (probe_set); ``circle_xy`` (orbit, view, xy) / ``circle_angle`` (orbit, view) for the last
+  evaluation; ``unit_std`` (eval, probe_set, unit);
+* alarms (alarm,): ``alarm_kind``, ``alarm_variable``, ``alarm_step``, ``alarm_detail``;
+* attrs ``summary`` (the returned dict, JSON) and ``settings``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+
+import numpy as np
+import xarray as xr
+
+from colsim.analysis import metrics as M
+from colsim.analysis._stream import accumulate_slice, factor_covariance
+from colsim.analysis.alarms import health_alarms
+from colsim.analysis.store import open_run, run_info, store_path, write_group
+
+__all__ = ["analyze_run", "summary_from_store", "trained_sets", "ANALYSIS_VERSION"]
+
+ANALYSIS_VERSION = 1
+REGRESSORS = ["linear", "mlp"]
+N_ORBITS = 32
+
+
+def trained_sets(phase: str, probe_sets) -> list[int]:
+    """Indices of probe sets whose phase has been trained by the evaluation closing ``phase``
+    (all of them for "init" or an unknown name, so a stationary run is scored on its one set)."""
+    names = [str(p) for p in probe_sets]
+    if phase in names:
+        return list(range(names.index(phase) + 1))
+    return list(range(len(names)))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def _eval_coords(ds: xr.Dataset) -> dict:
+    c = {"eval": ds["eval"].values if "eval" in ds.coords else np.arange(ds.sizes.get("eval", 0))}
+    c["step"] = ("eval", ds["step"].values.astype(np.int64) if "step" in ds.coords else np.full(len(c["eval"]), -1))
+    ph = ds["phase"].values if "phase" in ds.coords else np.array(["?"] * len(c["eval"]))
+    c["phase"] = ("eval", np.array([str(x) for x in ph], dtype=str))
+    return c
+
+
+def analyze_run(path, *, max_probe_samples: int = 2000, mlp: str = "last", mlp_max_samples: int = 1000,
+                usage_tol: float = 0.05, seed: int = 0, write: bool = True, block_bytes: int = 32 << 20,
+                blas_threads: int | None = 1) -> dict:
+    """Analyse one run (folder or store.zarr), write ``analysis`` into its store, return a summary dict.
+
+    Works on what exists: a diverged / interrupted run with fewer evaluations (or none) is
+    analysed up to where it stopped. ``mlp`` = "last" | "all" | "none" picks the evaluations
+    that also get the MLP equivariance probe. ``blas_threads`` caps BLAS threads while it runs
+    (the matrices are small; multi-threaded OpenBLAS on a busy machine was 4-10x slower);
+    None leaves them alone.
+    """
+    if mlp not in ("last", "all", "none"):
+        raise ValueError(f"mlp must be 'last', 'all' or 'none', got {mlp!r}")
+    with _blas_limit(blas_threads):
+        return _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, write, block_bytes)
+
+
+@contextlib.contextmanager
+def _blas_limit(n):
+    try:
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+    except ImportError:  # pragma: no cover
+        n = None
+    if n is None:
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, write, block_bytes) -> dict:
+    t0 = time.perf_counter()
+    sp = store_path(path)
+    tree = open_run(sp)
+    info = run_info(tree)
+    metrics = tree["metrics"].to_dataset() if "metrics" in tree.children else None
+    probe = tree["probe"].to_dataset() if "probe" in tree.children else None
+    evaluation = tree["evaluation"].to_dataset() if "evaluation" in tree.children else None
+    if probe is not None and ("z" not in probe or probe.sizes.get("eval", 0) == 0):
+        probe = None
+    out: dict = {}
+    coords: dict = {}
+    summary: dict = {"run": str(sp.parent if sp.name == "store.zarr" else sp), **info,
+                     "analysis_version": ANALYSIS_VERSION}
+    eval_series: dict = {}
+
+    if probe is not None:
+        coords.update(_eval_coords(probe))
+        res = _analyze_probe(probe, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, block_bytes)
+        out.update(res["vars"])
+        coords.update(res["coords"])
+        steps = coords["step"][1]
+        eval_series["analysis.z_eff_rank"] = ("rank_collapse", steps, np.nanmean(res["vars"]["z_eff_rank"][1], 1))
+        eval_series["analysis.unit_usage"] = ("usage_collapse", steps, np.nanmean(res["vars"]["unit_usage"][1], 1))
+        acc = xr.DataArray(res["vars"]["acc_agg"][1], dims=("eval", "probe_set"),
+                           coords={"probe_set": coords["probe_set"], "phase": coords["phase"]})
+        summary["acc_source"] = "analysis probes (z_agg, logistic)"
+    elif evaluation is not None and "acc_agg" in evaluation and evaluation.sizes.get("eval", 0) > 0:
+        coords.update(_eval_coords(evaluation))
+        coords["probe_set"] = [str(p) for p in evaluation["probe_set"].values]
+        acc = evaluation["acc_agg"].load()
+        out["acc_agg"] = (("eval", "probe_set"), acc.transpose("eval", "probe_set").values.astype(np.float64))
+        summary["acc_source"] = "in-run evaluation group (no probe activity recorded)"
+    else:
+        acc = None
+        summary["acc_source"] = None
+
+    if acc is not None and acc.sizes["eval"] > 0:
+        A, init = M.accuracy_matrix(acc)
+        cont = M.continual_metrics(A, init)
+        out["acc_matrix"] = (("after_phase", "probe_set"), A.values)
+        coords["after_phase"] = [str(x) for x in A["after_phase"].values]
+        if init is not None:
+            out["acc_init"] = (("probe_set",), init.values)
+        fp = np.full(A.shape[1], np.nan)
+        fp[: len(cont["per_phase_forgetting"])] = cont["per_phase_forgetting"]
+        out["forgetting_phase"] = (("probe_set",), fp)
+        summary.update({k: cont[k] for k in ("forgetting", "bwt", "fwt", "phases_completed")})
+        summary["acc_matrix"] = A.values.tolist()
+    summary.update(_final_summary(out, coords))
+
+    rule = str(tree.attrs.get("rule", info["rule"]))
+    alarms = health_alarms(metrics, rule=rule, eval_series=eval_series)
+    out["alarm_kind"] = (("alarm",), np.array([a["kind"] for a in alarms], dtype=str))
+    out["alarm_variable"] = (("alarm",), np.array([a["variable"] for a in alarms], dtype=str))
+    out["alarm_step"] = (("alarm",), np.array([a["step"] for a in alarms], dtype=np.int64))
+    out["alarm_detail"] = (("alarm",), np.array([a["detail"] for a in alarms], dtype=str))
+    summary["alarms"] = alarms
+    summary["n_alarms"] = len(alarms)
+    summary["n_evals"] = int(len(coords.get("eval", [])))
+    if metrics is not None and "loss" in metrics and metrics.sizes.get("step", 0):
+        loss = metrics["loss"].values.astype(np.float64)
+        fin = loss[np.isfinite(loss)]
+        summary["loss_final"] = float(np.mean(fin[-max(1, len(fin) // 20):])) if len(fin) else float("nan")
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    summary = _jsonable(summary)
+    settings = {"max_probe_samples": max_probe_samples, "mlp": mlp, "mlp_max_samples": mlp_max_samples,
+                "usage_tol": usage_tol, "seed": seed, "probe_classifier": "logistic regression (linear)",
+                "equivariance_regressors": "linear = ridge(alpha=1); mlp = MLPRegressor(256)"}
+    ds = xr.Dataset({k: xr.Variable(*v) for k, v in out.items()}, coords=coords,
+                    attrs={"summary": json.dumps(summary), "settings": json.dumps(settings),
+                           "analysis_version": ANALYSIS_VERSION})
+    if write:
+        tree.close()
+        write_group(sp, "analysis", ds)
+    return summary
+
+
+def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, block_bytes):
+    E, P = probe.sizes["eval"], probe.sizes["probe_set"]
+    S, V, D = probe.sizes["sample"], probe.sizes["view"], probe.sizes["unit"]
+    probe_sets = [str(p) for p in probe["probe_set"].values]
+    phases = [str(p) for p in probe["phase"].values] if "phase" in probe.coords else ["?"] * E
+    has_act = "actions" in probe
+    adims = [str(a) for a in probe["action_dim"].values] if has_act else []
+    factors = list(M.FACTORS)
+    nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
+    v = {k: nan(E, P) for k in ("acc_agg", "acc_z", "pose_from_z", "pose_from_zagg", "z_eff_rank", "z_rankme",
+                                "zagg_eff_rank", "zagg_rankme", "z_sparsity", "radius_cv", "phase_residual")}
+    unit_std = nan(E, P, D)
+    r2 = nan(E, P, len(REGRESSORS))
+    r2d = nan(E, P, len(REGRESSORS), len(adims))
+    spec = nan(E, P, len(factors), D)
+    top2 = nan(E, P, len(factors))
+    dz_method = np.full((E, P, len(factors)), "none", dtype="<U12")
+    circle = None
+    n = min(S, max_probe_samples)
+    labels = {k: probe[k].isel(sample=slice(0, n)).load() for k in
+              ("label_class", "label_angle", "label_scale", "label_shift", "actions") if k in probe}
+    last_sets = trained_sets(phases[-1], probe_sets)
+    circle_p = last_sets[-1] if last_sets else 0
+    for e in range(E):
+        do_mlp = mlp == "all" or (mlp == "last" and e == E - 1)
+        for p in range(P):
+            st = accumulate_slice(probe, e, p, block_bytes)
+            s = st.z_singular_values
+            v["z_eff_rank"][e, p], v["z_rankme"][e, p] = M.effective_rank(s), M.rankme(s)
+            if "z_agg" in probe:
+                s = st.zagg_singular_values
+                v["zagg_eff_rank"][e, p], v["zagg_rankme"][e, p] = M.effective_rank(s), M.rankme(s)
+            unit_std[e, p] = st.unit_std
+            v["z_sparsity"][e, p] = st.sparsity
+            plane = None
+            for f, fac in enumerate(factors):
+                cov, how = factor_covariance(st, fac) if has_act else (None, "none")
+                dz_method[e, p, f] = how
+                if cov is None or not np.isfinite(cov).all():
+                    continue
+                w, vec = np.linalg.eigh(cov)
+                w, vec = np.clip(w[::-1], 0, None), vec[:, ::-1]
+                if w.sum() > 0:
+                    spec[e, p, f] = w / w.sum()
+                    top2[e, p, f] = M.topk_share(w, 2)
+                if fac == "rotation":
+                    plane = vec[:, :2].T
+            # ---- probes on the sample prefix
+            z = probe["z"].isel(eval=e, probe_set=p, sample=slice(0, n)).transpose("sample", "view", "unit").values
+            za = (probe["z_agg"].isel(eval=e, probe_set=p, sample=slice(0, n)).transpose("sample", ...).values
+                  if "z_agg" in probe else None)
+            lab = {k: x.isel(probe_set=p).values for k, x in labels.items()}
+            if not np.isfinite(z).all():
+                continue  # diverged activity: probes are NaN
+            if "label_class" in lab and za is not None:
+                lk = M.leakage(z, za, lab["label_class"], lab.get("label_angle"), lab.get("label_scale"),
+                               lab.get("label_shift"), seed=seed)
+                v["acc_agg"][e, p], v["acc_z"][e, p] = lk["class_from_zagg"], lk["class_from_z"]
+                v["pose_from_z"][e, p] = lk.get("pose_from_z", np.nan)
+                v["pose_from_zagg"][e, p] = lk.get("pose_from_zagg", np.nan)
+            elif "label_class" in lab:
+                pick = np.random.default_rng(seed).integers(0, V, n)  # one view per episode, as in leakage()
+                v["acc_z"][e, p] = M.linear_probe_accuracy(z[np.arange(n), pick], lab["label_class"], seed=seed)
+            if has_act and V > 1:
+                for r, reg in enumerate(REGRESSORS):
+                    if reg == "mlp" and not do_mlp:
+                        continue
+                    m = n if reg == "linear" else min(n, mlp_max_samples)
+                    res = M.equivariance(z[:m], lab["actions"][:m], adims, probe=reg, seed=seed)
+                    r2[e, p, r] = res["r2"]
+                    for k, name in enumerate(adims):
+                        r2d[e, p, r, k] = res["per_dim"].get(name, np.nan)
+            if plane is not None and "label_angle" in lab and V >= 2:
+                circ = M.rotation_circle(z, lab["label_angle"], plane)
+                c = M.circularity(circ)
+                v["radius_cv"][e, p], v["phase_residual"][e, p] = c["radius_cv"], c["phase_residual"]
+                if e == E - 1 and p == circle_p:
+                    circle = circ.isel(orbit=slice(0, N_ORBITS))
+    ref = np.nanmax(unit_std) if np.isfinite(unit_std).any() else np.nan
+    with np.errstate(invalid="ignore"):
+        usage = np.where(np.isfinite(unit_std).all(-1), (unit_std > usage_tol * ref).mean(-1), np.nan)
+    out = {k: (("eval", "probe_set"), x) for k, x in v.items()}
+    out["unit_usage"] = (("eval", "probe_set"), usage)
+    out["unit_std"] = (("eval", "probe_set", "unit"), unit_std)
+    out["equivariance_r2"] = (("eval", "probe_set", "regressor"), r2)
+    out["equivariance_r2_dim"] = (("eval", "probe_set", "regressor", "action_dim"), r2d)
+    out["dz_eigenspectrum"] = (("eval", "probe_set", "factor", "component"), spec)
+    out["dz_top2_share"] = (("eval", "probe_set", "factor"), top2)
+    out["dz_method"] = (("eval", "probe_set", "factor"), dz_method)
+    coords = {"probe_set": probe_sets, "regressor": REGRESSORS, "factor": factors, "component": np.arange(D)}
+    if adims:
+        coords["action_dim"] = adims
+    if circle is not None:
+        out["circle_xy"] = (("orbit", "view", "xy"), circle["xy"].values)
+        out["circle_angle"] = (("orbit", "view"), circle["angle"].values)
+    return {"vars": out, "coords": coords}
+
+
+def _final_summary(out: dict, coords: dict) -> dict:
+    """Key numbers at the last evaluation, averaged over the probe sets trained so far."""
+    if "eval" not in coords or not len(coords["eval"]):
+        return {}
+    phase = coords["phase"][1][-1]
+    sets = trained_sets(phase, coords.get("probe_set", []))
+    res = {"final_eval_phase": phase, "final_step": int(coords["step"][1][-1])}
+
+    def last(name, *idx):
+        if name not in out:
+            return float("nan")
+        x = np.asarray(out[name][1])[-1][sets]
+        for i in idx:
+            x = x[:, i]
+        x = x[np.isfinite(x)]
+        return float(np.mean(x)) if len(x) else float("nan")
+
+    for k in ("acc_agg", "acc_z", "pose_from_z", "pose_from_zagg", "z_eff_rank", "z_rankme", "zagg_eff_rank",
+              "zagg_rankme", "unit_usage", "z_sparsity", "radius_cv", "phase_residual"):
+        res[k] = last(k)
+    res["class_leak"] = res["acc_z"] - res["acc_agg"]
+    res["pose_leak"] = res["pose_from_zagg"]
+    if "equivariance_r2" in out:
+        res["equivariance_r2_linear"] = last("equivariance_r2", 0)
+        res["equivariance_r2_mlp"] = last("equivariance_r2", 1)
+        res["equivariance_r2_dim_linear"] = {a: last("equivariance_r2_dim", 0, k)
+                                             for k, a in enumerate(coords.get("action_dim", []))}
+    if "dz_top2_share" in out:
+        for f, fac in enumerate(coords["factor"]):
+            res[f"dz_top2_share_{fac}"] = last("dz_top2_share", f)
+    return res
+
+
+def summary_from_store(path) -> dict | None:
+    """The summary dict stored by the last ``analyze_run`` (None when the run was never analysed)."""
+    tree = open_run(path)
+    if "analysis" not in tree.children:
+        return None
+    s = tree["analysis"].attrs.get("summary")
+    return json.loads(s) if isinstance(s, str) else s

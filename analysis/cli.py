@@ -1,0 +1,119 @@
+"""Commands ``colsim analyze | compare | dashboard`` as plain functions for the main CLI.
+
+The main CLI registers them with ``app.command()(fn)`` (typer); they print with rich and exit
+with status 2 and a one-line message (no traceback) on bad input. When typer is importable
+the parameters carry typer metadata (``--by``, ``-o/--output``, ``--serve``); without it they
+are ordinary functions.
+"""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+from colsim.analysis.store import RunStoreError, store_path
+
+__all__ = ["analyze", "compare", "dashboard"]
+
+try:  # typer metadata only; the functions work without typer
+    import typer
+
+    _Runs = Annotated[list[str], typer.Argument(help="run folders (or their store.zarr)", show_default=False)]
+    _By = Annotated[Optional[list[str]], typer.Option("--by", help="group by run attribute: rule, model, protocol, "
+                                                                    "seed, status (repeatable; default rule)")]
+    _Out = Annotated[Optional[str], typer.Option("--out", help="folder for compare.csv / compare.html "
+                                                               "(default: current folder)")]
+    _Output = Annotated[Optional[str], typer.Option("-o", "--output", help="HTML file to write (default: "
+                                                                           "dashboard.html in the first run folder)")]
+    _Serve = Annotated[bool, typer.Option("--serve", help="serve with panel on localhost instead of writing a file")]
+except ImportError:  # pragma: no cover - typer is a core dependency
+    _Runs, _By, _Out, _Output, _Serve = list[str], Optional[list[str]], Optional[str], Optional[str], bool
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _fail(msg: str):
+    _console().print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise SystemExit(2)
+
+
+def _check(runs) -> list[str]:
+    if not runs:
+        _fail("no runs given")
+    for r in runs:
+        try:
+            store_path(r)
+        except RunStoreError as exc:
+            _fail(str(exc))
+    return [str(r) for r in runs]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if v is None:
+        return "–"
+    return str(v)
+
+
+def analyze(runs: _Runs) -> None:
+    """Compute a run's metrics and write them into its store (group `analysis`); print a summary."""
+    from rich.table import Table
+
+    from colsim.analysis.analyze import analyze_run
+
+    console = _console()
+    for r in _check(runs):
+        try:
+            s = analyze_run(r)
+        except RunStoreError as exc:
+            _fail(str(exc))
+        t = Table(title=f"{s['run']}  [{s['rule']} | {s['model']} | {s['protocol']} | seed {s['seed']}] "
+                        f"status {s['status']}", show_header=False)
+        keys = ["steps_done", "n_evals", "acc_agg", "acc_z", "class_leak", "pose_from_z", "pose_from_zagg",
+                "equivariance_r2_linear", "equivariance_r2_mlp", "forgetting", "bwt", "fwt", "z_eff_rank", "z_rankme",
+                "zagg_eff_rank", "dz_top2_share_rotation", "radius_cv", "phase_residual", "unit_usage", "loss_final"]
+        for k in keys:
+            if k in s:
+                t.add_row(k, _fmt(s[k]))
+        if s.get("acc_matrix"):
+            t.add_row("acc_matrix", json.dumps([[round(x, 3) if x is not None else None for x in row]
+                                                for row in s["acc_matrix"]]))
+        console.print(t)
+        for a in s.get("alarms") or []:
+            console.print(f"[yellow]alarm[/] step {a['step']}: {a['kind']} ({a['variable']}) — {a['detail']}",
+                          highlight=False)
+        if not s.get("alarms"):
+            console.print("[green]no health alarms[/]")
+
+
+def compare(runs: _Runs, by: _By = None, out: _Out = None) -> None:
+    """Table of key metrics (mean ± 95 % CI over seeds) grouped by run attributes; saved as CSV and HTML."""
+    from colsim.analysis.compare import compare_runs_to_files
+
+    paths = _check(runs)
+    by = list(by) if by else ["rule"]
+    bad = [b for b in by if b not in ("rule", "model", "protocol", "seed", "status")]
+    if bad:
+        _fail(f"--by {bad[0]!r}: choose from rule, model, protocol, seed, status")
+    table, csv_path, html_path = compare_runs_to_files(paths, by, out or ".")
+    console = _console()
+    console.print(table.to_rich(title=f"colsim compare by {', '.join(by)}"))
+    console.print(f"wrote {csv_path} and {html_path}", highlight=False)
+
+
+def dashboard(runs: _Runs, output: _Output = None, serve: _Serve = False) -> None:
+    """Standalone HTML dashboard of one or more runs (side by side by rule); --serve for a live panel server."""
+    from colsim.analysis.dashboard import dashboard as make
+
+    paths = _check(runs)
+    console = _console()
+    if serve:
+        console.print("serving the dashboard on localhost (Ctrl-C to stop)")
+        make(paths, output, serve=True)
+        return
+    out = make(paths, output)
+    console.print(f"wrote {out}", highlight=False)

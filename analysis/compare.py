@@ -1,0 +1,183 @@
+"""Compare runs: key metrics grouped by run attributes, mean ± 95 % CI over seeds.
+
+``compare_runs(paths, by=["rule"])`` returns a :class:`Table` (plain rows, no pandas);
+``compare_runs_to_files(paths, by, out_dir)`` also writes ``compare.csv`` and ``compare.html``.
+The CI is t-based: ``mean ± t_{0.975, n-1} * sd / sqrt(n)`` over the runs of a group (NaN
+half-width for a single run). Runs without an ``analysis`` group are analysed first.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from colsim.analysis.analyze import analyze_run, summary_from_store
+
+__all__ = ["KEY_METRICS", "Table", "t_quantile_975", "mean_ci", "compare_runs", "compare_runs_to_files"]
+
+# summary key -> column label (higher is better unless noted in the label)
+KEY_METRICS = {
+    "acc_agg": "acc z_AGG",
+    "acc_z": "acc z_t",
+    "class_leak": "class leak (z_t - z_AGG)",
+    "pose_leak": "pose R2 from z_AGG",
+    "equivariance_r2_linear": "equiv R2 (linear)",
+    "equivariance_r2_mlp": "equiv R2 (MLP)",
+    "forgetting": "forgetting (lower better)",
+    "bwt": "BWT",
+    "fwt": "FWT",
+    "z_eff_rank": "eff rank z",
+    "z_rankme": "RankMe z",
+    "dz_top2_share_rotation": "rot dz top-2 share",
+    "radius_cv": "circle radius CV (lower better)",
+    "loss_final": "final loss",
+    "n_alarms": "alarms",
+}
+
+# two-sided 95 % Student t quantiles t_{0.975, df}, df = 1..30
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def t_quantile_975(df: int) -> float:
+    """Student t 0.975 quantile (table for df <= 30, then interpolation in 1/df towards 1.960)."""
+    if df < 1:
+        return float("nan")
+    if df <= 30:
+        return _T975[df - 1]
+    pts = [(30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980), (math.inf, 1.960)]
+    for (d0, t0), (d1, t1) in zip(pts, pts[1:]):
+        if df <= d1:
+            x0, x1, x = 1 / d0, (0 if d1 == math.inf else 1 / d1), 1 / df
+            return t0 + (t1 - t0) * (x0 - x) / (x0 - x1)
+    return 1.960
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """(mean, 95 % CI half-width, n) over the finite values."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(v[0]), float("nan"), 1
+    return float(v.mean()), float(t_quantile_975(n - 1) * v.std(ddof=1) / math.sqrt(n)), n
+
+
+@dataclass
+class Table:
+    """A comparison table: ``group_keys`` columns, then per metric a mean and a CI half-width."""
+
+    group_keys: list[str]
+    metrics: list[str]
+    rows: list[dict] = field(default_factory=list)  # {key: value, "n_runs", f"{m}", f"{m}_ci", "statuses"}
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        cols = list(self.group_keys) + ["n_runs"]
+        for m in self.metrics:
+            cols += [m, f"{m}_ci95"]
+        return cols + ["statuses"]
+
+    def cell(self, row: dict, m: str, digits: int = 3) -> str:
+        mu, ci = row.get(m, float("nan")), row.get(f"{m}_ci95", float("nan"))
+        if mu is None or not math.isfinite(mu):
+            return "–"
+        return f"{mu:.{digits}g} ± {ci:.2g}" if ci is not None and math.isfinite(ci) else f"{mu:.{digits}g}"
+
+    def to_csv(self, path=None) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
+        if path is not None:
+            Path(path).write_text(buf.getvalue())
+        return buf.getvalue()
+
+    def to_html(self, path=None, title: str = "colsim compare") -> str:
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in self.group_keys)
+        head += "<th>runs</th>" + "".join(f"<th>{html.escape(self.labels.get(m, m))}</th>" for m in self.metrics)
+        body = []
+        for r in self.rows:
+            cells = "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in self.group_keys)
+            cells += f"<td>{r['n_runs']} ({html.escape(r['statuses'])})</td>"
+            cells += "".join(f"<td>{html.escape(self.cell(r, m))}</td>" for m in self.metrics)
+            body.append(f"<tr>{cells}</tr>")
+        doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+               "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+               "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}</style></head>"
+               f"<body><h2>{html.escape(title)}</h2><p>mean ± 95 % CI (t) over seeds</p>"
+               f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></body></html>")
+        if path is not None:
+            Path(path).write_text(doc, encoding="utf-8")
+        return doc
+
+    def to_rich(self, title: str = "colsim compare"):
+        """A rich table with one row per metric and one column per group (fits a terminal)."""
+        from rich.table import Table as RichTable
+
+        t = RichTable(title=title + " (mean ± 95 % CI over seeds)")
+        t.add_column("metric")
+        for r in self.rows:
+            t.add_column(" | ".join(str(r[k]) for k in self.group_keys) + f"\n({r['n_runs']} runs)", justify="right")
+        for m in self.metrics:
+            t.add_row(self.labels.get(m, m), *[self.cell(r, m) for r in self.rows])
+        t.add_row("status", *[r["statuses"] for r in self.rows])
+        return t
+
+
+def _summary(path, analyze_missing: bool) -> dict:
+    s = summary_from_store(path)
+    if s is None:
+        s = analyze_run(path, write=analyze_missing)
+    return s
+
+
+def compare_runs(paths, by=("rule",), metrics=None, analyze_missing: bool = True) -> Table:
+    """Group runs by the root attributes named in ``by`` (rule, model, protocol, seed, status)
+    and tabulate ``metrics`` (default :data:`KEY_METRICS`) as mean ± 95 % CI over each group.
+
+    Every row also has ``n_runs`` and ``statuses`` (e.g. "completed:4,diverged:1"). Metrics no
+    run of the comparison has are dropped from the table.
+    """
+    by = list(by) if by else ["rule"]
+    summaries = [_summary(p, analyze_missing) for p in paths]
+    wanted = list(metrics) if metrics else list(KEY_METRICS)
+    present = [m for m in wanted if any(isinstance(s.get(m), (int, float)) for s in summaries)]
+    groups: dict[tuple, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault(tuple(str(s.get(k, "unknown")) for k in by), []).append(s)
+    rows = []
+    for key in sorted(groups):
+        runs = groups[key]
+        row = dict(zip(by, key))
+        row["n_runs"] = len(runs)
+        st: dict[str, int] = {}
+        for s in runs:
+            st[str(s.get("status"))] = st.get(str(s.get("status")), 0) + 1
+        row["statuses"] = ",".join(f"{k}:{v}" for k, v in sorted(st.items()))
+        for m in present:
+            mu, ci, _ = mean_ci(s.get(m) if isinstance(s.get(m), (int, float)) else None for s in runs)
+            row[m], row[f"{m}_ci95"] = mu, ci
+        rows.append(row)
+    return Table(group_keys=by, metrics=present, rows=rows, labels={m: KEY_METRICS.get(m, m) for m in present})
+
+
+def compare_runs_to_files(paths, by=("rule",), out_dir=".", metrics=None) -> tuple[Table, Path, Path]:
+    """:func:`compare_runs`, then write ``out_dir/compare.csv`` and ``out_dir/compare.html``."""
+    table = compare_runs(paths, by, metrics)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, html_path = out / "compare.csv", out / "compare.html"
+    table.to_csv(csv_path)
+    table.to_html(html_path, title=f"colsim compare by {', '.join(table.group_keys)}")
+    return table, csv_path, html_path

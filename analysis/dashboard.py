@@ -1,0 +1,347 @@
+"""Dashboards: one standalone HTML page (holoviews -> bokeh, resources inline, no network).
+
+``dashboard(paths, out_file)`` lays the runs out side by side, one column per rule (seeds of
+a rule overlaid), one row per view:
+
+1. Loss components over steps, health alarms marked (dashed red lines at the step each began)
+2. Rank monitor (in-run ``z_eff_rank`` / ``zagg_eff_rank`` and the analysis' per-evaluation
+   effective rank and RankMe)
+3. Accuracy matrix heatmap ``A[after_phase, probe_set]`` (mean over seeds)
+4. Forgetting curves (probe accuracy of each probe set over evaluations)
+5. Equivariance R2 per action dimension (linear and MLP probes, last evaluation)
+6. dz eigenspectrum per factor (variance share per component, last evaluation)
+7. Rotation circle (orbits on the top-2 rotation PCs, coloured by angle)
+8. Per-layer sparsity and 9. rule state (metaplastic availability, SI importance, replay
+   histogram ...) when the run records them.
+
+``serve=True`` serves the same layout with panel on localhost instead of writing a file.
+Reads only ``metrics`` and ``analysis`` (runs without ``analysis`` are analysed first), so
+the page of a 10 GB store costs what its metrics cost.
+"""
+from __future__ import annotations
+
+import colorsys
+import html
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from colsim.analysis.analyze import analyze_run, trained_sets
+from colsim.analysis.store import open_run, run_info
+
+__all__ = ["TITLES", "dashboard", "build_layout"]
+
+TITLES = ["Loss components", "Rank monitor", "Accuracy matrix", "Forgetting curves",
+          "Equivariance R2 per action dimension", "dz eigenspectrum", "Rotation circle", "Per-layer sparsity",
+          "Rule state"]
+_STATE_PREFIXES = ("metaplastic.", "si.", "ewc.", "replay.", "consolidation.")
+_LAYER_RE = re.compile(r"\.l(\d+)\..*(nonzero|sparsity|active)|sparsity")
+H = 230  # frame height of every panel
+FW = 330  # frame width of every panel (legends sit outside, on the right)
+_LEGEND = {"label_text_font_size": "7pt", "glyph_height": 10, "label_height": 10, "spacing": 0}
+_MAX_POINTS = 1500
+_MAX_CURVES = 12
+_CYCLIC = ["#%02x%02x%02x" % tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h / 64, 0.85, 0.9)) for h in range(64)]
+
+
+def _hv():
+    import holoviews as hv
+    from bokeh.core.validation import silence
+    from bokeh.core.validation.warnings import FIXED_SIZING_MODE
+
+    hv.extension("bokeh", logo=False)
+    silence(FIXED_SIZING_MODE, True)  # frame_width panels (legend outside) are fixed-size on purpose
+    return hv
+
+
+def _downsample(step: np.ndarray, y: np.ndarray, n: int = _MAX_POINTS):
+    if len(step) <= n:
+        return step, y
+    b = -(-len(step) // n)
+    m = (len(step) // b) * b
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return step[:m:b], np.nanmean(np.where(np.isfinite(y[:m]), y[:m], np.nan).reshape(-1, b), 1)
+
+
+class _Run:
+    """What the dashboard needs from one run, loaded once (metrics + analysis; small)."""
+
+    def __init__(self, path):
+        tree = open_run(path)
+        if "analysis" not in tree.children:
+            tree.close()
+            analyze_run(path)
+            tree = open_run(path)
+        self.path = str(path)
+        self.info = run_info(tree)
+        self.metrics = tree["metrics"].to_dataset().load() if "metrics" in tree.children else None
+        self.analysis = tree["analysis"].to_dataset().load() if "analysis" in tree.children else None
+        s = self.analysis.attrs.get("summary") if self.analysis is not None else None
+        self.summary = json.loads(s) if isinstance(s, str) else (s or {})
+        tree.close()
+
+    def series(self, name):
+        if self.metrics is None or name not in self.metrics:
+            return None
+        return _downsample(self.metrics["step"].values, self.metrics[name].values.astype(np.float64))
+
+    @property
+    def label(self):
+        return f"seed {self.info['seed']}"
+
+
+def _empty(hv, title):
+    return hv.Text(0.5, 0.5, "no data").opts(title=title, frame_width=FW, frame_height=H, xaxis=None,
+                                             yaxis=None, toolbar=None)
+
+
+def _loss_panel(hv, runs, title):
+    from colsim.analysis.alarms import loss_components
+
+    els = []
+    for k, r in enumerate(runs):
+        if r.metrics is None:
+            continue
+        names = ["loss"] + loss_components(r.metrics, r.info["rule"])
+        for name in names[:_MAX_CURVES]:
+            s = r.series(name)
+            if s is None:
+                continue
+            lab = name if len(runs) == 1 else f"{name} ({r.label})"
+            els.append(hv.Curve((s[0], s[1]), "step", "value", label=lab).opts(
+                line_width=2 if name == "loss" else 1, line_dash="solid" if k == 0 else "dashed"))
+        if r.analysis is not None and "alarm_step" in r.analysis:
+            for st, kind, var in zip(r.analysis["alarm_step"].values, r.analysis["alarm_kind"].values,
+                                     r.analysis["alarm_variable"].values):
+                els.append(hv.VLine(int(st)).opts(color="red", line_dash="dashed", line_width=1.5))
+                els.append(hv.Text(int(st), 0, f" {kind}: {var}", halign="left", valign="bottom", fontsize=8)
+                           .opts(color="red"))
+    if not els:
+        return _empty(hv, title)
+    return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, legend_position="right",
+                                show_legend=True, legend_opts=_LEGEND)
+
+
+def _rank_panel(hv, runs, title):
+    els = []
+    for r in runs:
+        suf = "" if len(runs) == 1 else f" ({r.label})"
+        for name in ("z_eff_rank", "zagg_eff_rank"):
+            s = r.series(name)
+            if s is not None:
+                els.append(hv.Curve((s[0], s[1]), "step", "rank", label=f"{name} (in-run){suf}"))
+        a = r.analysis
+        if a is not None and "z_eff_rank" in a and a.sizes.get("eval", 0):
+            st = a["step"].values
+            for name in ("z_eff_rank", "z_rankme", "zagg_eff_rank"):
+                if name in a:
+                    y = _nanmean0(a[name].values, 1) if np.isfinite(a[name].values).any() else None
+                    if y is not None:
+                        els.append(hv.Scatter((st, y), "step", "rank", label=f"{name} (probe){suf}")
+                                   .opts(size=7, marker="diamond"))
+    if not els:
+        return _empty(hv, title)
+    return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, legend_position="right",
+                                legend_opts=_LEGEND)
+
+
+def _mean_over_runs(runs, var):
+    arrs = [r.analysis[var] for r in runs if r.analysis is not None and var in r.analysis]
+    if not arrs:
+        return None
+    import xarray as xr
+
+    return xr.concat(arrs, "run", join="outer").mean("run", skipna=True)
+
+
+def _accmat_panel(hv, runs, title):
+    A = _mean_over_runs(runs, "acc_matrix")
+    if A is None:
+        return _empty(hv, title)
+    rows = [(str(j), str(i), float(A.values[ii, jj])) for ii, i in enumerate(A["after_phase"].values)
+            for jj, j in enumerate(A["probe_set"].values)]
+    hm = hv.HeatMap(rows, ["probe set", "after phase"], "accuracy").opts(
+        cmap="viridis", clim=(0, 1), colorbar=True, tools=["hover"], invert_yaxis=True)
+    labels = hv.Labels([(a, b, f"{v:.2f}" if np.isfinite(v) else "–") for a, b, v in rows],
+                       ["probe set", "after phase"], "text").opts(text_color="white", text_font_size="9pt")
+    return (hm * labels).opts(title=title, frame_width=FW, frame_height=H)
+
+
+def _forget_panel(hv, runs, title):
+    acc = _mean_over_runs(runs, "acc_agg")
+    if acc is None or acc.sizes.get("eval", 0) == 0:
+        return _empty(hv, title)
+    ref = next(r for r in runs if r.analysis is not None and "acc_agg" in r.analysis)
+    st = ref.analysis["step"].values[: acc.sizes["eval"]]
+    els = [hv.Curve((st, acc.sel(probe_set=p).values), "step", "probe accuracy (z_AGG)", label=str(p))
+           * hv.Scatter((st, acc.sel(probe_set=p).values), "step", "probe accuracy (z_AGG)", label=str(p)).opts(size=6)
+           for p in acc["probe_set"].values]
+    return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, ylim=(0, 1.05), legend_position="right",
+                                legend_opts=_LEGEND)
+
+
+def _nanmean0(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN entries stay NaN
+        return np.nanmean(x, axis)
+
+
+def _last_trained(r, var):
+    a = r.analysis
+    if a is None or var not in a or a.sizes.get("eval", 0) == 0:
+        return None
+    sets = trained_sets(str(a["phase"].values[-1]), a["probe_set"].values)
+    return a[var].isel(eval=-1, probe_set=sets).mean("probe_set", skipna=True)
+
+
+def _r2_panel(hv, runs, title):
+    vals = [x for x in (_last_trained(r, "equivariance_r2_dim") for r in runs) if x is not None]
+    if not vals:
+        return _empty(hv, title)
+    m = _nanmean0(np.stack([v.transpose("regressor", "action_dim").values for v in vals]))
+    regs, dims = vals[0]["regressor"].values, vals[0]["action_dim"].values
+    rows = [(str(d), str(g), float(np.clip(m[i, j], -1, 1))) for i, g in enumerate(regs) for j, d in enumerate(dims)
+            if np.isfinite(m[i, j])]
+    if not rows:
+        return _empty(hv, title)
+    return hv.Bars(rows, ["action_dim", "probe"], "R2").opts(title=title, frame_width=FW, frame_height=H,
+                                                            ylim=(-0.2, 1.05), tools=["hover"], xrotation=30,
+                                                            multi_level=True)
+
+
+def _spectrum_panel(hv, runs, title):
+    vals = [x for x in (_last_trained(r, "dz_eigenspectrum") for r in runs) if x is not None]
+    if not vals:
+        return _empty(hv, title)
+    m = _nanmean0(np.stack([v.transpose("factor", "component").values for v in vals]))
+    els = []
+    for i, f in enumerate(vals[0]["factor"].values):
+        y = m[i, :20]
+        if np.isfinite(y).any():
+            k = np.arange(1, len(y) + 1)
+            els.append(hv.Curve((k, y), "component", "variance share", label=str(f))
+                       * hv.Scatter((k, y), "component", "variance share", label=str(f)).opts(size=5))
+    if not els:
+        return _empty(hv, title)
+    return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, legend_position="right",
+                                legend_opts=_LEGEND)
+
+
+def _circle_panel(hv, runs, title):
+    r = next((r for r in runs if r.analysis is not None and "circle_xy" in r.analysis), None)
+    if r is None:
+        return _empty(hv, title)
+    xy, ang = r.analysis["circle_xy"].values, r.analysis["circle_angle"].values
+    paths = hv.Path([np.column_stack([o[:, 0], o[:, 1]]) for o in xy if np.isfinite(o).all()]).opts(
+        color="lightgray", line_width=1)
+    pts = hv.Points((xy[..., 0].ravel(), xy[..., 1].ravel(), ang.ravel()), ["PC1", "PC2"], "angle").opts(
+        color="angle", cmap=_CYCLIC, clim=(-np.pi, np.pi), size=6, colorbar=True, tools=["hover"])
+    s = r.summary
+    cv, res = s.get("radius_cv"), s.get("phase_residual")
+    xlabel = f"PC1   (radius CV {cv:.2f}, phase residual {res:.2f} rad)" if isinstance(cv, float) and \
+        isinstance(res, float) else "PC1"
+    lim = float(np.nanmax(np.abs(xy))) * 1.1 if np.isfinite(xy).any() else 1.0
+    return (paths * pts).opts(title=title, frame_width=H, frame_height=H, xlim=(-lim, lim), ylim=(-lim, lim),
+                              xlabel=xlabel, ylabel="PC2")
+
+
+def _metric_group_panel(hv, runs, title, pick, ylabel):
+    els = []
+    for r in runs:
+        if r.metrics is None:
+            continue
+        names = sorted(str(v) for v in r.metrics.data_vars if r.metrics[v].dims == ("step",) and pick(str(v)))
+        for name in names[:_MAX_CURVES]:
+            s = r.series(name)
+            els.append(hv.Curve((s[0], s[1]), "step", ylabel, label=name if len(runs) == 1 else f"{name} ({r.label})"))
+    if not els:
+        return None
+    return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, legend_position="right",
+                                legend_opts=_LEGEND)
+
+
+def build_layout(paths):
+    """(rows of holoviews panels, one column per rule; header HTML; runs by rule) for ``paths``."""
+    hv = _hv()
+    runs = [_Run(p) for p in paths]
+    by_rule: dict[str, list[_Run]] = {}
+    for r in runs:
+        by_rule.setdefault(r.info["rule"], []).append(r)
+    rules = sorted(by_rule)
+    rows = []
+    makers = [(_loss_panel, 0), (_rank_panel, 1), (_accmat_panel, 2), (_forget_panel, 3), (_r2_panel, 4),
+              (_spectrum_panel, 5), (_circle_panel, 6)]
+    for fn, ti in makers:
+        rows.append([fn(hv, by_rule[rule], f"{TITLES[ti]} - {rule}") for rule in rules])
+    optional = [(TITLES[7], lambda n: bool(_LAYER_RE.search(n)), "fraction"),
+                (TITLES[8], lambda n: n.startswith(_STATE_PREFIXES), "value")]
+    for title, pick, ylabel in optional:
+        panels = [_metric_group_panel(hv, by_rule[rule], f"{title} - {rule}", pick, ylabel) for rule in rules]
+        if any(p is not None for p in panels):
+            rows.append([p if p is not None else _empty(hv, f"{title} - {rule}") for p, rule in zip(panels, rules)])
+    return rows, _header(runs), by_rule
+
+
+def _header(runs) -> str:
+    lines = []
+    for r in runs:
+        i, s = r.info, r.summary
+
+        def f(k):
+            v = s.get(k)
+            return f"{v:.3f}" if isinstance(v, (int, float)) and v is not None else "–"
+
+        lines.append(f"<tr><td>{html.escape(i['rule'])}</td><td>{i['seed']}</td><td>{html.escape(i['model'])}</td>"
+                     f"<td>{html.escape(i['protocol'])}</td><td>{html.escape(i['status'])}</td>"
+                     f"<td>{i['steps_done']}</td><td>{f('acc_agg')}</td><td>{f('forgetting')}</td>"
+                     f"<td>{f('equivariance_r2_linear')}</td><td>{f('z_eff_rank')}</td>"
+                     f"<td>{len(s.get('alarms') or [])}</td></tr>")
+    alarms = "".join(f"<li><b>{html.escape(r.info['rule'])} seed {r.info['seed']}</b> step {a['step']}: "
+                     f"{html.escape(a['kind'])} ({html.escape(a['variable'])}) — {html.escape(a['detail'])}</li>"
+                     for r in runs for a in (r.summary.get("alarms") or []))
+    return ("<h2>colsim dashboard</h2><table border='1' cellpadding='3' style='border-collapse:collapse'>"
+            "<tr><th>rule</th><th>seed</th><th>model</th><th>protocol</th><th>status</th><th>steps</th>"
+            "<th>acc z_AGG</th><th>forgetting</th><th>equiv R2 (lin)</th><th>eff rank</th><th>alarms</th></tr>"
+            + "".join(lines) + "</table>"
+            + (f"<h3>Health alarms</h3><ul>{alarms}</ul>" if alarms else "<p>No health alarms.</p>"))
+
+
+def dashboard(paths, out_file=None, serve: bool = False, port: int = 0, title: str = "colsim dashboard"):
+    """Write a standalone HTML dashboard of ``paths`` to ``out_file`` (default ``dashboard.html``
+    in the first run's folder) and return its path; with ``serve`` start a panel server on
+    localhost instead (blocking; returns when it stops)."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("dashboard: no runs given")
+    rows, header, _ = build_layout(paths)
+    if serve:
+        import panel as pn
+
+        app = pn.Column(pn.pane.HTML(header),
+                        *[pn.Row(*[pn.pane.HoloViews(p, backend="bokeh") for p in row]) for row in rows])
+        pn.serve(app, address="localhost", port=port, show=False, title=title)
+        return None
+    import holoviews as hv
+    from bokeh.embed import file_html
+    from bokeh.layouts import column, row
+    from bokeh.models import Div
+    from bokeh.resources import INLINE
+
+    out = Path(out_file) if out_file else _default_out(paths[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = column(Div(text=header), *[row(*[hv.render(p, backend="bokeh") for p in r]) for r in rows])
+    out.write_text(file_html(model, INLINE, title), encoding="utf-8")
+    return out
+
+
+def _default_out(path) -> Path:
+    p = Path(path)
+    folder = p.parent if p.name == "store.zarr" else p
+    return folder / "dashboard.html"

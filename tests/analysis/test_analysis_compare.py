@@ -1,0 +1,36 @@
+"""compare_runs: mean ± t-based 95 % CI over seeds, grouped by run attributes."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from colsim.analysis.analyze import summary_from_store
+from colsim.analysis.compare import compare_runs, compare_runs_to_files, t_quantile_975
+
+
+def test_compare_values_are_mean_and_t_ci_over_seeds(sweep_runs):
+    table = compare_runs(sweep_runs, by=["rule"])
+    assert [r["rule"] for r in table.rows] == ["backprop", "lpl+metaplastic"]
+    assert all(r["n_runs"] == 2 and r["statuses"] == "completed:2" for r in table.rows)
+    assert "equivariance_r2_mlp" not in table.metrics  # no run has it (mlp="none")
+    for row, runs in zip(table.rows, (sweep_runs[:2], sweep_runs[2:])):
+        for m in ("acc_agg", "forgetting", "z_eff_rank", "n_alarms"):
+            v = np.array([summary_from_store(p)[m] for p in runs], float)
+            assert row[m] == pytest.approx(v.mean())
+            assert row[f"{m}_ci95"] == pytest.approx(t_quantile_975(1) * v.std(ddof=1) / math.sqrt(2))
+    lpl = table.rows[1]
+    assert lpl["n_alarms"] == pytest.approx(1.0)  # seed 0: rising lpl.l0.dec; seed 1: grad spike
+    by_seed = compare_runs(sweep_runs, by=["rule", "seed"])
+    assert len(by_seed.rows) == 4 and all(math.isnan(r["acc_agg_ci95"]) for r in by_seed.rows)
+
+
+def test_compare_writes_csv_and_html(sweep_runs, tmp_path):
+    table, csv_path, html_path = compare_runs_to_files(sweep_runs, ["rule"], tmp_path / "cmp")
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["rule"] for r in rows] == ["backprop", "lpl+metaplastic"]
+    assert float(rows[0]["acc_agg"]) == pytest.approx(table.rows[0]["acc_agg"])
+    page = html_path.read_text()
+    assert "<table>" in page and "lpl+metaplastic" in page and "±" in page
