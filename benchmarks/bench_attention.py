@@ -50,8 +50,14 @@ Targets (PASS/FAIL): TSSA time slope <= 1.1 and memory slope <= 1.1 (log-log fit
 n >= 256, where fixed costs no longer dominate; the full-range fit is printed too), and at
 n = 4096 TSSA at least 8x faster than SDPA measured in the same run.
 
-    python benchmarks/bench_attention.py            # full sweep, THP off and on (~2-3 min on 2 cores)
-    python benchmarks/bench_attention.py --quick    # n = 256, 1024, 4096, one THP setting
+Presets (benchmarks/_bench_presets.py): each seq-JEPA preset's parameter count and training
+steps/s (backprop, stationary stream) relative to seqjepa_cnn measured in the same run, and
+the check that the CRATE aggregator is not slower than the transformer aggregator of the same
+width (forward+backward, interleaved, medians; ratio <= 1.1).
+
+    python benchmarks/bench_attention.py            # full sweep, THP off and on, then presets (~4 min)
+    python benchmarks/bench_attention.py --quick    # n = 256, 1024, 4096, one THP setting; presets
+    python benchmarks/bench_attention.py --part presets [--skip-resnet]
 """
 from __future__ import annotations
 
@@ -305,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-time", type=float, default=None, help="seconds of repeats per point")
     ap.add_argument("--max-reps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--part", choices=["all", "attention", "presets"], default="all",
+                    help="the attention scaling sweep, the preset table + aggregator check, or both")
+    ap.add_argument("--skip-resnet", action="store_true", help="presets: leave out seqjepa_resnet18 (slow on CPU)")
+    ap.add_argument("--preset-rounds", type=int, default=None, help="presets: interleaved training steps each")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (QUICK_SIZES if args.quick else SIZES)
@@ -322,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    if args.part == "presets":
+        return _presets(args)
     mode, writable = _thp_mode()
     print(f"load average at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     threads = args.threads or torch.get_num_threads()
@@ -335,9 +347,26 @@ def main(argv: list[str] | None = None) -> int:
     results = [_report(thp, runs[thp], sizes) for thp in settings]
     if len(results) == 2:
         _compare_thp(runs["off"], runs["on"], sizes)
+    ok = all(r["all_pass"] for r in results)
+    if args.part == "all":
+        ok = _presets(args) == 0 and ok
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (timings are noisy when it exceeds the core count)")
     print(f"wall time {time.time() - t0:.0f}s")
-    return 0 if all(r["all_pass"] for r in results) else 1
+    return 0 if ok else 1
+
+
+def _presets(args) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # only effective if set before torch starts its pool
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _bench_presets import run_presets
+
+    rounds = args.preset_rounds or (4 if args.quick else 8)
+    if args.part == "presets":
+        print(f"load average at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    ok = run_presets(rounds=rounds, skip_resnet=args.skip_resnet)
+    if args.part == "presets":
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
