@@ -32,8 +32,6 @@ class Encoder(nn.Module):
     def pool(h: Tensor) -> Tensor:
         return h.mean(dim=(2, 3)) if h.dim() == 4 else h  # (B, C, H, W) -> (B, C)
 
-    out_norm: "nn.Module | None" = None
-
     def forward(self, x: Tensor, detach_blocks: bool = False) -> "tuple[Tensor, list[Tensor]]":
         h = x
         if self.channels_last and x.dim() == 4:
@@ -43,12 +41,12 @@ class Encoder(nn.Module):
             h = block(h.detach() if detach_blocks else h)
             layers.append(self.pool(h))
         z = layers[-1]  # (B, D)
-        if self.out_norm is not None:
+        norm = self._modules.get("out_norm")  # optional BatchNorm1d(affine=False) set by build_encoder
+        if norm is not None:
             if self.training and z.shape[0] < 2:  # one sample has no batch statistics: use the running ones
-                n = self.out_norm
-                z = torch.nn.functional.batch_norm(z, n.running_mean, n.running_var, training=False, eps=n.eps)
+                z = torch.nn.functional.batch_norm(z, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
             else:
-                z = self.out_norm(z)
+                z = norm(z)
         return z, layers
 
 
