@@ -16,25 +16,16 @@ Large stores are written chunk by chunk (dask ``map_blocks`` -> ``to_zarr``), so
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from colsim.analysis.store import quiet_zarr
+
 __all__ = ["write_synthetic_run", "ACTION_DIMS"]
 
 ACTION_DIMS = ["sin_drot", "cos_drot", "dtx", "dty", "dlogscale"]
-
-
-@contextlib.contextmanager
-def quiet_zarr():
-    """Silence zarr's warnings about fixed-length strings and consolidated metadata in v3 stores."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-        warnings.filterwarnings("ignore", message=".*Consolidated metadata is currently not part.*")
-        yield
 
 
 def _labels(rng, n_phases, n_samples, n_views, classes_per_phase, factor_mode):
@@ -68,7 +59,9 @@ def write_synthetic_run(path, *, rule: str = "lpl", model: str = "seqjepa-tiny",
                         grad_spike_at: int | None = None, rank_collapse_at: int | None = None,
                         noise_sigma: float = 0.05, obj_sigma: float = 1.0, learn_strength: float = 1.0,
                         forget: float = 0.4, factor_mode: str = "isolated", sample_chunk: int | None = None,
-                        with_evaluation: bool = True, with_probe: bool = True, consolidate: bool = True, metric_jitter: float = 0.02) -> Path:
+                        with_evaluation: bool = True, with_probe: bool = True, with_layers: bool = False,
+                        consolidate: bool = True, metric_jitter: float = 0.02, agg_dim: str = "unit",
+                        agg_units: int | None = None) -> Path:
     """Write a run folder ``path`` (config.yaml, store.zarr, summary.json, checkpoints/) and return it.
 
     ``n_evals`` (default ``n_phases + 1``: init + one after each phase) may be smaller to mimic
@@ -77,6 +70,8 @@ def write_synthetic_run(path, *, rule: str = "lpl", model: str = "seqjepa-tiny",
     climbs 0.35 -> 1.10 over the last 40 % while the total falls), ``grad_spike_at`` (a 50x
     ``grad_norm`` spike), ``rank_collapse_at`` (``z_eff_rank`` drops to 1). ``factor_mode``:
     "isolated" (each view pair changes one factor) or "mixed" (all factors change together).
+    ``with_layers`` adds a ``layers`` group (ReLU activity of 3 layers); ``agg_dim`` /
+    ``agg_units`` name and size z_AGG's feature dimension (the simulator writes ``unit_agg``).
     """
     import xarray as xr
 
@@ -127,6 +122,7 @@ def write_synthetic_run(path, *, rule: str = "lpl", model: str = "seqjepa-tiny",
     m["steps_per_s"] = 500 * jit()
     m["crate.l0.ista_nonzero"] = 0.3 + 0.2 * np.exp(-3 * t)
     m["crate.l1.ista_nonzero"] = 0.2 + 0.2 * np.exp(-3 * t)
+    m["crate.l0.h0.coding_rate"] = 2.0 + 0.5 * np.exp(-2 * t)
     for part in rule.split("+"):
         if part == "metaplastic":
             m["metaplastic.availability_mean.encoder.blocks.0"] = np.exp(-2 * t)
@@ -150,7 +146,14 @@ def write_synthetic_run(path, *, rule: str = "lpl", model: str = "seqjepa-tiny",
         if E > 0 and (with_probe or with_evaluation):
             _write_evals(store, rng, seed, P, S, V, U, E, phase_names, steps_per_phase, classes_per_phase,
                          noise_sigma, obj_sigma, learn_strength, forget, sample_chunk, with_probe, with_evaluation,
-                         factor_mode)
+                         factor_mode, agg_dim, agg_units)
+        if with_layers and E > 0:  # per-layer ReLU activity, sparser in deeper layers
+            L, n = 3, min(S, 64)
+            g = np.random.default_rng([seed, 99])
+            act = np.maximum(g.standard_normal((E, P, n, L, U)) - np.array([0.0, 0.5, 1.0])[:, None], 0)
+            xr.Dataset({"activity": (("eval", "probe_set", "sample", "layer", "unit"), act.astype(np.float32))},
+                       coords={"eval": np.arange(E), "layer": np.arange(L)}).to_zarr(
+                str(store), group="layers", mode="w", consolidated=False)
         if consolidate:
             import zarr
 
@@ -172,7 +175,7 @@ def _strength(E, P, learn, forget):
 
 
 def _write_evals(store, rng, seed, P, S, V, U, E, phase_names, steps_per_phase, cpp, noise_sigma, obj_sigma, learn,
-                 forget, sample_chunk, with_probe, with_evaluation, factor_mode):
+                 forget, sample_chunk, with_probe, with_evaluation, factor_mode, agg_dim, agg_units):
     import dask.array as da
     import xarray as xr
 
@@ -205,26 +208,32 @@ def _write_evals(store, rng, seed, P, S, V, U, E, phase_names, steps_per_phase, 
         (e0, _), (p0, _), (s0, s1), _, _ = block_info[None]["array-location"]
         return z_block(e0, p0, s0, s1)[None, None]
 
+    UA = agg_units or U
+
     def gen_zagg(block_info=None):
         (e0, _), (p0, _), (s0, s1), _ = block_info[None]["array-location"]
-        return z_block(e0, p0, s0, s1)[:, : max(V - 1, 1)].mean(1)[None, None]
+        za = z_block(e0, p0, s0, s1)[:, : max(V - 1, 1)].mean(1)  # (s, U)
+        if UA != U:  # a wider aggregate: the mean, then small noise units (or truncated)
+            extra = 0.01 * np.random.default_rng([seed, 5, e0, p0, s0]).standard_normal((s1 - s0, max(UA - U, 0)))
+            za = np.concatenate([za, extra.astype(np.float32)], 1)[:, :UA]
+        return za[None, None]
 
     chunks_z = ((1,) * E, (1,) * P, _split(S, sc), (V,), (U,))
     z = da.map_blocks(gen_z, chunks=chunks_z, dtype=np.float32, meta=np.empty((0,) * 5, np.float32))
-    zagg = da.map_blocks(gen_zagg, chunks=chunks_z[:3] + ((U,),), dtype=np.float32,
+    zagg = da.map_blocks(gen_zagg, chunks=chunks_z[:3] + ((UA,),), dtype=np.float32,
                          meta=np.empty((0,) * 4, np.float32))
     coords = {"eval": np.arange(E), "step": ("eval", eval_steps), "phase": ("eval", np.array(eval_phase)),
               "probe_set": np.array(phase_names), "action_dim": np.array(ACTION_DIMS)}
     if with_probe:
         probe = xr.Dataset({"z": (("eval", "probe_set", "sample", "view", "unit"), z),
-                            "z_agg": (("eval", "probe_set", "sample", "unit"), zagg),
+                            "z_agg": (("eval", "probe_set", "sample", agg_dim), zagg),
                             "actions": (("probe_set", "sample", "view", "action_dim"), act.astype(np.float32)),
                             "label_class": (("probe_set", "sample"), cls.astype(np.int64)),
                             "label_angle": (("probe_set", "sample", "view"), angle.astype(np.float32)),
                             "label_scale": (("probe_set", "sample", "view"), np.exp(logscale).astype(np.float32)),
                             "label_shift": (("probe_set", "sample", "view", "xy"), shift.astype(np.float32))},
                            coords=coords)
-        enc = {"z": {"chunks": (1, 1, min(sc, S), V, U)}, "z_agg": {"chunks": (1, 1, min(sc, S), U)}}
+        enc = {"z": {"chunks": (1, 1, min(sc, S), V, U)}, "z_agg": {"chunks": (1, 1, min(sc, S), UA)}}
         import dask
 
         with dask.config.set(scheduler="threads", num_workers=4):

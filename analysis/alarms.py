@@ -12,8 +12,9 @@ step where the problem *began* (not where it was detected):
 * ``nonfinite`` — the first step with a NaN / inf total loss or gradient norm (divergence).
 * ``rank_collapse`` — an effective-rank series (``z_eff_rank``, ``zagg_eff_rank`` or the
   analysis' per-evaluation ranks) falls below ``collapse_frac`` of the best value reached.
-* ``usage_collapse`` — a usage series (metrics with "usage" in the name, or the analysis'
-  per-evaluation fraction of active units) falls below ``collapse_frac`` of its best.
+* ``usage_collapse`` — a usage series (metrics with "usage" in the name, ToST's
+  ``membership_entropy``, or the analysis' per-evaluation fraction of active units) falls
+  below ``collapse_frac`` of its best.
 
 Series are smoothed with a centred running median (window ``smooth`` points) first.
 """
@@ -223,7 +224,7 @@ def health_alarms(metrics: xr.Dataset | None, rule: str = "", eval_series: dict 
                 continue
             if name.endswith("eff_rank"):
                 a = series_collapse(step, get(v), name, "rank_collapse", collapse_frac, smooth, min_points=20)
-            elif "usage" in name:
+            elif "usage" in name or name.endswith("membership_entropy"):
                 a = series_collapse(step, get(v), name, "usage_collapse", collapse_frac, smooth, min_points=20)
             else:
                 continue

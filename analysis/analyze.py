@@ -25,6 +25,7 @@ The ``analysis`` group (idempotent: re-running replaces it):
 * ``acc_matrix`` (after_phase, probe_set), ``acc_init`` (probe_set), ``forgetting_phase``
   (probe_set); ``circle_xy`` (orbit, view, xy) / ``circle_angle`` (orbit, view) for the last
   evaluation; ``unit_std`` (eval, probe_set, unit);
+* ``layer_sparsity`` (eval, layer) when the store has the optional ``layers`` group;
 * alarms (alarm,): ``alarm_kind``, ``alarm_variable``, ``alarm_step``, ``alarm_detail``;
 * attrs ``summary`` (the returned dict, JSON) and ``settings``.
 """
@@ -149,6 +150,13 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
         acc = None
         summary["acc_source"] = None
 
+    if "layers" in tree.children:
+        ls = _layer_sparsity(tree["layers"].to_dataset(), max_probe_samples)
+        if ls is not None:
+            out["layer_sparsity"] = (("eval", "layer"), ls.values)
+            coords["layer"] = [str(x) for x in ls["layer"].values]
+            coords.setdefault("eval", ls["eval"].values)
+
     if acc is not None and acc.sizes["eval"] > 0:
         A, init = M.accuracy_matrix(acc)
         cont = M.continual_metrics(A, init)
@@ -161,6 +169,7 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
         out["forgetting_phase"] = (("probe_set",), fp)
         summary.update({k: cont[k] for k in ("forgetting", "bwt", "fwt", "phases_completed")})
         summary["acc_matrix"] = A.values.tolist()
+        summary["probe_sets"] = [str(x) for x in A["probe_set"].values]
     summary.update(_final_summary(out, coords))
 
     rule = str(tree.attrs.get("rule", info["rule"]))
@@ -286,6 +295,35 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
         out["circle_xy"] = (("orbit", "view", "xy"), circle["xy"].values)
         out["circle_angle"] = (("orbit", "view"), circle["angle"].values)
     return {"vars": out, "coords": coords}
+
+
+def _layer_sparsity(layers: xr.Dataset, max_samples: int) -> xr.DataArray | None:
+    """Fraction of near-zero activity per (eval, layer) from the optional ``layers`` group.
+
+    A variable with a ``layer`` dimension gives one row per layer; any other variable with an
+    ``eval`` dimension counts as one layer named after it. Reads the first ``max_samples``
+    samples only.
+    """
+    from colsim.analysis._stream import ZERO_TOL
+
+    rows = []
+    for name, da in layers.data_vars.items():
+        if "eval" not in da.dims:
+            continue
+        if "sample" in da.dims:
+            da = da.isel(sample=slice(0, max_samples))
+        x = da.load()
+        zero = (np.abs(x) <= ZERO_TOL).where(np.isfinite(x))
+        if "layer" in da.dims:
+            frac = zero.mean([d for d in da.dims if d not in ("eval", "layer")])
+            frac = frac.assign_coords(layer=[f"{name}.{v}" if len(layers.data_vars) > 1 else str(v)
+                                             for v in da["layer"].values])
+        else:
+            frac = zero.mean([d for d in da.dims if d != "eval"]).expand_dims(layer=[str(name)])
+        rows.append(frac.transpose("eval", "layer").drop_vars([c for c in frac.coords if c not in ("eval", "layer")]))
+    if not rows:
+        return None
+    return xr.concat(rows, "layer")
 
 
 def _final_summary(out: dict, coords: dict) -> dict:

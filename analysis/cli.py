@@ -7,7 +7,6 @@ are ordinary functions.
 """
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 from colsim.analysis.store import RunStoreError, store_path
@@ -25,8 +24,9 @@ try:  # typer metadata only; the functions work without typer
     _Output = Annotated[Optional[str], typer.Option("-o", "--output", help="HTML file to write (default: "
                                                                            "dashboard.html in the first run folder)")]
     _Serve = Annotated[bool, typer.Option("--serve", help="serve with panel on localhost instead of writing a file")]
+    _Port = Annotated[int, typer.Option("--port", help="port for --serve")]
 except ImportError:  # pragma: no cover - typer is a core dependency
-    _Runs, _By, _Out, _Output, _Serve = list[str], Optional[list[str]], Optional[str], Optional[str], bool
+    _Runs, _By, _Out, _Output, _Serve, _Port = list[str], Optional[list[str]], Optional[str], Optional[str], bool, int
 
 
 def _console():
@@ -59,6 +59,19 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _acc_table(acc, names=None):
+    from rich.table import Table
+
+    names = names or [str(j) for j in range(len(acc))]
+    t = Table(title="accuracy matrix A[after phase, probe set] (linear probe on z_AGG)")
+    t.add_column("after \\ probe set")
+    for n in names:
+        t.add_column(str(n), justify="right")
+    for n, row in zip(names, acc):
+        t.add_row(str(n), *[_fmt(x) if x is not None else "–" for x in row])
+    return t
+
+
 def analyze(runs: _Runs) -> None:
     """Compute a run's metrics and write them into its store (group `analysis`); print a summary."""
     from rich.table import Table
@@ -79,10 +92,9 @@ def analyze(runs: _Runs) -> None:
         for k in keys:
             if k in s:
                 t.add_row(k, _fmt(s[k]))
-        if s.get("acc_matrix"):
-            t.add_row("acc_matrix", json.dumps([[round(x, 3) if x is not None else None for x in row]
-                                                for row in s["acc_matrix"]]))
         console.print(t)
+        if s.get("acc_matrix"):
+            console.print(_acc_table(s["acc_matrix"], s.get("probe_sets")))
         for a in s.get("alarms") or []:
             console.print(f"[yellow]alarm[/] step {a['step']}: {a['kind']} ({a['variable']}) — {a['detail']}",
                           highlight=False)
@@ -105,15 +117,15 @@ def compare(runs: _Runs, by: _By = None, out: _Out = None) -> None:
     console.print(f"wrote {csv_path} and {html_path}", highlight=False)
 
 
-def dashboard(runs: _Runs, output: _Output = None, serve: _Serve = False) -> None:
+def dashboard(runs: _Runs, output: _Output = None, serve: _Serve = False, port: _Port = 5006) -> None:
     """Standalone HTML dashboard of one or more runs (side by side by rule); --serve for a live panel server."""
     from colsim.analysis.dashboard import dashboard as make
 
     paths = _check(runs)
     console = _console()
     if serve:
-        console.print("serving the dashboard on localhost (Ctrl-C to stop)")
-        make(paths, output, serve=True)
+        console.print(f"serving the dashboard at http://localhost:{port}/ (Ctrl-C to stop)", highlight=False)
+        make(paths, output, serve=True, port=port)
         return
     out = make(paths, output)
     console.print(f"wrote {out}", highlight=False)

@@ -11,8 +11,9 @@ a rule overlaid), one row per view:
 5. Equivariance R2 per action dimension (linear and MLP probes, last evaluation)
 6. dz eigenspectrum per factor (variance share per component, last evaluation)
 7. Rotation circle (orbits on the top-2 rotation PCs, coloured by angle)
-8. Per-layer sparsity and 9. rule state (metaplastic availability, SI importance, replay
-   histogram ...) when the run records them.
+8. Per-layer sparsity, 9. rule state (metaplastic availability, SI importance, replay
+   histogram ...) and 10. block diagnostics (CRATE coding rate, ToST membership entropy)
+   when the run records them (at most 12 curves a panel: summaries and the encoder first).
 
 ``serve=True`` serves the same layout with panel on localhost instead of writing a file.
 Reads only ``metrics`` and ``analysis`` (runs without ``analysis`` are analysed first), so
@@ -35,11 +36,12 @@ __all__ = ["TITLES", "dashboard", "build_layout"]
 
 TITLES = ["Loss components", "Rank monitor", "Accuracy matrix", "Forgetting curves",
           "Equivariance R2 per action dimension", "dz eigenspectrum", "Rotation circle", "Per-layer sparsity",
-          "Rule state"]
+          "Rule state", "Block diagnostics"]
 _STATE_PREFIXES = ("metaplastic.", "si.", "ewc.", "replay.", "consolidation.")
 _LAYER_RE = re.compile(r"\.l(\d+)\..*(nonzero|sparsity|active)|sparsity")
+_BLOCK_RE = re.compile(r"coding_rate|membership_entropy|usage")
 H = 230  # frame height of every panel
-FW = 330  # frame width of every panel (legends sit outside, on the right)
+FW = 300  # frame width of every panel (legends sit outside, on the right)
 _LEGEND = {"label_text_font_size": "7pt", "glyph_height": 10, "label_height": 10, "spacing": 0}
 _MAX_POINTS = 1500
 _MAX_CURVES = 12
@@ -53,6 +55,8 @@ def _hv():
 
     hv.extension("bokeh", logo=False)
     silence(FIXED_SIZING_MODE, True)  # frame_width panels (legend outside) are fixed-size on purpose
+    for el in ("Curve", "Scatter", "Overlay", "HeatMap", "Bars", "Points", "Text"):
+        hv.opts.defaults(getattr(hv.opts, el)(toolbar="above"))
     return hv
 
 
@@ -252,12 +256,19 @@ def _circle_panel(hv, runs, title):
                               xlabel=xlabel, ylabel="PC2")
 
 
+def _curve_priority(name: str):
+    """Which curves to show first when a group has more than the cap: summaries, the encoder."""
+    summary = name.endswith((".mean", "norm", ".total", ".penalty", "nonzero", "entropy"))
+    return (not summary, "encoder" not in name, name)
+
+
 def _metric_group_panel(hv, runs, title, pick, ylabel):
     els = []
     for r in runs:
         if r.metrics is None:
             continue
-        names = sorted(str(v) for v in r.metrics.data_vars if r.metrics[v].dims == ("step",) and pick(str(v)))
+        names = sorted((str(v) for v in r.metrics.data_vars if r.metrics[v].dims == ("step",) and pick(str(v))),
+                       key=_curve_priority)
         for name in names[:_MAX_CURVES]:
             s = r.series(name)
             els.append(hv.Curve((s[0], s[1]), "step", ylabel, label=name if len(runs) == 1 else f"{name} ({r.label})"))
@@ -265,6 +276,25 @@ def _metric_group_panel(hv, runs, title, pick, ylabel):
         return None
     return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, legend_position="right",
                                 legend_opts=_LEGEND)
+
+
+def _layer_panel(hv, runs, panel, title):
+    els = []
+    for r in runs:
+        a = r.analysis
+        if a is None or "layer_sparsity" not in a:
+            continue
+        for lay in a["layer"].values:
+            y = a["layer_sparsity"].sel(layer=lay).values
+            lab = f"{lay} (probe)" if len(runs) == 1 else f"{lay} (probe, {r.label})"
+            els.append(hv.Curve((a["step"].values, y), "step", "fraction", label=lab)
+                       * hv.Scatter((a["step"].values, y), "step", "fraction", label=lab).opts(size=6))
+    if not els:
+        return panel
+    ov = hv.Overlay(els)
+    if panel is not None:
+        ov = panel * ov
+    return ov.opts(title=title, frame_width=FW, frame_height=H, legend_position="right", legend_opts=_LEGEND)
 
 
 def build_layout(paths):
@@ -281,9 +311,12 @@ def build_layout(paths):
     for fn, ti in makers:
         rows.append([fn(hv, by_rule[rule], f"{TITLES[ti]} - {rule}") for rule in rules])
     optional = [(TITLES[7], lambda n: bool(_LAYER_RE.search(n)), "fraction"),
-                (TITLES[8], lambda n: n.startswith(_STATE_PREFIXES), "value")]
+                (TITLES[8], lambda n: n.startswith(_STATE_PREFIXES), "value"),
+                (TITLES[9], lambda n: bool(_BLOCK_RE.search(n)), "value")]
     for title, pick, ylabel in optional:
         panels = [_metric_group_panel(hv, by_rule[rule], f"{title} - {rule}", pick, ylabel) for rule in rules]
+        if title == TITLES[7]:  # per-layer sparsity of the recorded layer activity, per evaluation
+            panels = [_layer_panel(hv, by_rule[rule], p, f"{title} - {rule}") for p, rule in zip(panels, rules)]
         if any(p is not None for p in panels):
             rows.append([p if p is not None else _empty(hv, f"{title} - {rule}") for p, rule in zip(panels, rules)])
     return rows, _header(runs), by_rule

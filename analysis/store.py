@@ -139,8 +139,13 @@ def _eval_group(tree: xr.DataTree, group: str) -> xr.Dataset | None:
     ds = tree[group].to_dataset()
     ren = {c: f"eval_{c}" for c in ("step", "phase") if c in ds.coords and ds[c].dims == ("eval",)}
     ds = ds.rename(ren).reset_coords(list(ren.values()))
-    keep = [v for v in ds.data_vars if "sample" not in ds[v].dims]  # large per-sample arrays stay out
-    return ds[keep].rename({v: f"{group}.{v}" for v in keep})
+    # keep what aligns across runs: every dimension labelled (or ``eval``, aligned by index);
+    # per-sample arrays, alarms (a list per run), circles and unit-indexed arrays stay out
+    keep = [v for v in ds.data_vars if all(d == "eval" or d in ds.indexes for d in ds[v].dims)]
+    out = ds[keep].rename({v: f"{group}.{v}" for v in keep})
+    if "alarm_kind" in ds:
+        out[f"{group}.n_alarms"] = xr.DataArray(float(ds.sizes.get("alarm", 0)))
+    return out.drop_vars([c for c in out.coords if c not in out.dims])
 
 
 def open_runs(paths: Iterable, groups: tuple[str, ...] = ("metrics", "evaluation", "analysis"),
@@ -152,8 +157,10 @@ def open_runs(paths: Iterable, groups: tuple[str, ...] = ("metrics", "evaluation
 
     * ``metrics`` variables under their own names over ``step`` (``loss``, ``lpl.l0.hebb`` ...);
     * per-evaluation groups prefixed with the group name (``evaluation.acc_agg``,
-      ``analysis.acc_matrix`` ...); their ``step``/``phase`` coordinates become the
-      variables ``evaluation.eval_step`` / ``evaluation.eval_phase``;
+      ``analysis.acc_matrix``, ``analysis.n_alarms`` ...) — the variables whose dimensions
+      are labelled (eval, probe_set, action_dim, after_phase, factor, regressor, component,
+      layer); per-sample, per-unit, per-orbit and per-alarm arrays stay in the stores. Their
+      ``step``/``phase`` coordinates become ``evaluation.eval_step`` / ``evaluation.eval_phase``;
     * ``status`` and ``steps_done`` per run.
 
     Ragged runs are aligned by an outer join: ``step`` on the union of recorded steps, ``eval``
@@ -186,6 +193,11 @@ def open_runs(paths: Iterable, groups: tuple[str, ...] = ("metrics", "evaluation
             ds = ds.load()
         ds["status"] = xr.DataArray(info["status"])
         ds["steps_done"] = xr.DataArray(float(info["steps_done"]) if info["steps_done"] is not None else np.nan)
+        for v in list(ds.data_vars):  # so that missing entries can be NaN
+            if ds[v].dtype.kind in "iub":
+                ds[v] = ds[v].astype(np.float64)
+            elif ds[v].dtype.kind == "U":
+                ds[v] = ds[v].astype(object)
         per_run.append(ds.expand_dims(run=1).assign_coords({d: ("run", [info[d]]) for d in RUN_DIMS}))
     if not per_run:
         raise RunStoreError("open_runs: no runs given")

@@ -23,6 +23,7 @@ def test_rising_component_while_total_falls_flags_its_onset():
     assert abs(a["step"] - 6000) <= 300  # the ramp starts at t = 0.6 -> step 6000
     assert rising_component(STEP, np.exp(-3 * t), total, "x") is None  # both fall: no alarm
     assert rising_component(STEP, comp, comp + 1, "x") is None  # the total rises too: no alarm
+    assert rising_component(STEP, comp * 1e-4, total, "x") is None  # a rise negligible next to the total
 
 
 def test_grad_spike_nonfinite_and_collapse_steps():
@@ -31,6 +32,10 @@ def test_grad_spike_nonfinite_and_collapse_steps():
     a = grad_spikes(STEP, g)
     assert a["step"] == 4000 and a["detail"].startswith("3 step(s)")
     assert grad_spikes(STEP, np.ones(N)) is None
+    early = np.ones(N)
+    early[0] = 0.0  # no gradient at the first step, then normal ones: no spike against a median of 0
+    early[3] = 5.0  # within the first min_history points: not judged
+    assert grad_spikes(STEP, early) is None
     loss = np.ones(N)
     loss[:50] = np.nan  # not yet recorded: not a divergence
     loss[700:] = np.nan

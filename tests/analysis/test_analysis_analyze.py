@@ -82,3 +82,22 @@ def test_block_size_does_not_change_results(make_run):
     big = _analysis(p)["analysis"].to_dataset().load()
     for v in ("z_eff_rank", "z_rankme", "zagg_eff_rank", "dz_eigenspectrum", "unit_std", "acc_agg"):
         np.testing.assert_allclose(small[v].values, big[v].values, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_sparsity_from_the_optional_layers_group(make_run):
+    p = make_run("layers", with_layers=True, n_phases=2)
+    analyze_run(p, mlp="none")
+    a = _analysis(p)["analysis"]
+    ls = a["layer_sparsity"]
+    assert ls.dims == ("eval", "layer") and list(a["layer"].values) == ["0", "1", "2"]
+    # ReLU of N(0,1) - [0, 0.5, 1]: zero fractions Phi(0), Phi(0.5), Phi(1)
+    np.testing.assert_allclose(ls.mean("eval").values, [0.5, 0.691, 0.841], atol=0.02)
+
+
+def test_z_agg_with_its_own_width(make_run):
+    """The simulator writes z_AGG over ``unit_agg`` (its own width), not ``unit``."""
+    p = make_run("agg", agg_dim="unit_agg", agg_units=24, factor_mode="mixed", n_phases=2)
+    s = analyze_run(p, mlp="none")
+    assert np.isfinite(s["zagg_eff_rank"]) and np.isfinite(s["acc_agg"])
+    a = _analysis(p)["analysis"]
+    assert set(a["dz_method"].values.ravel()) == {"residualised"}  # every pair changes every factor

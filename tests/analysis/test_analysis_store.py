@@ -63,3 +63,12 @@ def test_store_layout_matches_the_spec(make_run):
     assert list(probe["action_dim"].values) == ["sin_drot", "cos_drot", "dtx", "dty", "dlogscale"]
     assert probe["phase"].values.tolist() == ["init", "phase0", "phase1", "phase2"]
     assert tree["metrics"]["step"].dtype == np.int64
+
+
+def test_open_runs_with_analysis_groups(sweep_runs):
+    ds = open_runs(sweep_runs)
+    assert ds["analysis.acc_matrix"].dims == ("rule", "model", "protocol", "seed", "after_phase", "probe_set")
+    assert ds["analysis.dz_top2_share"].dims[-3:] == ("eval", "probe_set", "factor")
+    n = ds["analysis.n_alarms"].squeeze(["model", "protocol"])
+    assert n.sel(rule="lpl+metaplastic").values.tolist() == [1.0, 1.0]
+    assert "analysis.alarm_kind" not in ds and "analysis.circle_xy" not in ds
