@@ -135,8 +135,8 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
         out.update(res["vars"])
         coords.update(res["coords"])
         steps = coords["step"][1]
-        eval_series["analysis.z_eff_rank"] = ("rank_collapse", steps, np.nanmean(res["vars"]["z_eff_rank"][1], 1))
-        eval_series["analysis.unit_usage"] = ("usage_collapse", steps, np.nanmean(res["vars"]["unit_usage"][1], 1))
+        eval_series["analysis.z_eff_rank"] = ("rank_collapse", steps, _rowmean(res["vars"]["z_eff_rank"][1]))
+        eval_series["analysis.unit_usage"] = ("usage_collapse", steps, _rowmean(res["vars"]["unit_usage"][1]))
         acc = xr.DataArray(res["vars"]["acc_agg"][1], dims=("eval", "probe_set"),
                            coords={"probe_set": coords["probe_set"], "phase": coords["phase"]})
         summary["acc_source"] = "analysis probes (z_agg, logistic)"
@@ -193,10 +193,17 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
     ds = xr.Dataset({k: xr.Variable(*v) for k, v in out.items()}, coords=coords,
                     attrs={"summary": json.dumps(summary), "settings": json.dumps(settings),
                            "analysis_version": ANALYSIS_VERSION})
+    tree.close()
     if write:
-        tree.close()
         write_group(sp, "analysis", ds)
     return summary
+
+
+def _rowmean(x: np.ndarray) -> np.ndarray:
+    """Mean over the probe sets of each evaluation; NaN (no warning) where all are NaN."""
+    x = np.asarray(x, np.float64)
+    n = np.isfinite(x).sum(1)
+    return np.where(n > 0, np.nansum(x, 1) / np.maximum(n, 1), np.nan)
 
 
 def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, block_bytes):

@@ -72,3 +72,15 @@ def test_open_runs_with_analysis_groups(sweep_runs):
     n = ds["analysis.n_alarms"].squeeze(["model", "protocol"])
     assert n.sel(rule="lpl+metaplastic").values.tolist() == [1.0, 1.0]
     assert "analysis.alarm_kind" not in ds and "analysis.circle_xy" not in ds
+
+
+def test_open_run_cuts_a_half_written_evaluation(make_run):
+    """A crash mid-append leaves z one evaluation longer than its coordinates: cut to the shortest."""
+    import zarr
+
+    p = make_run("ragged", status="interrupted", consolidate=False)
+    z = zarr.open_group(str(p / "store.zarr" / "probe"), mode="a", use_consolidated=False)["z"]
+    z.resize((z.shape[0] + 1,) + z.shape[1:])
+    tree = open_run(p)
+    assert tree["probe"].sizes["eval"] == 4 and tree["probe"]["z"].shape[0] == 4
+    assert list(tree["probe"]["phase"].values) == ["init", "phase0", "phase1", "phase2"]
