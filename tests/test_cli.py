@@ -235,3 +235,37 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     bad = runner.invoke(app, ["run", "nonstationary", "--resume", str(of / "config.yaml"), "--quiet",
                               "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "not a colsim checkpoint" in bad.output
+
+
+def test_analyze_and_dashboard_of_a_real_run(tiny_run, tmp_path):
+    """`colsim analyze` and `colsim dashboard` on a real short run; the page renders in headless Chromium."""
+    import shutil
+
+    out, _ = tiny_run
+    res = runner.invoke(app, ["analyze", str(out)])
+    assert res.exit_code == 0, res.output
+    tree = xr.open_datatree(out / "store.zarr", engine="zarr")
+    assert "analysis" in tree.children
+    page = tmp_path / "dash.html"
+    res = runner.invoke(app, ["dashboard", str(out), "-o", str(page)])
+    assert res.exit_code == 0, res.output
+    html = page.read_text()
+    from colsim.analysis.dashboard import TITLES
+
+    for title in ("Accuracy matrix", "Loss components"):
+        assert any(title.lower() in t.lower() for t in TITLES)
+        assert title.lower() in html.lower(), title
+    assert "cdn.bokeh.org" not in html  # resources inline: opens with no network
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.skip("chromium is not installed (make test installs it with tests/analysis/ensure_chromium.sh)")
+    png = tmp_path / "dash.png"
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1400,1800",
+                    "--virtual-time-budget=10000", page.resolve().as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert (img < 240).any(-1).mean() > 0.05, "screenshot nearly blank"
+    assert len(np.unique(img.reshape(-1, 3)[::7], axis=0)) > 50, "plots did not render"
