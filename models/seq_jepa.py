@@ -44,7 +44,13 @@ tokens and the predictor.
 
 ``local=True`` (layer-local rules): every encoder block sees a detached input, context views
 are encoded without a graph, and the aggregator / predictor see detached encoder outputs (a
-regulariser ``on: z`` then reaches the last encoder block only).
+regulariser ``on: z`` then reaches the last encoder block only). With ``local_context: cache``
+(default) the context is not re-encoded at all: the state keeps each window view's embedding and
+pooled block outputs from the tick it was the current view (``z_cache``, ``l_cache``), so the
+aggregator sees embeddings up to M-1 steps old and ``layers_prev`` is the previous view's
+activity as it was at t-1 (LPL's trace of the previous step). That removes an M-view encoder
+pass per tick, the bulk of a local step. ``recompute`` re-encodes the window with the current
+parameters, as the global path does; so does ``forward_inputs`` (replay has no cache).
 """
 from __future__ import annotations
 
@@ -87,6 +93,7 @@ class SeqJepaConfig(Strict):
     window: int = Field(3, ge=1)  # M: context views aggregated
     action_conditioning: bool = True
     channels_last: bool = False  # NHWC memory format for conv encoders (faster convolutions on CPU / GPU)
+    local_context: Literal["cache", "recompute"] = "cache"  # local=True: reuse window embeddings (see docstring)
 
     @model_validator(mode="after")
     def _widths(self):
@@ -262,7 +269,13 @@ class SeqJepaColumn(AbstractColumn):
         B = obs.shape[0]
 
         # context (views before t) -> forward prediction
-        z_ctx, l_ctx = self._encode_ctx(state["obs"], count, grad=not local)
+        cached = local and self.cfg.local_context == "cache" and "z_cache" in state
+        if cached:  # embeddings stored when each window view was the current one (no encoder pass)
+            keep = (torch.arange(self.window, device=obs.device).unsqueeze(0) < count.unsqueeze(1)).unsqueeze(-1)
+            z_ctx = state["z_cache"] * keep  # (B, M, D), empty slots 0 as _encode_ctx gives
+            l_ctx = [l * keep for l in state["l_cache"]]  # [(B, M, C_l)]
+        else:
+            z_ctx, l_ctx = self._encode_ctx(state["obs"], count, grad=not local)
         z_in = z_ctx.detach() if local else z_ctx  # (B, M, D) what the aggregator sees
         emb = self._action_emb(state["act"], count)  # (B, M, E) or None
         tokens, pad, a_last = self._tokens(z_in, emb, count)
@@ -308,6 +321,13 @@ class SeqJepaColumn(AbstractColumn):
             "act": self._push(state["act"], count, action),
             "count": (count + 1).clamp(max=self.window),
         }
+        if self.cfg.local_context == "cache":  # keep the window's embeddings for local forwards
+            M = self.window
+            z_base = state["z_cache"] if "z_cache" in state else z_ctx.detach()
+            l_base = state["l_cache"] if "l_cache" in state else (
+                [l.detach() for l in l_ctx] if l_ctx else [l.new_zeros(B, M, l.shape[-1]) for l in layers])
+            new_state["z_cache"] = self._push(z_base, count, z.detach())
+            new_state["l_cache"] = [self._push(lb, count, l.detach()) for lb, l in zip(l_base, layers)]
         trace = Trace(z=z, z_agg=z_agg, z_hat=z_hat, z_target=z_target, valid=valid, loss_pred=loss_pred,
                       loss=loss, loss_jepa=loss_jepa, loss_reg=loss_reg, reg=reg_terms, layers=layers,
                       layers_prev=layers_prev, local=torch.tensor(local), **extra,

@@ -11,13 +11,15 @@ and the action ``a_{t-1}`` from the previous to the current view (``act_ctx`` at
 ``count - 1``). A prediction made at t-1 cannot be kept for the target at t (the parameters
 change in between), so the rule uses the same pair of views one tick later:
 
-* ``direction: forward`` (default; REFERENCE's loss shifted by one tick): the previous view
-  is re-encoded with a block-local graph, ``z'_l(t-1) = f_l(sg(h_{l-1}(t-1)))``, and
+* ``direction: backward`` (default; retrodiction): ``L_pred = mean ||P_l(z_l(t), a_{t-1}) -
+  sg(z_l(t-1))||²`` — REFERENCE's pairs of consecutive views with time reversed: P_l predicts
+  the previous view's block output from the current one and the action that led here
+  (relative affine actions are invertible, so P_l learns the inverse map). No re-encoding:
+  the step costs what an LPL step costs.
+* ``direction: forward`` (REFERENCE's orientation, shifted by one tick): the previous view is
+  re-encoded with a block-local graph, ``z'_l(t-1) = f_l(sg(h_{l-1}(t-1)))``, and
   ``L_pred = mean ||P_l(z'_l(t-1), a_{t-1}) - sg(z_l(t))||²``. Cost: one extra encoder
-  forward/backward of the B previous views (never the M-view window).
-* ``direction: backward`` (retrodiction, free): ``L_pred = mean ||P_l(z_l(t), a_{t-1}) -
-  sg(z_l(t-1))||²`` — the same pairs with time reversed (relative affine actions are
-  invertible, so P_l learns the inverse map); no re-encoding.
+  forward/backward of the B previous views (about +35 % step time on the default column).
 
 The predictor input carries the gradient into block l; the target is a stop-gradient. A
 constant code would make the loss zero, so each block also gets, on z_l(t) (B, C_l):
@@ -63,7 +65,7 @@ AUX = "encoder_aux"
 
 class LayerwiseConfig(Strict):
     name: Literal["layerwise"] = "layerwise"
-    direction: Literal["forward", "backward"] = "forward"
+    direction: Literal["backward", "forward"] = "backward"
     hidden: int = Field(128, ge=1)  # width of each P_l
     lambda_pred: float = Field(1.0, ge=0)
     lambda_var: float = Field(1.0, ge=0)

@@ -133,11 +133,26 @@ def sparse_coding(cfg: SparseCodingConfig, column=None) -> Rule:
                for l in use if wnames[l] in params}
         return {"Lambda": Lam, "step": 0}
 
+    def _rows(x_in: Tensor, u: Tensor, m: nn.Module, gen: torch.Generator) -> "tuple[Tensor, Tensor]":
+        """Inputs x (N, J) and drives u (N, M) at up to ``max_positions`` sampled (sample, position) rows."""
+        if isinstance(m, nn.Conv2d):
+            X3 = F.unfold(x_in, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, J, L)
+            U3 = u.flatten(2)  # (B, M, L)
+            B, _, L = X3.shape
+            n = B * L if cfg.max_positions is None else min(cfg.max_positions, B * L)
+            idx = torch.randperm(B * L, generator=gen)[:n].to(X3.device) if n < B * L else torch.arange(B * L, device=X3.device)
+            b, pos = idx // L, idx % L
+            return X3[b, :, pos], U3[b, :, pos]  # (n, J), (n, M): gathered, no full transposed copy
+        X, U = x_in.reshape(-1, x_in.shape[-1]), u.reshape(-1, u.shape[-1])
+        if cfg.max_positions is not None and X.shape[0] > cfg.max_positions:
+            idx = torch.randperm(X.shape[0], generator=gen)[: cfg.max_positions].to(X.device)
+            X, U = X[idx], U[idx]
+        return X, U
+
     @torch.no_grad()
     def _local(obs: Tensor, step: int):
-        """Per block: (x (N, J), u (N, M)) of the leading layer on the current view."""
+        """Yield, block by block, (l, x (N, J), u (N, M)) of the leading layer on the current view."""
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        out = {}
         h = obs
         for l, block in enumerate(enc.blocks):
             lead = leads[l]
@@ -150,19 +165,11 @@ def sparse_coding(cfg: SparseCodingConfig, column=None) -> Rule:
                     x_in = h
                     h = sub(h)
                     u = h - m.bias.view(1, -1, *([1] * (h.dim() - 2))) if m.bias is not None else h
-                    if isinstance(m, nn.Conv2d):
-                        X = F.unfold(x_in, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, J, L)
-                        X = X.transpose(1, 2).reshape(-1, X.shape[1])  # (B*L, J)
-                        U = u.flatten(2).transpose(1, 2).reshape(-1, u.shape[1])  # (B*L, M)
-                    else:
-                        X, U = x_in.reshape(-1, x_in.shape[-1]), u.reshape(-1, u.shape[-1])
-                    if cfg.max_positions is not None and X.shape[0] > cfg.max_positions:
-                        idx = torch.randperm(X.shape[0], generator=gen)[: cfg.max_positions].to(X.device)
-                        X, U = X[idx], U[idx]
-                    out[l] = (X.float(), U.float())
+                    X, U = _rows(x_in, u, m, gen)
+                    yield l, X.float(), U.float()
+                    del X, U, x_in, u
                 else:
                     h = sub(h)
-        return out
 
     def update(params, state, trace):
         total = cfg.predictive_weight * trace["loss"]
@@ -170,8 +177,7 @@ def sparse_coding(cfg: SparseCodingConfig, column=None) -> Rule:
         metrics = {"loss.pred": float(trace["loss"].detach())}
         Lam = dict(state["Lambda"])
         if Lam:
-            xu = _local(trace["inputs"]["obs"], state["step"])
-            for l, (X, U) in xu.items():
+            for l, X, U in _local(trace["inputs"]["obs"], state["step"]):
                 w = wnames[l]
                 if w not in params:
                     continue
