@@ -125,9 +125,9 @@ def run(
         torch.use_deterministic_algorithms(True, warn_only=True)
         world = build_world(cfg)
         column = build_column(cfg, world).to(cfg.device)
+        rule_obj = build_rule(cfg.rule, column)  # may attach rule-owned parameters (layerwise's predictors)
         if ckpt is not None:
             column.load_state_dict(ckpt["model"])
-        rule_obj = build_rule(cfg.rule, column)
         local = check_rule(cfg.rule, rule_obj, column)
         optimizer = build_optimizer(cfg.rule, column)
         out_dir = _out_dir(out, cfg)

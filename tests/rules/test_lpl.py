@@ -55,7 +55,7 @@ def _toy_batch(B, sigma_y, gen, noise_x=0.1):
     return draw(), draw()  # (B, 2) previous, current
 
 
-def _train_lpl(sigma_y, hebb=True, steps=800, seed=0):
+def _train_lpl(sigma_y, hebb=True, steps=400, seed=0):
     gen = torch.Generator().manual_seed(seed)
     w = torch.tensor([0.6, 0.8]).requires_grad_(True)  # starts more y- than x-tuned
     opt = torch.optim.Adam([w], lr=1e-2)
@@ -71,7 +71,7 @@ def _train_lpl(sigma_y, hebb=True, steps=800, seed=0):
     return w.detach()
 
 
-def _train_hebb_oja(sigma_y, kind, steps=800, seed=0):
+def _train_hebb_oja(sigma_y, kind, steps=400, seed=0):
     gen = torch.Generator().manual_seed(seed)
     w = torch.tensor([0.8, 0.6])  # starts x-tuned
     for _ in range(steps):
@@ -106,6 +106,6 @@ def test_hebbian_and_oja_turn_to_y_when_it_has_more_variance(kind):
 def test_without_hebbian_term_activity_collapses():
     gen = torch.Generator().manual_seed(1)
     w0 = torch.tensor([0.6, 0.8])
-    w = _train_lpl(1.0, hebb=False)
+    w = _train_lpl(1.0, hebb=False, steps=800)
     x_prev, x = _toy_batch(4096, 1.0, gen)
     assert float((x @ w).std()) < 0.05 * float((x @ w0).std())
