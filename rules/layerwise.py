@@ -6,8 +6,8 @@ small predictor P_l and the loss ``||P_l(z_l(t), e(a_t)) - sg(z_l(t+1))||²`` pl
 anti-collapse term; block inputs are detached, so no gradient crosses blocks.
 
 Streaming form. At tick t the column's trace holds the pooled block outputs of the current
-view, ``z_l(t)`` (with a block-local graph) and of the previous view ``z_l(t-1)`` (no graph),
-and the action ``a_{t-1}`` from the previous to the current view (``act_ctx`` at slot
+view, ``z_l(t)`` (with a block-local graph) and of the previous view ``z_l(t-1)`` (no graph; as
+computed at t-1 when the column caches its window, ``local_context: cache``), and the action ``a_{t-1}`` from the previous to the current view (``act_ctx`` at slot
 ``count - 1``). A prediction made at t-1 cannot be kept for the target at t (the parameters
 change in between), so the rule uses the same pair of views one tick later:
 

@@ -172,6 +172,11 @@ def sparse_coding(cfg: SparseCodingConfig, column=None) -> Rule:
                     h = sub(h)
 
     def update(params, state, trace):
+        if not trace.get("_retain_graph", False):
+            # no rule after this one reads the current view's block-local graph (built by the local
+            # forward, unused here): drop the trace's references so its activations are freed now
+            trace["z"] = trace["z"].detach()
+            trace["layers"] = [l.detach() for l in trace["layers"]]
         total = cfg.predictive_weight * trace["loss"]
         grads = loss_grads(total, params, retain_graph=bool(trace.get("_retain_graph", False)))
         metrics = {"loss.pred": float(trace["loss"].detach())}
