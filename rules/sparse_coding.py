@@ -22,8 +22,15 @@ lambda* is the depression that makes the update norm-preserving (no change of E[
 order); Lambda (integral, REFERENCE's ``lambda += eta_l (u² - 1)``) and the proportional term
 drive E[u²] -> 1. The integral term alone is unstable for an expansive f such as u³ (the
 linearised (E[u²], lambda) dynamics have a positive trace: weights explode before lambda
-catches up), hence lambda* and k_p. The step is normalised per block by the mean squared
-input norm (``ΔW / mean_b ||x_b||²``) so one learning rate fits blocks of any fan-in.
+catches up), hence lambda* and k_p. The step is normalised (a per-unit learning rate; the
+direction and the fixed points are unchanged)::
+
+    Δw_i <- Δw_i / (mean_b ||x_b||² max(1, |lambda_i|))
+
+by the block's mean squared input norm, so one learning rate fits blocks of any fan-in, and by
+|lambda_i|, so the linear depression step ``eta lambda_i C w_i`` stays below 1 when a unit's code
+is very sparse (lambda* = E[u⁴]/E[u²] grows with the kurtosis; unnormalised, such units
+overshoot and diverge after a few hundred steps).
 
 In the column. For every encoder block l the rule re-runs the current view through the
 encoder under ``no_grad`` and takes the block's leading Conv2d / Linear: x are its input
@@ -57,7 +64,8 @@ from colsim.config import ConfigError, Strict
 from colsim.registry import register_rule
 from colsim.rule import Rule, loss_grads
 
-__all__ = ["SparseCodingConfig", "sparse_coding", "sparse_coding_dw", "homeostatic_lambda", "homeostasis_step"]
+__all__ = ["SparseCodingConfig", "sparse_coding", "sparse_coding_dw", "normalise_step", "homeostatic_lambda",
+           "homeostasis_step"]
 
 
 class SparseCodingConfig(Strict):
@@ -87,6 +95,11 @@ def sparse_coding_dw(x: Tensor, u: Tensor, lam: Tensor, beta: float = 0.0, nonli
         G = u.T @ u / N  # (M, M)
         post = post - beta * (u @ (G - torch.diag(torch.diagonal(G))))  # symmetric: (Off(G) u_b) per row
     return post.T @ x / N
+
+
+def normalise_step(dw: Tensor, x: Tensor, lam: Tensor) -> Tensor:
+    """Δw (M, J) / (mean_b ||x_b||² max(1, |lambda_i|)); x (N, J), lam (M,)."""
+    return dw / ((x * x).sum(1).mean().clamp(min=1e-12) * lam.abs().clamp(min=1.0).unsqueeze(1))
 
 
 def homeostatic_lambda(u: Tensor, Lam: Tensor, k_p: float, nonlinearity: str = "cube") -> Tensor:
@@ -188,7 +201,7 @@ def sparse_coding(cfg: SparseCodingConfig, column=None) -> Rule:
                     continue
                 lam = homeostatic_lambda(U, Lam[l], cfg.k_p, cfg.nonlinearity)  # (M,)
                 dw = sparse_coding_dw(X, U, lam, cfg.beta, cfg.nonlinearity)  # (M, J)
-                dw = dw / (X * X).sum(1).mean().clamp(min=1e-12)  # normalised step
+                dw = normalise_step(dw, X, lam)
                 grads[w] = -dw.view_as(params[w]).to(params[w].dtype)
                 b = w[: -len("weight")] + "bias"
                 if b in params:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from colsim.config import ConfigError
-from colsim.rules.sparse_coding import homeostasis_step, homeostatic_lambda, sparse_coding_dw
+from colsim.rules.sparse_coding import homeostasis_step, homeostatic_lambda, normalise_step, sparse_coding_dw
 from colsim.simulate import _seeded
 from _tiny import build_tiny
 
@@ -99,7 +99,7 @@ def test_sparse_coding_finds_sparse_source_where_oja_finds_top_pc():
         x, _ = _mixture(1024, gen, th)
         u = x @ w.T  # (256, 1)
         lam = homeostatic_lambda(u, Lam, k_p=1.0)
-        w = w + 0.1 * sparse_coding_dw(x, u, lam) / (x * x).sum(1).mean()
+        w = w + 0.1 * normalise_step(sparse_coding_dw(x, u, lam), x, lam)  # the rule's step (SGD lr 0.1)
         Lam = homeostasis_step(Lam, u, 0.05)
         y = x @ w_oja.T
         w_oja = w_oja + 1e-3 * (y * (x - y * w_oja)).mean(0, keepdim=True)  # Oja's rule
