@@ -24,22 +24,15 @@ AGG_RATIO_MAX = 1.1
 
 
 def _build(model: str):
-    import torch
-
     import colsim.models  # noqa: F401
     import colsim.protocols  # noqa: F401
     import colsim.rules  # noqa: F401
-    from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.build import build_run
     from colsim.config import resolve_run_config
     from colsim.simulate import _seeded
 
     cfg = resolve_run_config("stationary", rule="backprop", model=model)
-    torch.manual_seed(0)
-    world = build_world(cfg)
-    col = build_column(cfg, world)
-    rule = build_rule(cfg.rule, col)
-    local = check_rule(cfg.rule, rule, col)
-    opt = build_optimizer(cfg.rule, col)
+    world, col, rule, local, opt = build_run(cfg)
     ph = cfg.protocol.phases[0]
     stream = world.stream(cfg.protocol.stream.batch, cfg.protocol.stream.episode_length, ph.classes, ph.world)
     params = col.trainable()

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import colsim.models  # noqa: E402,F401
 import colsim.protocols  # noqa: E402,F401
 import colsim.rules  # noqa: E402,F401
-from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule  # noqa: E402
+from colsim.build import build_run
 from colsim.config import resolve_run_config  # noqa: E402
 from colsim.simulate import _seeded  # noqa: E402
 
@@ -74,12 +74,7 @@ class Bench:
 
     def __init__(self, spec: str, protocol: str, seed: int, overrides=()):
         cfg = resolve_run_config(protocol, rule=spec, seed=seed, overrides=list(overrides))
-        torch.manual_seed(seed)
-        self.world = build_world(cfg)
-        self.column = build_column(cfg, self.world)
-        self.rule = build_rule(cfg.rule, self.column)
-        self.local = check_rule(cfg.rule, self.rule, self.column)
-        self.opt = build_optimizer(cfg.rule, self.column)
+        self.world, self.column, self.rule, self.local, self.opt = build_run(cfg)
         self.params = self.column.trainable()
         self.state = self.rule.init(self.params)
         B, L = cfg.protocol.stream.batch, cfg.protocol.stream.episode_length

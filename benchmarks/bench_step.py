@@ -34,22 +34,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonstationary"):
-    import torch
-
     import colsim.models  # noqa: F401
     import colsim.protocols  # noqa: F401
     import colsim.rules  # noqa: F401
-    from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.build import build_run
     from colsim.config import resolve_run_config
 
     cfg = resolve_run_config(protocol, rule=rule, model=model, overrides=list(overrides))
-    torch.manual_seed(0)
-    world = build_world(cfg)
-    col = build_column(cfg, world)
-    r = build_rule(cfg.rule, col)
-    local = check_rule(cfg.rule, r, col)
-    opt = build_optimizer(cfg.rule, col)
-    return cfg, world, col, r, local, opt
+    return (cfg, *build_run(cfg))
 
 
 def sim_rate(rule: str, steps: int, record: bool) -> float:

@@ -8,7 +8,7 @@ rule's detached forward cuts off).
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -17,9 +17,27 @@ from colsim.column import AbstractColumn
 from colsim.config import ConfigError, OptimizerConfig, RuleSpec, RunConfig
 from colsim.rule import Rule, partition
 
-__all__ = ["build_world", "build_column", "build_rule", "build_optimizer", "check_rule", "lr_at"]
+__all__ = ["Built", "build_run", "build_world", "build_column", "build_rule", "build_optimizer", "check_rule", "lr_at"]
 
 SPECIAL_NEEDS = frozenset({"local", "global"})
+
+
+class Built(NamedTuple):
+    world: Any
+    column: AbstractColumn
+    rule: Rule
+    local: bool
+    optimizer: torch.optim.Optimizer
+
+
+def build_run(cfg: RunConfig) -> Built:
+    """Seed torch with ``cfg.seed``, then build and check world, column, rule and optimizer."""
+    torch.manual_seed(cfg.seed)
+    world = build_world(cfg)
+    column = build_column(cfg, world).to(cfg.device)
+    rule = build_rule(cfg.rule, column)
+    local = check_rule(cfg.rule, rule, column)
+    return Built(world, column, rule, local, build_optimizer(cfg.rule, column))
 
 
 def build_world(cfg: RunConfig):

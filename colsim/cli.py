@@ -98,7 +98,7 @@ def run(
     """Run a protocol under a rule; write config.yaml, store.zarr, summary.json, checkpoints/."""
     import torch
 
-    from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.build import build_run
     from colsim.checkpoint import load_checkpoint
     from colsim.config import build_run_config, load_yaml_text
     from colsim.record import ZarrRecorder
@@ -121,15 +121,11 @@ def run(
             cfg = _resolve(protocol, rule, model, set_, seed, device, steps)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu")
-        torch.manual_seed(cfg.seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        world = build_world(cfg)
-        column = build_column(cfg, world).to(cfg.device)
-        rule_obj = build_rule(cfg.rule, column)  # may attach rule-owned parameters (layerwise's predictors)
+        # the rule is built first: it may attach parameters (layerwise's predictors) the checkpoint holds
+        world, column, rule_obj, local, optimizer = build_run(cfg)
         if ckpt is not None:
-            column.load_state_dict(ckpt["model"])
-        local = check_rule(cfg.rule, rule_obj, column)
-        optimizer = build_optimizer(cfg.rule, column)
+            column.load_state_dict(ckpt["model"])  # in place: the optimizer keeps the same tensors
         out_dir = _out_dir(out, cfg)
     except ConfigError as exc:
         _fail(str(exc))
@@ -208,15 +204,11 @@ def validate(
     steps: Optional[int] = typer.Option(None, "--steps"),
 ):
     """Check a protocol + rule + model without running (builds everything, runs no step)."""
-    from colsim.build import build_column, build_rule, build_world, check_rule, build_optimizer
+    from colsim.build import build_run
 
     try:
         cfg = _resolve(protocol, rule, model, set_, None, None, steps)
-        world = build_world(cfg)
-        column = build_column(cfg, world)
-        r = build_rule(cfg.rule, column)
-        local = check_rule(cfg.rule, r, column)
-        build_optimizer(cfg.rule, column)
+        _, column, _, local, _ = build_run(cfg)
     except ConfigError as exc:
         _fail(str(exc))
         return
@@ -239,9 +231,7 @@ def list_(what: str = typer.Argument(..., help="rules | models | protocols | wor
         t.add_column("preset"), t.add_column("family"), t.add_column("description")
         for n in registry.preset_names("models"):
             d = registry.preset("models", n)
-            first = (registry.PACKAGES["models"], n)
             t.add_row(n, str(d.get("name")), _preset_comment("models", n))
-            del first
     elif what == "protocols":
         t.add_column("protocol"), t.add_column("phases", justify="right"), t.add_column("steps", justify="right"),
         t.add_column("description")

@@ -1,8 +1,6 @@
 """Tiny configuration of the default column and world, fast on 2 CPU cores (imported by tests)."""
 from __future__ import annotations
 
-import torch
-
 import colsim.models  # noqa: F401  (registers)
 import colsim.protocols  # noqa: F401
 import colsim.rules  # noqa: F401
@@ -22,14 +20,8 @@ TINY = [
 
 
 def build_tiny(rule: str = "backprop", protocol: str = "nonstationary", extra=(), steps=None, seed=0):
-    from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.build import build_run
     from colsim.config import resolve_run_config
 
     cfg = resolve_run_config(protocol, rule=rule, overrides=TINY + list(extra), seed=seed, steps=steps)
-    torch.manual_seed(cfg.seed)
-    world = build_world(cfg)
-    column = build_column(cfg, world)
-    r = build_rule(cfg.rule, column)
-    local = check_rule(cfg.rule, r, column)
-    opt = build_optimizer(cfg.rule, column)
-    return cfg, world, column, r, local, opt
+    return (cfg, *build_run(cfg))

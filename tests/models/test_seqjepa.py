@@ -36,18 +36,12 @@ def _tiny_overrides(model: str) -> list[str]:
 
 
 def build(model: str = "seqjepa_cnn", rule: str = "backprop", extra=(), seed: int = 0):
-    from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+    from colsim.build import build_run
     from colsim.config import resolve_run_config
 
     cfg = resolve_run_config("stationary", rule=rule, model=model, overrides=_tiny_overrides(model) + list(extra),
                              seed=seed)
-    torch.manual_seed(cfg.seed)
-    world = build_world(cfg)
-    column = build_column(cfg, world)
-    r = build_rule(cfg.rule, column)
-    local = check_rule(cfg.rule, r, column)
-    opt = build_optimizer(cfg.rule, column)
-    return cfg, world, column, r, local, opt
+    return (cfg, *build_run(cfg))
 
 
 def _stream_steps(cfg, world, n: int, seed: int = 0):

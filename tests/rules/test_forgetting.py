@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from colsim.build import build_column, build_optimizer, build_rule, build_world, check_rule
+from colsim.build import build_run
 from colsim.config import resolve_run_config
 from colsim.record import NullRecorder
 from colsim.simulate import run
@@ -23,12 +23,7 @@ from colsim.simulate import run
 
 def _forgetting(rule: str, seed: int = 0) -> float:
     cfg = resolve_run_config("nonstationary", rule=rule, seed=seed, overrides=["protocol.record.enabled=false"])
-    torch.manual_seed(cfg.seed)
-    world = build_world(cfg)
-    column = build_column(cfg, world)
-    r = build_rule(cfg.rule, column)
-    local = check_rule(cfg.rule, r, column)
-    opt = build_optimizer(cfg.rule, column)
+    world, column, r, local, opt = build_run(cfg)
     res = run(column, r, cfg.protocol, NullRecorder(), world=world, optimizer=opt, seed=cfg.seed, local=local)
     assert res.status == "completed"
     return res.summary["forgetting"]
