@@ -146,8 +146,13 @@ def resnet_child(variant: str, steps: int) -> dict:
         cs = {k: v for k, v in cs.items()}  # keep the windows full: reuse the same context
         return None
 
-    flops = step(count_flops=True)
-    step()  # warm-up
+    flops = step(count_flops=True)  # eager: the FLOPs of the model, whatever runs them
+    if "compile" in variant:  # inductor on the online and target encoders (static shapes: 192 and 64 images)
+        col.encoder = torch.compile(col.encoder, dynamic=False)
+        col.target_encoder = torch.compile(col.target_encoder, dynamic=False)
+    step()  # warm-up (and compilation)
+    if "compile" in variant:
+        step()
     ts = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -159,9 +164,11 @@ def resnet_child(variant: str, steps: int) -> dict:
             "matmul_flops": mm, "fraction": flops / dt / mm}
 
 
-def part_resnet(steps: int) -> list[dict]:
+def part_resnet(steps: int, compile_: bool = False) -> list[dict]:
     variants = [("default", {}), ("channels_last", {}), ("channels_last+fused", {}),
                 ("channels_last+fused+thp", {"THP_MEM_ALLOC_ENABLE": "1"})]
+    if compile_:
+        variants.append(("channels_last+fused+compile", {}))
     rows = []
     for name, env in variants:
         e = {**os.environ, **env}
@@ -180,6 +187,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="also time the default command end to end")
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--resnet-steps", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="add a torch.compile (inductor) ResNet variant")
     ap.add_argument("--resnet-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.resnet_child:
@@ -202,7 +210,7 @@ def main() -> None:
               f"{'PASS' if w <= 180 else 'FAIL'} (target <= 180 s)")
     if not a.skip_resnet:
         print("\n4. seqjepa_resnet18, 32 px, batch 64, M=3, backprop (one subprocess per variant)")
-        rows = part_resnet(a.resnet_steps)
+        rows = part_resnet(a.resnet_steps, a.compile)
         print(f"{'variant':<26}{'s/step':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}{'fraction':>10}")
         for r in rows:
             print(f"{r['variant']:<26}{r['step_s']:>8.2f}{r['flops_per_step'] / 1e9:>12.1f}"

@@ -124,17 +124,18 @@ def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> torch.optim.Optim
     for sub, grp in _groups(spec, params):
         o: OptimizerConfig = sub.optimizer if spec.partition is not None else spec.optimizer
         kinds.add(o.name)
-        decay = [p for n, p in grp.items() if not getattr(p, "_no_weight_decay", False)]
-        no_decay = [p for n, p in grp.items() if getattr(p, "_no_weight_decay", False)]
-        base = {"lr": o.lr, "initial_lr": o.lr, "warmup_steps": o.warmup_steps}
-        if o.name in ("adam", "adamw"):
-            base["betas"] = o.betas
-        if o.name == "sgd":
-            base["momentum"] = o.momentum
-        if decay:
-            groups.append({**base, "params": decay, "weight_decay": o.weight_decay})
-        if no_decay:
-            groups.append({**base, "params": no_decay, "weight_decay": 0.0})
+        for hp, part in _override_split(o, grp):
+            decay = [p for n, p in part.items() if not getattr(p, "_no_weight_decay", False)]
+            no_decay = [p for n, p in part.items() if getattr(p, "_no_weight_decay", False)]
+            base = {"lr": hp["lr"], "initial_lr": hp["lr"], "warmup_steps": hp["warmup_steps"]}
+            if o.name in ("adam", "adamw"):
+                base["betas"] = o.betas
+            if o.name == "sgd":
+                base["momentum"] = o.momentum
+            if decay:
+                groups.append({**base, "params": decay, "weight_decay": hp["weight_decay"]})
+            if no_decay:
+                groups.append({**base, "params": no_decay, "weight_decay": 0.0})
     if len(kinds) > 1:
         raise ConfigError(f"rule.partition: groups use different optimizers {sorted(kinds)}; use one kind "
                           f"(hyper-parameters may differ per group)")
@@ -148,6 +149,27 @@ def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> torch.optim.Optim
         # Adam's weight_decay is L2 (added to the gradient) as in the LPL paper
         return torch.optim.Adam(groups, **fast)
     return torch.optim.SGD(groups, foreach=True)
+
+
+def _override_split(o: OptimizerConfig, params: dict) -> list[tuple[dict, dict]]:
+    """Split ``params`` by ``o.groups`` (first matching glob wins) -> [(hyper-parameters, params)].
+
+    A pattern that matches none of the rule's parameters is an error (a typo would otherwise
+    silently leave the defaults in place)."""
+    default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps}
+    taken: set[str] = set()
+    out = []
+    for pat, ov in o.groups.items():
+        part = {n: p for n, p in params.items() if n not in taken and fnmatch.fnmatchcase(n, pat)}
+        if not part:
+            raise ConfigError(f"rule.optimizer.groups: pattern {pat!r} matches no trainable parameter of this rule "
+                              f"(names look like {', '.join(sorted(params)[:3])}); fix or remove it")
+        taken |= set(part)
+        out.append(({k: (default[k] if v is None else v) for k, v in ov.model_dump().items()}, part))
+    rest = {n: p for n, p in params.items() if n not in taken}
+    if rest:
+        out.insert(0, (default, rest))
+    return out
 
 
 def lr_at(group: dict, step: int) -> float:

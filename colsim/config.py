@@ -125,6 +125,14 @@ def load_yaml_file(path: str | Path) -> dict:
 # ------------------------------------------------------------------------------------------
 # protocol
 
+class GroupOverride(Strict):
+    """Hyper-parameters of the parameters matching one ``optimizer.groups`` pattern (unset: the rule's)."""
+
+    lr: Optional[float] = Field(None, gt=0)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    warmup_steps: Optional[int] = Field(None, ge=0)
+
+
 class OptimizerConfig(Strict):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(4e-4, gt=0)
@@ -133,6 +141,9 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     warmup_steps: int = Field(0, ge=0)
     fused: bool = False  # torch's fused Adam/AdamW kernels (CPU and CUDA)
+    # per-parameter hyper-parameters: glob over parameter names (first match wins) -> overrides,
+    # e.g. {"aggregator.*": {lr: 4.0e-4, warmup_steps: 20}}; unmatched parameters use the fields above
+    groups: dict[str, GroupOverride] = Field(default_factory=dict)
 
 
 class PhaseConfig(Strict):

@@ -28,7 +28,8 @@ phases:
 def test_presets_resolve():
     cfg = resolve_run_config("nonstationary", rule="lpl")
     assert cfg.rule.name == "lpl"
-    assert cfg.rule.optimizer.name == "adam" and cfg.rule.optimizer.lr == 1e-3
+    assert cfg.rule.optimizer.name == "adam" and cfg.rule.optimizer.lr == 3e-3
+    assert cfg.rule.optimizer.groups["*"].lr == 4e-4 and cfg.rule.optimizer.groups["*"].warmup_steps == 20
     assert cfg.rule.optimizer.weight_decay == 1.5e-6
     assert cfg.model.encoder.kind == "cnn"
     assert [p.classes for p in cfg.protocol.phases] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]

@@ -70,3 +70,40 @@ def test_partition_groups_keep_their_optimizer_settings():
     cfg, world, column, rule, local, opt = build_tiny("backprop", extra=[part])
     lrs = sorted({g["lr"] for g in build_optimizer(cfg.rule, column).param_groups})
     assert lrs == [4e-4, 1e-3]
+
+
+def test_optimizer_groups_give_parameters_their_own_hyper_parameters():
+    """optimizer.groups: first matching glob wins; unset fields fall back to the rule's; the lpl preset's
+    encoder runs at 3e-3 while aggregator / predictor / action embedding warm up to 4e-4."""
+    from colsim.build import lr_at
+
+    cfg, world, column, rule, local, opt = build_tiny("lpl")
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for name, p in column.trainable().items():
+        g = by_param[id(p)]
+        if name.startswith("encoder."):
+            assert (g["initial_lr"], g["warmup_steps"]) == (3e-3, 0), name
+        else:
+            assert (g["initial_lr"], g["warmup_steps"]) == (4e-4, 20), name
+        assert g["weight_decay"] in (1.5e-6, 0.0)  # 0.0: parameters marked _no_weight_decay
+    enc = next(g for g in opt.param_groups if g["warmup_steps"] == 0)
+    rest = next(g for g in opt.param_groups if g["warmup_steps"] == 20)
+    assert lr_at(enc, 0) == 3e-3 and lr_at(rest, 0) == pytest.approx(4e-4 / 20) and lr_at(rest, 19) == 4e-4
+
+    over = ['rule.optimizer.groups={"aggregator.*": {weight_decay: 0.5}, "predictor.*": {lr: 0.25}}']
+    cfg, world, column, rule, local, opt = build_tiny("backprop", extra=over)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    base = cfg.rule.optimizer
+    for name, p in column.trainable().items():
+        g = by_param[id(p)]
+        if name.startswith("aggregator.") and g["weight_decay"]:
+            assert (g["lr"], g["weight_decay"]) == (base.lr, 0.5), name
+        elif name.startswith("predictor."):
+            assert (g["lr"], g["weight_decay"]) == (0.25, base.weight_decay), name
+        elif not name.startswith("aggregator."):
+            assert (g["lr"], g["weight_decay"]) == (base.lr, base.weight_decay), name
+
+
+def test_optimizer_group_pattern_matching_nothing_is_refused():
+    with pytest.raises(ConfigError, match=r"rule.optimizer.groups: pattern 'agregator\.\*' matches no"):
+        build_tiny("backprop", extra=['rule.optimizer.groups={"agregator.*": {lr: 1.0e-3}}'])
