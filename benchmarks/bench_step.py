@@ -22,7 +22,7 @@ Prints figures, and ratios against baselines measured in the same run:
    kept: channels-last (seqjepa_resnet18.yaml); fused AdamW and THP make no measurable
    difference; compile gains ~5 % per step after a one-off compilation, so it stays opt-in here.
 
-    python benchmarks/bench_step.py [--steps 40] [--full] [--skip-resnet] [--resnet-steps 3]
+    python benchmarks/bench_step.py [--steps 80] [--full] [--skip-default] [--skip-resnet] [--resnet-steps 3] [--compile]
 """
 from __future__ import annotations
 
@@ -152,28 +152,32 @@ def resnet_child(variant: str, steps: int) -> dict:
         return None
 
     flops = step(count_flops=True)  # eager: the FLOPs of the model, whatever runs them
-    if "compile" in variant:  # inductor on the online and target encoders (static shapes: 192 and 64 images)
-        col.encoder = torch.compile(col.encoder, dynamic=False)
-        col.target_encoder = torch.compile(col.target_encoder, dynamic=False)
+    mm_before = matmul_flops()
+    if "compile" in variant:  # model.compile=true, after the FLOP count (inductor on both encoders)
+        col.encoder.compile(dynamic=False)
+        col.target_encoder.compile(dynamic=False)
+    t = time.perf_counter()
     step()  # warm-up (and compilation)
     if "compile" in variant:
         step()
+    warm_s = time.perf_counter() - t
     ts = []
     for _ in range(steps):
         t = time.perf_counter()
         step()
         ts.append(time.perf_counter() - t)
-    mm = matmul_flops()
+    mm = max(mm_before, matmul_flops())  # the better of the matmul rates before and after: a conservative fraction
     dt = statistics.median(ts)
     return {"variant": variant, "step_s": dt, "flops_per_step": flops, "achieved_flops": flops / dt,
-            "matmul_flops": mm, "fraction": flops / dt / mm}
+            "matmul_flops": mm, "fraction": flops / dt / mm, "warmup_s": warm_s}
 
 
 def part_resnet(steps: int, compile_: bool = False) -> list[dict]:
     variants = [("nchw", {}), ("channels_last", {}), ("channels_last+fused", {}),
                 ("channels_last+fused+thp", {"THP_MEM_ALLOC_ENABLE": "1"})]
     if compile_:
-        variants.append(("channels_last+fused+compile", {}))
+        variants += [("channels_last+fused+compile", {}),
+                     ("channels_last+fused+thp+compile", {"THP_MEM_ALLOC_ENABLE": "1"})]
     rows = []
     for name, env in variants:
         e = {**os.environ, **env}
@@ -191,6 +195,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--full", action="store_true", help="also time the default command end to end")
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--skip-default", action="store_true", help="skip parts 1-2 (the default column)")
     ap.add_argument("--resnet-steps", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="add a torch.compile (inductor) ResNet variant")
     ap.add_argument("--resnet-child", default=None, help=argparse.SUPPRESS)
@@ -201,14 +206,15 @@ def main() -> None:
     import torch
 
     print(f"colsim bench_step — torch {torch.__version__}, {torch.get_num_threads()} threads")
-    d = part_default(a.steps)
-    print("\n1-2. default column (seqjepa_cnn, batch 32, M=3), simulator loop")
-    print(f"{'rule':<10}{'steps/s':>10}{'seq/s':>10}{'steps/s rec':>14}{'rec overhead':>14}")
-    for rule, v in d.items():
-        ok = "PASS" if v["recording_overhead"] <= 1.05 else "FAIL"
-        print(f"{rule:<10}{v['steps_per_s']:>10.2f}{v['sequences_per_s']:>10.1f}{v['steps_per_s_recording']:>14.2f}"
-              f"{v['recording_overhead']:>13.3f}x  {ok} (target <= 1.05x)")
-    print(f"lpl / backprop step-time ratio: {d['backprop']['steps_per_s'] / d['lpl']['steps_per_s']:.2f}")
+    if not a.skip_default:
+        d = part_default(a.steps)
+        print("\n1-2. default column (seqjepa_cnn, batch 32, M=3), simulator loop")
+        print(f"{'rule':<10}{'steps/s':>10}{'seq/s':>10}{'steps/s rec':>14}{'rec overhead':>14}")
+        for rule, v in d.items():
+            ok = "PASS" if v["recording_overhead"] <= 1.05 else "FAIL"
+            print(f"{rule:<10}{v['steps_per_s']:>10.2f}{v['sequences_per_s']:>10.1f}{v['steps_per_s_recording']:>14.2f}"
+                  f"{v['recording_overhead']:>13.3f}x  {ok} (target <= 1.05x)")
+        print(f"lpl / backprop step-time ratio: {d['backprop']['steps_per_s'] / d['lpl']['steps_per_s']:.2f}")
     if a.full:
         w = part_full()
         print(f"\n3. colsim run protocols/nonstationary.yaml --rule lpl: {w:.1f} s  "
@@ -216,10 +222,12 @@ def main() -> None:
     if not a.skip_resnet:
         print("\n4. seqjepa_resnet18, 32 px, batch 64, M=3, backprop (one subprocess per variant)")
         rows = part_resnet(a.resnet_steps, a.compile)
-        print(f"{'variant':<26}{'s/step':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}{'fraction':>10}")
+        print(f"{'variant':<30}{'s/step':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}{'fraction':>10}"
+              f"{'warm-up s':>11}")
         for r in rows:
-            print(f"{r['variant']:<26}{r['step_s']:>8.2f}{r['flops_per_step'] / 1e9:>12.1f}"
-                  f"{r['achieved_flops'] / 1e9:>10.1f}{r['matmul_flops'] / 1e9:>16.1f}{r['fraction']:>10.2f}")
+            print(f"{r['variant']:<30}{r['step_s']:>8.2f}{r['flops_per_step'] / 1e9:>12.1f}"
+                  f"{r['achieved_flops'] / 1e9:>10.1f}{r['matmul_flops'] / 1e9:>16.1f}{r['fraction']:>10.2f}"
+                  f"{r['warmup_s']:>11.1f}")
         if rows:
             best = max(rows, key=lambda r: r["fraction"])
             print(f"best: {best['variant']} at {best['fraction']:.2f} of the matmul rate  "

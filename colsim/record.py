@@ -121,8 +121,8 @@ class ZarrRecorder(Recorder):
         existing = set(self.metrics.array_keys())
         for k in keys:
             if k not in existing:
-                arr = self.metrics.create_array(k, shape=(self._n,), chunks=(8192,), dtype="float32",
-                                                fill_value=float("nan"), dimension_names=["step"])
+                self.metrics.create_array(k, shape=(self._n,), chunks=(8192,), dtype="float32",
+                                          fill_value=float("nan"), dimension_names=["step"])
                 existing.add(k)
         m = len(self._buf)
         self.metrics["step"].append(np.array([s for s, _ in self._buf], dtype=np.int64))

@@ -17,7 +17,6 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any, Callable, NamedTuple
 
-import yaml
 
 __all__ = ["Entry", "WORLDS", "MODELS", "RULES", "register_world", "register_model", "register_rule",
            "preset", "preset_names", "lookup", "PACKAGES"]

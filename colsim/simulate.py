@@ -96,7 +96,6 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         first_phase, step = int(resume["phase"]), int(resume["step"])
         torch.set_rng_state(resume["torch_rng"])
     ev = protocol.evaluation
-    P = len(protocol.phases)
     names = [ph.name for ph in protocol.phases]
     action_names = list(world.spec.action_names)
     probe_sets = [world.probe_set(ph.classes, ev.probe_samples, ev.views, _seeded(seed, 7, j), ph.world)
