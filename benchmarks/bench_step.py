@@ -16,11 +16,16 @@ Prints figures, and ratios against baselines measured in the same run:
    default), fused AdamW, transparent huge pages for large allocations
    (``THP_MEM_ALLOC_ENABLE=1``, read by torch at start-up, so each variant runs in its own
    subprocess), and with ``--compile`` torch.compile (inductor) on the encoders.
-   Reference machine (2 cores, quiet, 2026-11-24): NCHW 0.62, channels-last 0.78-0.92,
-   +fused 0.78, +THP 0.84, +compile 0.81 of the matmul rate (146 GFLOP/s, the best absolute
-   rate; the matmul reference itself varies 146-182 GFLOP/s between subprocesses). What is
-   kept: channels-last (seqjepa_resnet18.yaml); fused AdamW and THP make no measurable
-   difference; compile gains ~5 % per step after a one-off compilation, so it stays opt-in here.
+   Reference machine (2 cores, quiet, 2026-11-24), achieved GFLOP/s over the better of the
+   matmul rates measured before and after the timed steps (176-186 GFLOP/s): NCHW 0.69,
+   channels-last 0.76-0.81, +fused 0.77, +THP 0.78-0.81, +compile 0.79-0.81 (147 GFLOP/s, the
+   best absolute rate; compilation adds ~10 s to the first steps). Against the after-run matmul
+   alone channels-last read 0.76-0.92: the reference itself varies by 10-20 % between
+   processes. The target sits at the edge of what this machine does. Kept: channels-last
+   (seqjepa_resnet18.yaml); ``model.compile`` is opt-in (needs a C++ compiler; ~5 % per step);
+   fused AdamW and THP make no difference beyond that noise. The profile of a channels-last step:
+   conv backward 52 %, conv forward 32 % (forward convs run at ~1.1x the matmul rate, backward at
+   ~0.8x), batch norm / ReLU / adds ~12 %.
 
     python benchmarks/bench_step.py [--steps 80] [--full] [--skip-default] [--skip-resnet] [--resnet-steps 3] [--compile]
 """
