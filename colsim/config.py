@@ -271,10 +271,16 @@ def rule_spec_to_config(data: Any, prefix: str = "rule") -> RuleSpec:
 
 
 def rule_preset(spec: str) -> dict:
-    """``"lpl+metaplastic"`` -> the lpl preset with the metaplastic preset in ``wrap``."""
+    """``"lpl+metaplastic"`` -> the lpl preset with the metaplastic preset in ``wrap``.
+
+    A modifier named first (``"si"``, ``"replay+ewc"``) wraps the default base rule
+    ``backprop``: ``--rule si`` is ``--rule backprop+si``."""
     parts = [p.strip() for p in spec.split("+")]
     if not all(parts):
         raise ConfigError(f"--rule {spec!r}: empty part; write e.g. 'lpl' or 'lpl+metaplastic'")
+    e = registry.RULES.get(parts[0])
+    if e is not None and e.kind != "base":
+        parts.insert(0, "backprop")
     base = _rule_preset_one(parts[0])
     base.setdefault("wrap", [])
     for m in parts[1:]:

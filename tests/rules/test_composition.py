@@ -53,7 +53,7 @@ def test_yaml_partition_lpl_encoder_backprop_rest():
 
 @pytest.mark.parametrize("spec, extra, match", [
     ("backprop+replay+replay", [], "applied twice"),
-    ("metaplastic", [], "is a modifier"),
+    ("backprop", ["rule={name: metaplastic}"], "is a modifier"),
     ("lpl+backprop", [], "base rule, not a modifier"),
     ("backprop", ['rule={partition: {"encoder.*": {name: backprop}, "*": {name: lpl}}}'], "end-to-end"),
     ("backprop", ['rule={partition: {"encoder.*": {name: layerwise}, "*": {name: backprop}}}'], "encoder\\*"),
@@ -107,3 +107,11 @@ def test_optimizer_groups_give_parameters_their_own_hyper_parameters():
 def test_optimizer_group_pattern_matching_nothing_is_refused():
     with pytest.raises(ConfigError, match=r"rule.optimizer.groups: pattern 'agregator\.\*' matches no"):
         build_tiny("backprop", extra=['rule.optimizer.groups={"agregator.*": {lr: 1.0e-3}}'])
+
+
+@pytest.mark.parametrize("spec, name", [("si", "backprop+si"), ("replay+ewc", "backprop+replay+ewc"),
+                                        ("metaplastic", "backprop+metaplastic")])
+def test_a_modifier_named_alone_wraps_backprop(spec, name):
+    cfg, world, column, rule, local, opt = build_tiny(spec)
+    assert cfg.rule.name == name and cfg.rule.config.name == "backprop" and not local
+    assert [m.name for m in cfg.rule.wrap] == name.split("+")[1:]
