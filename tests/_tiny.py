@@ -25,3 +25,21 @@ def build_tiny(rule: str = "backprop", protocol: str = "nonstationary", extra=()
 
     cfg = resolve_run_config(protocol, rule=rule, overrides=TINY + list(extra), seed=seed, steps=steps)
     return (cfg, *build_run(cfg))
+
+
+def rule_updates(spec: str, extra=(), steps: int = 2, batch: int = 8):
+    """Build the tiny column under ``spec`` and feed ``steps`` ticks of a two-digit stream through the
+    column and ``rule.update`` (no optimizer step) -> (grads, metrics, local, rule state) of the last tick."""
+    from colsim.simulate import _seeded
+
+    cfg, world, column, rule, local, opt = build_tiny(spec, extra=list(extra))
+    params = column.trainable()
+    state = rule.init(params)
+    stream = world.stream(batch, 4, [0, 1], {})
+    ss = stream.init(_seeded(0, 1))
+    cs = column.init_state(batch, "cpu")
+    for t in range(steps):
+        ss, st = stream.step(ss)
+        cs, trace = column(cs, st.obs, st.action, st.start | (t == 0), local=local)
+        grads, state, metrics = rule.update(params, state, trace)
+    return grads, metrics, local, state

@@ -16,15 +16,6 @@ from _tiny import TINY
 PRESETS = ["seqjepa_cnn", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost", "seqjepa_resnet18"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: run single-threaded (OpenMP barriers cost more than they save here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_overrides(model: str) -> list[str]:
     """TINY sizes, with the predictor overrides that fit the preset's predictor kind."""
     import colsim.models  # noqa: F401

@@ -7,8 +7,7 @@ import torch
 
 from colsim.config import ConfigError
 from colsim.rules.layerwise import layerwise_terms
-from colsim.simulate import _seeded
-from _tiny import build_tiny
+from _tiny import build_tiny, rule_updates
 
 
 def test_terms_hand_computed():
@@ -28,17 +27,7 @@ def test_terms_hand_computed():
 
 
 def _grads(spec, extra=()):
-    cfg, world, column, rule, local, opt = build_tiny(spec, extra=list(extra))
-    params = column.trainable()
-    state = rule.init(params)
-    stream = world.stream(8, 4, [0, 1], {})
-    ss = stream.init(_seeded(0, 1))
-    cs = column.init_state(8, "cpu")
-    for t in range(2):
-        ss, st = stream.step(ss)
-        cs, trace = column(cs, st.obs, st.action, st.start | (t == 0), local=local)
-        grads, state, m = rule.update(params, state, trace)
-    return grads, m, local
+    return rule_updates(spec, extra)[:3]
 
 
 def _nz(grads, prefix):
