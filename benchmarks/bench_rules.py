@@ -26,25 +26,24 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
+import torch
+
+import colsim.models  # noqa: F401
+import colsim.protocols  # noqa: F401
+import colsim.rules  # noqa: F401
+from colsim.build import build_run
+from colsim.config import resolve_run_config
+from colsim.simulate import _seeded, apply_update
 
 # the memory pass runs in a child process with a fixed mmap threshold (see the docstring)
 MEM_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-import torch  # noqa: E402
-
-import colsim.models  # noqa: E402,F401
-import colsim.protocols  # noqa: E402,F401
-import colsim.rules  # noqa: E402,F401
-from colsim.build import build_run
-from colsim.config import resolve_run_config  # noqa: E402
-from colsim.simulate import _seeded  # noqa: E402
 
 RULES = ["backprop", "lpl", "layerwise", "sparse_coding", "backprop+metaplastic", "backprop+si", "backprop+ewc",
          "backprop+replay", "lpl+replay"]
@@ -92,20 +91,7 @@ class Bench:
         self.cs, trace = self.column(self.cs, st.obs, st.action, start, local=self.local)
         trace["labels"] = st.labels
         grads, self.state, _ = self.rule.update(self.params, self.state, trace)
-        for n, p in self.params.items():
-            p.grad = grads.get(n)
-        if self.rule.post_step is not None:
-            before = {n: p.detach().clone() for n, p in self.params.items()}
-            self.opt.step()
-            with torch.no_grad():
-                delta = {n: p.detach() - before[n] for n, p in self.params.items()}
-                delta, self.state = self.rule.post_step(self.params, self.state, delta)
-                for n, p in self.params.items():
-                    p.copy_(before[n] + delta[n])
-        else:
-            self.opt.step()
-        for p in self.params.values():
-            p.grad = None
+        self.state = apply_update(self.params, grads, self.opt, self.rule, self.state)
         self.column.update_target(0.5)
         del trace, grads
 

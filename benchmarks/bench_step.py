@@ -120,6 +120,8 @@ def resnet_child(variant: str, steps: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from colsim.simulate import apply_update
+
     over = ["protocol.stream.batch=64", "protocol.stream.episode_length=4", "model.window=3"]
     over.append(f"model.channels_last={'true' if 'channels_last' in variant else 'false'}")
     if "fused" in variant:
@@ -139,21 +141,18 @@ def resnet_child(variant: str, steps: int) -> dict:
     cs["count"][:] = 3
 
     def step(count_flops=False):
-        nonlocal cs, rs, ss
+        nonlocal rs, ss
         ss, st = stream.step(ss)
         start = torch.zeros(B, dtype=torch.bool)
         if count_flops:
             with FlopCounterMode(display=False) as fc:
-                cs2, tr = col(cs, st.obs, st.action, start)
-                g, _, _ = r.update(params, rs, tr)
+                _, tr = col(cs, st.obs, st.action, start)
+                r.update(params, rs, tr)
             return fc.get_total_flops()
-        cs2, tr = col(cs, st.obs, st.action, start)
+        _, tr = col(cs, st.obs, st.action, start)  # cs is kept: every step sees full windows
         g, rs, _ = r.update(params, rs, tr)
-        for n, p in params.items():
-            p.grad = g.get(n)
-        opt.step()
+        rs = apply_update(params, g, opt, r, rs)
         col.update_target(0.5)
-        cs = {k: v for k, v in cs.items()}  # keep the windows full: reuse the same context
         return None
 
     flops = step(count_flops=True)  # eager: the FLOPs of the model, whatever runs them

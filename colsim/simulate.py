@@ -43,7 +43,7 @@ from colsim.evaluate import embed_probe_sets, probe_scores
 from colsim.record import Recorder
 from colsim.rule import Rule
 
-__all__ = ["run", "RunResult", "collapse_diagnostics"]
+__all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics"]
 
 
 class RunResult(NamedTuple):
@@ -67,6 +67,27 @@ def collapse_diagnostics(z: torch.Tensor, prefix: str) -> dict[str, float]:
     mean_cos = float((cos.sum() - cos.diagonal().sum()) / (B * B - B))
     return {f"{prefix}_std_min": float(std.min()), f"{prefix}_std_mean": float(std.mean()),
             f"{prefix}_eff_rank": pr, f"{prefix}_mean_cos": mean_cos}
+
+
+def apply_update(params: dict, grads: dict, optimizer: torch.optim.Optimizer, rule: Rule, rstate: Any) -> Any:
+    """Step 5 of the schedule: the optimizer applies the rule's ``grads``; a rule with ``post_step``
+    then rescales the applied update ``delta`` (parameters end at ``before + delta``). Returns the
+    rule state (``post_step`` may update it). Gradients are cleared afterwards."""
+    for n, p in params.items():
+        p.grad = grads.get(n)
+    if rule.post_step is not None:
+        before = {n: p.detach().clone() for n, p in params.items()}
+        optimizer.step()
+        with torch.no_grad():
+            delta = {n: p.detach() - before[n] for n, p in params.items()}
+            delta, rstate = rule.post_step(params, rstate, delta)
+            for n, p in params.items():
+                p.copy_(before[n] + delta[n])
+    else:
+        optimizer.step()
+    for p in params.values():
+        p.grad = None
+    return rstate
 
 
 def _seeded(seed: int, *salt: int) -> torch.Generator:
@@ -173,23 +194,10 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                         recorder.record(step, {k: v for k, v in metrics.items()})
                         break
                     # 5. optimizer step (the single mutation point)
-                    for n, p in params.items():
-                        p.grad = grads.get(n)
                     gn = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values())) if grads else 0.0
                     for g in optimizer.param_groups:
                         g["lr"] = lr_at(g, step)
-                    if rule.post_step is not None:
-                        before = {n: p.detach().clone() for n, p in params.items()}
-                        optimizer.step()
-                        with torch.no_grad():
-                            delta = {n: p.detach() - before[n] for n, p in params.items()}
-                            delta, rstate = rule.post_step(params, rstate, delta)
-                            for n, p in params.items():
-                                p.copy_(before[n] + delta[n])
-                    else:
-                        optimizer.step()
-                    for p in params.values():
-                        p.grad = None
+                    rstate = apply_update(params, grads, optimizer, rule, rstate)
                     # 6. teacher
                     column.update_target((step + 1) / total)
                     metrics["grad_norm"] = gn

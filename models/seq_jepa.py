@@ -328,7 +328,7 @@ class SeqJepaColumn(AbstractColumn):
             "act": self._push(state["act"], count, action),
             "count": (count + 1).clamp(max=self.window),
         }
-        if self.cfg.local_context == "cache":  # keep the window's embeddings for local forwards
+        if local and self.cfg.local_context == "cache":  # keep the window's embeddings for the next local forward
             M = self.window
             z_base = state["z_cache"] if "z_cache" in state else z_ctx.detach()
             l_base = state["l_cache"] if "l_cache" in state else (
