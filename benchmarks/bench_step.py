@@ -50,7 +50,9 @@ def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonsta
     import colsim.rules  # noqa: F401
     from colsim.build import build_run
     from colsim.config import resolve_run_config
+    from colsim.simulate import keep_freed_memory
 
+    keep_freed_memory()  # as `colsim run` does on CPU (COLSIM_KEEP_FREED_MEMORY=0 turns it off)
     cfg = resolve_run_config(protocol, rule=rule, model=model, overrides=list(overrides))
     return (cfg, *build_run(cfg))
 
@@ -102,11 +104,11 @@ def part_full() -> float:
 
 
 # ------------------------------------------------------------------------- ResNet-18
-def matmul_flops(n: int = 2048, reps: int = 10) -> float:
+def matmul_flops(n: int = 2048, reps: int = 10, warm: int = 3) -> float:
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
+    for _ in range(warm):
         a @ b
     ts = []
     for _ in range(reps):
@@ -156,7 +158,6 @@ def resnet_child(variant: str, steps: int) -> dict:
         return None
 
     flops = step(count_flops=True)  # eager: the FLOPs of the model, whatever runs them
-    mm_before = matmul_flops()
     if "compile" in variant:  # model.compile=true, after the FLOP count (inductor on both encoders)
         col.encoder.compile(dynamic=False)
         col.target_encoder.compile(dynamic=False)
@@ -165,23 +166,26 @@ def resnet_child(variant: str, steps: int) -> dict:
     if "compile" in variant:
         step()
     warm_s = time.perf_counter() - t
-    ts = []
+    # the matmul reference is measured between the timed steps (the host's speed drifts by 10-20 %
+    # between processes and over minutes): the fraction compares rates taken in the same conditions
+    ts, mms = [], [matmul_flops(reps=5)]
     for _ in range(steps):
         t = time.perf_counter()
         step()
         ts.append(time.perf_counter() - t)
-    mm = max(mm_before, matmul_flops())  # the better of the matmul rates before and after: a conservative fraction
-    dt = statistics.median(ts)
+        mms.append(matmul_flops(reps=5, warm=1))
+    mm, dt = statistics.median(mms), statistics.median(ts)
     return {"variant": variant, "step_s": dt, "flops_per_step": flops, "achieved_flops": flops / dt,
-            "matmul_flops": mm, "fraction": flops / dt / mm, "warmup_s": warm_s}
+            "matmul_flops": mm, "matmul_spread": (min(mms) / mm, max(mms) / mm), "fraction": flops / dt / mm,
+            "warmup_s": warm_s}
 
 
 def part_resnet(steps: int, compile_: bool = False) -> list[dict]:
-    variants = [("nchw", {}), ("channels_last", {}), ("channels_last+fused", {}),
-                ("channels_last+fused+thp", {"THP_MEM_ALLOC_ENABLE": "1"})]
+    variants = [("nchw", {}), ("channels_last,no_keep_heap", {"COLSIM_KEEP_FREED_MEMORY": "0"}),
+                ("channels_last", {}), ("channels_last+fused", {}),
+                ("channels_last+thp", {"THP_MEM_ALLOC_ENABLE": "1"})]
     if compile_:
-        variants += [("channels_last+fused+compile", {}),
-                     ("channels_last+fused+thp+compile", {"THP_MEM_ALLOC_ENABLE": "1"})]
+        variants += [("channels_last+compile", {}), ("channels_last+fused+compile", {})]
     rows = []
     for name, env in variants:
         e = {**os.environ, **env}
@@ -226,12 +230,13 @@ def main() -> None:
     if not a.skip_resnet:
         print("\n4. seqjepa_resnet18, 32 px, batch 64, M=3, backprop (one subprocess per variant)")
         rows = part_resnet(a.resnet_steps, a.compile)
-        print(f"{'variant':<30}{'s/step':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}{'fraction':>10}"
-              f"{'warm-up s':>11}")
+        print(f"{'variant':<30}{'s/step':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}"
+              f"{'(min-max)':>12}{'fraction':>10}{'warm-up s':>11}")
         for r in rows:
+            lo, hi = r["matmul_spread"]
             print(f"{r['variant']:<30}{r['step_s']:>8.2f}{r['flops_per_step'] / 1e9:>12.1f}"
-                  f"{r['achieved_flops'] / 1e9:>10.1f}{r['matmul_flops'] / 1e9:>16.1f}{r['fraction']:>10.2f}"
-                  f"{r['warmup_s']:>11.1f}")
+                  f"{r['achieved_flops'] / 1e9:>10.1f}{r['matmul_flops'] / 1e9:>16.1f}{f'{lo:.2f}-{hi:.2f}':>12}"
+                  f"{r['fraction']:>10.2f}{r['warmup_s']:>11.1f}")
         if rows:
             best = max(rows, key=lambda r: r["fraction"])
             print(f"best: {best['variant']} at {best['fraction']:.2f} of the matmul rate  "

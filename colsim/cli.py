@@ -102,6 +102,7 @@ def run(
     from colsim.checkpoint import load_checkpoint
     from colsim.config import build_run_config, load_yaml_text
     from colsim.record import ZarrRecorder
+    from colsim.simulate import keep_freed_memory
     from colsim.simulate import run as simulate
 
     ckpt = None
@@ -122,6 +123,8 @@ def run(
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.device == "cpu":
+            keep_freed_memory()  # reuse activation memory between steps (see its docstring)
         # the rule is built first: it may attach parameters (layerwise's predictors) the checkpoint holds
         world, column, rule_obj, local, optimizer = build_run(cfg)
         if ckpt is not None:
