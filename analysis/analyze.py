@@ -18,7 +18,9 @@ The ``analysis`` group (idempotent: re-running replaces it):
   ``phase_residual`` (rotation circularity);
 * ``equivariance_r2`` (eval, probe_set, regressor) and ``equivariance_r2_dim`` (+ action_dim)
   — MLP only at the evaluations chosen by ``mlp`` (NaN elsewhere); dropped constant
-  dimensions are NaN;
+  dimensions are NaN; ``equivariance_r2_pooled`` (eval): the linear probe on the view pairs
+  of all probe sets together (the number the run's summary.json reports: per-set probes see
+  a fifth of the pairs and score lower);
 * ``dz_eigenspectrum`` (eval, probe_set, factor, component): variance shares, descending;
   ``dz_top2_share`` (eval, probe_set, factor); ``dz_method`` (same dims): "isolated" (pairs
   where only that factor changes), "residualised" (other factors regressed out) or "none";
@@ -46,7 +48,7 @@ from colsim.analysis.store import open_run, run_info, store_path, write_group
 
 __all__ = ["analyze_run", "summary_from_store", "trained_sets", "ANALYSIS_VERSION"]
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: equivariance_r2_pooled; the linear equivariance probe picks its ridge penalty by CV
 REGRESSORS = ["linear", "mlp"]
 N_ORBITS = 32
 
@@ -220,6 +222,7 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
     unit_std = nan(E, P, D)
     r2 = nan(E, P, len(REGRESSORS))
     r2d = nan(E, P, len(REGRESSORS), len(adims))
+    r2_pooled = nan(E)
     spec = nan(E, P, len(factors), D)
     top2 = nan(E, P, len(factors))
     dz_method = np.full((E, P, len(factors)), "none", dtype="<U12")
@@ -230,6 +233,7 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
     last_sets = trained_sets(phases[-1], probe_sets)
     circle_p = last_sets[-1] if last_sets else 0
     for e in range(E):
+        pool_z, pool_a = [], []  # view pairs of every probe set: the pooled linear equivariance probe
         do_mlp = mlp == "all" or (mlp == "last" and e == E - 1)
         for p in range(P):
             st = accumulate_slice(probe, e, p, block_bytes)
@@ -270,6 +274,8 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
                 pick = np.random.default_rng(seed).integers(0, V, n)  # one view per episode, as in leakage()
                 v["acc_z"][e, p] = M.linear_probe_accuracy(z[np.arange(n), pick], lab["label_class"], seed=seed)
             if has_act and V > 1:
+                pool_z.append(z)
+                pool_a.append(lab["actions"])
                 for r, reg in enumerate(REGRESSORS):
                     if reg == "mlp" and not do_mlp:
                         continue
@@ -284,6 +290,9 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
                 v["radius_cv"][e, p], v["phase_residual"][e, p] = c["radius_cv"], c["phase_residual"]
                 if e == E - 1 and p == circle_p:
                     circle = circ.isel(orbit=slice(0, N_ORBITS))
+        if pool_z:
+            r2_pooled[e] = M.equivariance(np.concatenate(pool_z), np.concatenate(pool_a), adims, probe="linear",
+                                          seed=seed)["r2"]
     ref = np.nanmax(unit_std) if np.isfinite(unit_std).any() else np.nan
     with np.errstate(invalid="ignore"):
         usage = np.where(np.isfinite(unit_std).all(-1), (unit_std > usage_tol * ref).mean(-1), np.nan)
@@ -292,6 +301,7 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
     out["unit_std"] = (("eval", "probe_set", "unit"), unit_std)
     out["equivariance_r2"] = (("eval", "probe_set", "regressor"), r2)
     out["equivariance_r2_dim"] = (("eval", "probe_set", "regressor", "action_dim"), r2d)
+    out["equivariance_r2_pooled"] = (("eval",), r2_pooled)
     out["dz_eigenspectrum"] = (("eval", "probe_set", "factor", "component"), spec)
     out["dz_top2_share"] = (("eval", "probe_set", "factor"), top2)
     out["dz_method"] = (("eval", "probe_set", "factor"), dz_method)
@@ -358,6 +368,7 @@ def _final_summary(out: dict, coords: dict) -> dict:
     if "equivariance_r2" in out:
         res["equivariance_r2_linear"] = last("equivariance_r2", 0)
         res["equivariance_r2_mlp"] = last("equivariance_r2", 1)
+        res["equivariance_r2_pooled"] = float(np.asarray(out["equivariance_r2_pooled"][1])[-1])
         res["equivariance_r2_dim_linear"] = {a: last("equivariance_r2_dim", 0, k)
                                              for k, a in enumerate(coords.get("action_dim", []))}
     if "dz_top2_share" in out:

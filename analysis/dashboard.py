@@ -334,14 +334,14 @@ def _header(runs) -> str:
         lines.append(f"<tr><td>{html.escape(i['rule'])}</td><td>{i['seed']}</td><td>{html.escape(i['model'])}</td>"
                      f"<td>{html.escape(i['protocol'])}</td><td>{html.escape(i['status'])}</td>"
                      f"<td>{i['steps_done']}</td><td>{f('acc_agg')}</td><td>{f('forgetting')}</td>"
-                     f"<td>{f('equivariance_r2_linear')}</td><td>{f('z_eff_rank')}</td>"
+                     f"<td>{f('equivariance_r2_pooled')}</td><td>{f('z_eff_rank')}</td>"
                      f"<td>{len(s.get('alarms') or [])}</td></tr>")
     alarms = "".join(f"<li><b>{html.escape(r.info['rule'])} seed {r.info['seed']}</b> step {a['step']}: "
                      f"{html.escape(a['kind'])} ({html.escape(a['variable'])}) — {html.escape(a['detail'])}</li>"
                      for r in runs for a in (r.summary.get("alarms") or []))
     return ("<h2>colsim dashboard</h2><table border='1' cellpadding='3' style='border-collapse:collapse'>"
             "<tr><th>rule</th><th>seed</th><th>model</th><th>protocol</th><th>status</th><th>steps</th>"
-            "<th>acc z_AGG</th><th>forgetting</th><th>equiv R2 (lin)</th><th>eff rank</th><th>alarms</th></tr>"
+            "<th>acc z_AGG</th><th>forgetting</th><th>equiv R2 (lin, pooled)</th><th>eff rank</th><th>alarms</th></tr>"
             + "".join(lines) + "</table>"
             + (f"<h3>Health alarms</h3><ul>{alarms}</ul>" if alarms else "<p>No health alarms.</p>"))
 

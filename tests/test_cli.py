@@ -246,6 +246,11 @@ def test_analyze_and_dashboard_of_a_real_run(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     tree = xr.open_datatree(out / "store.zarr", engine="zarr")
     assert "analysis" in tree.children
+    # the analysis' pooled linear equivariance probe is the run's own number (same pairs, split, penalty grid)
+    from colsim.analysis.analyze import summary_from_store
+
+    run_r2 = json.loads((out / "summary.json").read_text())["equivariance_r2"][-1]  # per evaluation: the last
+    assert summary_from_store(out)["equivariance_r2_pooled"] == pytest.approx(run_r2, abs=1e-6)
     page = tmp_path / "dash.html"
     res = runner.invoke(app, ["dashboard", str(out), "-o", str(page)])
     assert res.exit_code == 0, res.output

@@ -189,6 +189,31 @@ def test_equivariance_linear_code_and_constant_dimension_dropped():
     assert mlp["probe"] == "mlp" and mlp["r2"] > 0.8
 
 
+def test_equivariance_linear_probe_penalty_by_cross_validation_does_not_overfit_few_pairs():
+    """100 episodes x 3 pairs of 2 x 128 features (one probe set): the action lives in 4 units,
+    the rest is per-view noise. A fixed alpha = 1 fits the noise (held-out R² < 0); the
+    cross-validated penalty keeps part of the signal (8x the episodes keep more)."""
+    from colsim.analysis.probes import equivariance_r2
+
+    def pairs(S, seed):
+        rng = np.random.default_rng(seed)
+        shift = rng.uniform(-1, 1, (S, 4, 2)).cumsum(1)
+        z = rng.standard_normal((S, 4, 128)) * 0.3
+        z[..., :2] += shift
+        z[..., 2:4] += shift * 0.5
+        act = np.diff(shift, axis=1)  # (S, 3, 2)
+        g = np.repeat(np.arange(S), 3)
+        return z[:, :-1].reshape(-1, 128), z[:, 1:].reshape(-1, 128), act.reshape(-1, 2), g
+
+    za, zb, a, g = pairs(100, 0)
+    fixed = equivariance_r2(za, zb, a, groups=g, alpha=1.0)["r2"]
+    cv = equivariance_r2(za, zb, a, groups=g)["r2"]
+    many = equivariance_r2(*pairs(800, 1)[:3], groups=pairs(800, 1)[3])["r2"]
+    assert fixed < 0
+    assert cv > 0.25 and cv > fixed + 0.25
+    assert many > cv + 0.2
+
+
 # ------------------------------------------------------------------ continual (Avalanche definitions)
 A3 = np.array([[0.9, 0.1, 0.2],
                [0.6, 0.8, 0.3],
