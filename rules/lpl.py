@@ -39,8 +39,8 @@ from step 0, mean over the five phases; pooled 10-way z_AGG probe at step 0 -> e
 At the paper's rate, 200 steps of a two-digit phase move the encoder away from its random
 features (which already separate the digits) without reaching the invariant ones LPL
 converges to; the aggregator, trained at the encoder's rate, additionally loses class
-information while chasing it. The relative-action R² drops as z becomes invariant (0.52 ->
-0.43): the predictive term removes transformation information from the encoder.
+information while chasing it. The relative-action R² drops as z becomes invariant (0.56 ->
+0.47): the predictive term removes transformation information from the encoder.
 """
 from __future__ import annotations
 
