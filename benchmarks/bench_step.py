@@ -20,8 +20,8 @@ Prints figures, and ratios against baselines measured in the same run:
    10-20 % over minutes on a shared host); ``fraction`` divides the median step rate by the
    median matmul rate, ``best/best`` the fastest step by the fastest matmul measurement.
    Reference machine (2 cores, 2026-12-01; a slower, noisier host than 2026-11-24's: matmul
-   116-163 GFLOP/s): channels-last 7.0-7.9 s/step, fraction 0.77 / 0.81 / 0.82 / 0.84 over four
-   runs (best/best 0.74-0.79); the same without ``keep_freed_memory`` (glibc returns >32 MiB
+   116-163 GFLOP/s): channels-last 7.0-8.2 s/step, fraction 0.77-0.89 over seven runs (six
+   >= 0.80, median 0.82; best/best 0.74-0.90); the same without ``keep_freed_memory`` (glibc returns >32 MiB
    activations to the kernel and faults them in again every step: ~400k page faults per
    step) 9.4-9.7 s/step, 0.69-0.74; NCHW 0.70-0.74; fused AdamW, THP and compile within the
    noise of channels-last (+fused+compile 0.75-0.83, compilation ~20 s). Kept: channels-last
