@@ -21,9 +21,9 @@ Prints figures, and ratios against baselines measured in the same run:
    median matmul rate, ``best/best`` the fastest step by the fastest matmul measurement.
    Reference machine (2 cores, 2026-12-01; a slower, noisier host than 2026-11-24's: matmul
    116-163 GFLOP/s): channels-last 7.0-8.2 s/step, fraction 0.77-0.89 over seven runs (six
-   >= 0.80, median 0.82; best/best 0.74-0.90); the same without ``keep_freed_memory`` (glibc returns >32 MiB
-   activations to the kernel and faults them in again every step: ~400k page faults per
-   step) 9.4-9.7 s/step, 0.69-0.74; NCHW 0.70-0.74; fused AdamW, THP and compile within the
+   >= 0.80, median 0.82; best/best 0.74-0.90); the same without ``keep_freed_memory`` (glibc
+   returns >32 MiB activations to the kernel and faults them in again every step: ~400k page
+   faults per step) 9.4-9.7 s/step, 0.69-0.74; NCHW 0.70-0.74; fused AdamW, THP and compile within the
    noise of channels-last (+fused+compile 0.75-0.83, compilation ~20 s). Kept: channels-last
    (seqjepa_resnet18.yaml) and keep_freed_memory (``colsim run`` on CPU); ``model.compile``
    stays opt-in (needs a C++ compiler). The profile of a channels-last step: conv backward
@@ -168,8 +168,9 @@ def resnet_child(variant: str, steps: int) -> dict:
         col.encoder.compile(dynamic=False)
         col.target_encoder.compile(dynamic=False)
     t = time.perf_counter()
-    step()  # warm-up (and compilation)
-    if "compile" in variant:
+    # warm-up (and compilation): the allocator's heap reaches its steady state (no page faults)
+    # after about three steps with keep_freed_memory (tests/test_keep_freed_memory.py)
+    for _ in range(3):
         step()
     warm_s = time.perf_counter() - t
     # the matmul reference is measured between the timed steps (the host's speed drifts by 10-20 %
@@ -190,11 +191,11 @@ def resnet_child(variant: str, steps: int) -> dict:
 RESNET_VARIANTS = {"nchw": {}, "channels_last-heap_returned": {"COLSIM_KEEP_FREED_MEMORY": "0"}, "channels_last": {},
                    "channels_last+fused": {}, "channels_last+thp": {"THP_MEM_ALLOC_ENABLE": "1"}}
 COMPILE_VARIANTS = {"channels_last+compile": {}, "channels_last+fused+compile": {}}
+ALL_VARIANTS = {**RESNET_VARIANTS, **COMPILE_VARIANTS}  # variant -> environment of its subprocess
 
 
 def part_resnet(steps: int, compile_: bool = False, only: "list[str] | None" = None) -> list[dict]:
-    table = {**RESNET_VARIANTS, **COMPILE_VARIANTS}
-    variants = [(v, table[v]) for v in only] if only else \
+    variants = [(v, ALL_VARIANTS[v]) for v in only] if only else \
         list(RESNET_VARIANTS.items()) + (list(COMPILE_VARIANTS.items()) if compile_ else [])
     rows = []
     for name, env in variants:
@@ -220,6 +221,10 @@ def main() -> None:
                     help="comma-separated ResNet variants to run (default: all; --compile adds the compiled ones)")
     ap.add_argument("--resnet-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    only = a.variants.split(",") if a.variants else None
+    unknown = [v for v in only or [] if v not in ALL_VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; choose from {', '.join(ALL_VARIANTS)}")  # exit 2
     if a.resnet_child:
         print(json.dumps(resnet_child(a.resnet_child, a.resnet_steps)))
         return
@@ -241,11 +246,6 @@ def main() -> None:
               f"{'PASS' if w <= 180 else 'FAIL'} (target <= 180 s)")
     if not a.skip_resnet:
         print("\n4. seqjepa_resnet18, 32 px, batch 64, M=3, backprop (one subprocess per variant)")
-        only = a.variants.split(",") if a.variants else None
-        unknown = [v for v in only or [] if v not in {**RESNET_VARIANTS, **COMPILE_VARIANTS}]
-        if unknown:
-            sys.exit(f"error: --variants: unknown {unknown}; choose from "
-                     f"{', '.join([*RESNET_VARIANTS, *COMPILE_VARIANTS])}")
         rows = part_resnet(a.resnet_steps, a.compile, only)
         print(f"{'variant':<30}{'s/step':>8}{'GFLOP/step':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}"
               f"{'(min-max)':>12}{'fraction':>10}{'best/best':>11}{'warm-up s':>11}")

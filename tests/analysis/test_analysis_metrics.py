@@ -208,7 +208,8 @@ def test_equivariance_linear_probe_penalty_by_cross_validation_does_not_overfit_
     za, zb, a, g = pairs(100, 0)
     fixed = equivariance_r2(za, zb, a, groups=g, alpha=1.0)["r2"]
     cv = equivariance_r2(za, zb, a, groups=g)["r2"]
-    many = equivariance_r2(*pairs(800, 1)[:3], groups=pairs(800, 1)[3])["r2"]
+    za8, zb8, a8, g8 = pairs(800, 1)
+    many = equivariance_r2(za8, zb8, a8, groups=g8)["r2"]
     assert fixed < 0
     assert cv > 0.25 and cv > fixed + 0.25
     assert many > cv + 0.2
