@@ -10,8 +10,13 @@ z_prev (B, M) of the previous view of the same episode (REFERENCE.md section 4):
 
 ``stats: running`` replaces batch estimates by running (EMA) means / variances per unit
 for online or small-batch use: the Hebbian term then uses the surrogate
-``-mean_i mean_b (z_bi - mu_i)² / (sg(var_i) + 1e-4)`` whose gradient equals that of
-``-log sigma_i²`` at the running estimate.
+``-mean_i [1/(B-1) sum_b (z_bi - mu_i)²] / (sg(var_i) + 1e-4)`` whose gradient equals that of
+``-log(sigma_i² + 1e-4)`` when the running variance equals the batch one. Like the batch
+path (and the reference implementation) it divides by B-1, the decorrelation term centres
+on the (stop-gradient) *batch* mean in both paths, and eps is added once, in the
+denominator (the stored running variance carries no eps). The running estimates follow
+``mu <- m mu + (1-m) mean_b z``, ``var <- m var + (1-m) 1/(B-1) sum_b (z - mu)²``
+(m = ``stats_momentum``), initialised from the first batch (mean, unbiased variance).
 
 Which parameters each term trains (the column runs with ``local=True``: every block's
 input is detached, the aggregator sees detached encoder outputs):
@@ -76,15 +81,15 @@ def lpl_terms(z: Tensor, z_prev: Tensor, valid: Tensor, eps: float = 1e-4,
     v = valid.to(z.dtype).unsqueeze(1)  # (B, 1)
     nv = v.sum().clamp(min=1)
     pred = ((z - z_prev.detach()) ** 2 * v).sum() / (nv * M)
+    mu_b = z.mean(0, keepdim=True).detach()  # (1, M) stop-gradient batch mean
     if running is None:
-        mu = z.mean(0, keepdim=True).detach()  # (1, M) stop-gradient mean
-        var = ((z - mu) ** 2).sum(0) / max(B - 1, 1)  # (M,)
+        var = ((z - mu_b) ** 2).sum(0) / max(B - 1, 1)  # (M,)
         hebb = -torch.log(var + eps).mean()
     else:
-        mu = running[0].unsqueeze(0)
-        var_run = running[1]
-        hebb = -(((z - mu) ** 2).mean(0) / (var_run + eps)).mean()
-    zc = z - mu
+        mu_run, var_run = running[0].unsqueeze(0), running[1]  # (1, M), (M,) no eps inside
+        var = ((z - mu_run) ** 2).sum(0) / max(B - 1, 1)  # (M,) around the running mean, B-1
+        hebb = -(var / (var_run + eps)).mean()
+    zc = z - mu_b  # the reference centres the covariance on the batch mean
     cov = zc.T @ zc / max(B - 1, 1)  # (M, M)
     off = cov - torch.diag(torch.diagonal(cov))
     dec = (off ** 2).sum() / max(M * M - M, 1)
@@ -107,7 +112,7 @@ def lpl(cfg: LPLConfig, column=None) -> Rule:
         mean, var = list(state["mean"]), list(state["var"])
         if running and not mean:
             mean = [l.detach().mean(0) for l in layers]
-            var = [l.detach().var(0, unbiased=False) + cfg.eps for l in layers]
+            var = [l.detach().var(0, unbiased=l.shape[0] > 1) for l in layers]  # eps is added once, in lpl_terms
         for l in use:
             if l >= len(layers):
                 raise ValueError(f"rule.layers: block {l} does not exist (the encoder has {len(layers)} blocks)")
@@ -120,7 +125,7 @@ def lpl(cfg: LPLConfig, column=None) -> Rule:
                 m = cfg.stats_momentum
                 zd = z.detach()
                 mean[l] = m * mean[l] + (1 - m) * zd.mean(0)
-                var[l] = m * var[l] + (1 - m) * ((zd - mean[l]) ** 2).mean(0)
+                var[l] = m * var[l] + (1 - m) * ((zd - mean[l]) ** 2).sum(0) / max(zd.shape[0] - 1, 1)
                 metrics[f"lpl.l{l}.hebb"] = float(-torch.log(var[l] + cfg.eps).mean())
         grads = loss_grads(total, params, retain_graph=bool(trace.get("_retain_graph", False)))
         metrics["loss.lpl"] = float(total.detach())

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from colsim.rules.lpl import lpl_terms
+from colsim.rules.lpl import LPLConfig, lpl, lpl_terms
 
 Z = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # (B=2, M=2)
 ZP = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
@@ -24,6 +24,44 @@ def test_terms_hand_computed():
     # invalid rows do not enter the predictive term
     t = lpl_terms(Z, ZP, torch.tensor([True, False]))
     assert float(t["pred"]) == pytest.approx(1 / 2)
+
+
+def test_running_statistics_path_hand_computed():
+    """stats: running — B-1 in the Hebbian variance, decorrelation centred on the batch mean, eps once."""
+    mu, var = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 3.0])
+    t = lpl_terms(Z, ZP, VALID, eps=1e-4, running=(mu, var))
+    # around the running mean [0, 0]: sum_b z² = [10, 4], / (B-1) = [10, 4]; / (var + eps) once
+    assert float(t["hebb"]) == pytest.approx(-(10 / (1 + 1e-4) + 4 / (3 + 1e-4)) / 2, rel=1e-6)
+    # covariance around the batch mean [2, 1] (not the running mean, which would give C_01 = 6 -> 36)
+    assert float(t["dec"]) == pytest.approx(4.0)
+    # gradient of the surrogate = that of -log(sigma² + eps) when the running statistics equal the batch ones
+    z1 = Z.clone().requires_grad_(True)
+    lpl_terms(z1, ZP, VALID, running=(Z.mean(0), Z.var(0)))["hebb"].backward()
+    z2 = Z.clone().requires_grad_(True)
+    lpl_terms(z2, ZP, VALID)["hebb"].backward()
+    # d/dz -mean_i log(v_i + eps) = -2 (z - mu) / ((B-1)(v + eps) M), z - mu = [[-1, -1], [1, 1]], v = 2
+    expect = torch.tensor([[1.0, 1.0], [-1.0, -1.0]]) / (2 + 1e-4)
+    assert torch.allclose(z2.grad, expect, rtol=1e-6) and torch.allclose(z1.grad, expect, rtol=1e-6)
+
+
+def test_running_statistics_state_hand_computed():
+    """The rule's running mean / variance: first batch (mean, unbiased variance, no eps), then EMA with B-1."""
+    rule = lpl(LPLConfig(stats="running", stats_momentum=0.5, predictive_weight=0.0))
+    w = torch.nn.Parameter(torch.ones(()))
+    params = {"w": w}
+    state = rule.init(params)
+    trace = {"layers": [Z * w], "layers_prev": [ZP], "valid": VALID, "loss": torch.zeros(())}
+    _, state, m = rule.update(params, state, trace)
+    # init: mean [2, 1], var [2, 2]; then mean <- 0.5 [2,1] + 0.5 [2,1] = [2, 1];
+    # var <- 0.5 [2, 2] + 0.5 * sum_b (z - [2, 1])² / (B-1) = [2, 2]
+    assert torch.allclose(state["mean"][0], torch.tensor([2.0, 1.0]))
+    assert torch.allclose(state["var"][0], torch.tensor([2.0, 2.0]))
+    assert m["lpl.l0.hebb"] == pytest.approx(-math.log(2 + 1e-4))
+    trace = {"layers": [(Z + 2) * w], "layers_prev": [ZP], "valid": VALID, "loss": torch.zeros(())}
+    _, state, _ = rule.update(params, state, trace)
+    # mean <- 0.5 [2, 1] + 0.5 [4, 3] = [3, 2]; centred (z+2) - [3, 2] = [[0, 0], [2, 2]] -> sum sq / 1 = [4, 4]
+    assert torch.allclose(state["mean"][0], torch.tensor([3.0, 2.0]))
+    assert torch.allclose(state["var"][0], torch.tensor([3.0, 3.0]))
 
 
 def _grad(term: str) -> torch.Tensor:
@@ -55,35 +93,29 @@ def _toy_batch(B, sigma_y, gen, noise_x=0.1):
     return draw(), draw()  # (B, 2) previous, current
 
 
-def _train_lpl(sigma_y, hebb=True, steps=400, seed=0):
+def _train_lpl(sigma_y, hebb=True, steps=400, seed=0, pred=True, stats="batch"):
+    """One linear LPL neuron z = x·w trained by the package's ``lpl`` rule (Adam 1e-2) on the 2-D toy."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.tensor([0.6, 0.8]).requires_grad_(True)  # starts more y- than x-tuned
+    rule = lpl(LPLConfig(lambda_pred=1.0 if pred else 0.0, lambda_hebb=1.0 if hebb else 0.0, lambda_dec=0.0,
+                         predictive_weight=0.0, stats=stats, stats_momentum=0.9))
+    params = {"w": w}
+    state = rule.init(params)
     opt = torch.optim.Adam([w], lr=1e-2)
     valid = torch.ones(128, dtype=torch.bool)
     for _ in range(steps):
         x_prev, x = _toy_batch(128, sigma_y, gen)
         z, z_prev = (x @ w).unsqueeze(1), (x_prev @ w).unsqueeze(1).detach()
-        t = lpl_terms(z, z_prev, valid)
-        loss = t["pred"] + (t["hebb"] if hebb else 0.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        trace = {"layers": [z], "layers_prev": [z_prev], "valid": valid, "loss": torch.zeros(())}
+        grads, state, _ = rule.update(params, state, trace)
+        if pred:
+            w.grad = grads["w"]
+            opt.step()
+        else:  # Hebbian only: gradient step with the weight norm held fixed (its -log var is scale-free)
+            with torch.no_grad():
+                w -= 0.05 * grads["w"]
+                w /= w.norm()
     return w.detach()
-
-
-def _train_hebb_oja(sigma_y, kind, steps=400, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.tensor([0.8, 0.6])  # starts x-tuned
-    for _ in range(steps):
-        _, x = _toy_batch(128, sigma_y, gen)
-        z = x @ w  # (B,)
-        eta = 0.05 / float((x * x).sum(1).mean())
-        if kind == "hebb":  # plain Hebb with the weight norm held fixed: the direction of max variance
-            w = w + eta * (z.unsqueeze(1) * x).mean(0)
-            w = w / w.norm()
-        else:  # Oja's rule
-            w = w + eta * (z.unsqueeze(1) * (x - z.unsqueeze(1) * w)).mean(0)
-    return w
 
 
 def _x_selectivity(w):
@@ -96,11 +128,16 @@ def test_lpl_neuron_stays_x_selective(sigma_y):
     assert _x_selectivity(w) > 0.95, w
 
 
-@pytest.mark.parametrize("kind", ["hebb", "oja"])
-def test_hebbian_and_oja_turn_to_y_when_it_has_more_variance(kind):
-    assert _x_selectivity(_train_hebb_oja(0.01, kind)) > 0.95
-    assert _x_selectivity(_train_hebb_oja(10.0, kind)) < 0.1
-    assert _x_selectivity(_train_hebb_oja(100.0, kind)) < 0.05
+def test_lpl_neuron_with_running_statistics_stays_x_selective():
+    assert _x_selectivity(_train_lpl(100.0, stats="running")) > 0.95
+
+
+@pytest.mark.parametrize("sigma_y, x_tuned", [(0.01, True), (10.0, False), (100.0, False)])
+def test_hebbian_only_lpl_turns_to_the_high_variance_direction(sigma_y, x_tuned):
+    """The package's rule with the predictive term off is a purely Hebbian (variance-maximising)
+    neuron: it follows the direction of largest variance, y once sigma_y > 1 (REFERENCE.md)."""
+    s = _x_selectivity(_train_lpl(sigma_y, pred=False))
+    assert (s > 0.95) if x_tuned else (s < 0.1), s
 
 
 def test_without_hebbian_term_activity_collapses():
