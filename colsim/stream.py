@@ -1,6 +1,7 @@
 """World / Stream interfaces (DESIGN.md section 2).
 
-A :class:`World` owns its data (a train pool for streams, a disjoint probe pool) and makes
+A :class:`World` owns its data in disjoint pools — *train* (streams), *validation* (probe sets for
+choosing hyper-parameters) and *probe* (the reported probe sets) — and makes
 
 * :class:`Stream` s — B parallel streams in lockstep, state in / state out::
 
@@ -12,7 +13,9 @@ A :class:`World` owns its data (a train pool for streams, a disjoint probe pool)
   ``"rng"``), so it round-trips through ``torch.save`` / ``torch.load(weights_only=True)``
   and a checkpoint resumes the streams exactly where they were.
 
-* :class:`ProbeSet` s — fixed held-out episodes drawn from one phase's distribution.
+* :class:`ProbeSet` s — fixed held-out episodes drawn from one phase's distribution::
+
+      ps = world.probe_set(classes, n, views, generator, overrides, pool="probe")  # or "validation"
 
 Worlds never touch the global RNG: every draw uses an explicit ``torch.Generator``.
 """
@@ -39,8 +42,10 @@ class ProbeSet(NamedTuple):
 
     obs:     (N, V, C, H, W) V consecutive views of N episodes (one object each).
     actions: (N, V, A) action from view v to view v+1 (the last view's action is zeros).
-    labels:  name -> (N,) per-episode labels (``class``) or (N, V, ...) per-view latent
-             factors (``angle`` (N, V), ``shift`` (N, V, 2), ``scale`` (N, V)).
+    labels:  name -> (N,) per-episode labels (``class``; ``image``, the dataset index of the
+             episode's source object, so probes can keep one object on one side of a fit/score
+             split) or (N, V, ...) per-view latent factors (``angle`` (N, V), ``shift`` (N, V, 2),
+             ``scale`` (N, V)).
     """
 
     obs: Tensor
@@ -60,8 +65,13 @@ class World(abc.ABC):
 
     @abc.abstractmethod
     def probe_set(self, classes: Optional[list[int]], n: int, views: int, generator: torch.Generator,
-                  overrides: dict[str, Any]) -> ProbeSet:
-        """``n`` held-out episodes of ``views`` views from the probe pool."""
+                  overrides: dict[str, Any], *, pool: str = "probe", where: Optional[str] = None) -> ProbeSet:
+        """``n`` held-out episodes of ``views`` views from ``pool`` (``"probe"`` or ``"validation"``).
+
+        Source objects are drawn without replacement as far as the pool allows. ``where`` is the
+        config path of the phase (e.g. ``protocol.phases[1]``) that prefixes the field of a
+        ConfigError (``protocol.phases[1].classes: ...``) when the phase leaves the set empty.
+        """
 
 
 def rng_state(gen: torch.Generator) -> Tensor:

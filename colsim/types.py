@@ -26,7 +26,8 @@ class Step(NamedTuple):
             (zeros on the last view of an episode: no next view of the same object).
     start:  (B,) bool, True where a new episode (new object) begins at this obs.
     labels: name -> (B, ...) tensors: ``class`` (B,), ``angle`` (B,), ``shift`` (B, 2),
-            ``scale`` (B,), ``phase`` (B,), ``episode`` (B,) ...
+            ``scale`` (B,), ``phase`` (B,), ``episode`` (B,), ``image`` (B,) the dataset index of
+            the episode's source object ...
     """
 
     obs: Tensor

@@ -6,8 +6,14 @@ Data
     0..16, no download. Each image is scaled to [0, 1], resized (bilinear, antialiased) to a box of
     ~20/28 of the canvas (MNIST's 20x20 digit in a 28x28 frame; the box has the parity of S so it is
     exactly centred) and padded to S x S: the *canonical* image I0. A fixed permutation
-    (``split_seed``), stratified by class, splits the images once into disjoint pools: *train*
-    (streams) and *probe* (``probe_fraction`` of each class; probe sets).
+    (``split_seed``), stratified by class, splits the images once into three disjoint pools that
+    together cover the data: *probe* (the first ``probe_fraction`` of each class's permutation;
+    the reported probe sets), *validation* (the next ``validation_fraction``; probe sets for
+    choosing hyper-parameters, never reported) and *train* (the rest; streams). The probe pool
+    depends only on (``probe_fraction``, ``split_seed``): adding the validation pool took its images
+    from the train pool. With the defaults (0.3, 0.15) a class of ~180 images has ~54 probe, ~27
+    validation and ~99 train images. Every Step's and ProbeSet's ``image`` label is the dataset row
+    (index into ``load_digits()``) of the episode's source digit.
 
 Views
     Pixel coordinates x = (x, y) = (column, row) measured from the canvas centre; y points down, so
@@ -21,6 +27,13 @@ Views
     theta ~ U[-rotation, rotation], log s ~ U[log scale_min, log scale_max], t_x, t_y ~ U[-T, T]
     with T = translation * S / 28. Inactive factors are constant: theta = 0, s = 1, t = 0.
     ``mode="rotation_only"``: rotation alone, theta ~ U[-180 deg, 180 deg].
+
+Appearance (``appearance``, per-phase overridable; ``protocols/_appearance.py``)
+    ``none``; ``invert`` (1 - x on the canvas); ``blur_noise`` (Gaussian blur ``blur_sigma`` px, then
+    noise ``noise_std`` drawn from the world's generator, clamped to [0, 1]); ``thick`` (grey-scale
+    dilation of I0 before the warp, a ``thickness`` x ``thickness`` max filter); ``gamma``
+    (x ** ``gamma``). Stream and probe views alike; ``none`` draws nothing, so its streams and probe
+    sets are bit-identical to a world without the option.
 
 Actions (the relative-transformation scheme of seq-JEPA, Ghaemi et al. 2025, arXiv 2505.03176)
     The action emitted with a view leads to the next view (theta', s', t') of the same episode. It
@@ -42,6 +55,13 @@ Streams: B streams in lockstep; an episode = one train-pool digit of an allowed 
 over classes, then over that class's images) for ``episode_length`` views. Stream b enters its
 first episode at view b % episode_length (staggered); ``start`` is True at tick 0 and at every
 first view. The state holds the next view's parameters so each action is known when emitted.
+
+Probe sets (``probe_set(classes, n, views, generator, overrides, pool="probe"|"validation")``): n
+episodes, classes balanced (n // K or n // K + 1 each) and shuffled. Each class's episodes take its
+pool images in a random order and cycle through all of them before any image repeats, so a class
+with m episodes and P pool images has min(m, P) distinct source images, each used floor(m / P) or
+ceil(m / P) times. Defaults (probe pool ~54 per class): 200 episodes over 10 classes -> 20 per class,
+all distinct; over 2 classes -> 100 per class, every probe image of the class used once or twice.
 """
 from __future__ import annotations
 
@@ -51,10 +71,11 @@ from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from colsim.config import ConfigError, Strict
+from colsim.protocols._appearance import after_warp, before_warp
 from colsim.registry import register_world
 from colsim.stream import ProbeSet, Stream, World, generator_from_state, rng_state
 from colsim.types import Step, WorldSpec
@@ -63,7 +84,8 @@ __all__ = ["AffineDigitsConfig", "AffineDigits", "affine_digits"]
 
 NUM_CLASSES = 10
 FACTORS = ("rotation", "translation", "scale")
-_FIXED = ("name", "image_size", "probe_fraction", "split_seed")  # cannot change per phase
+_FIXED = ("name", "image_size", "probe_fraction", "validation_fraction", "split_seed")  # cannot change per phase
+POOLS = ("probe", "validation")  # pools probe sets are drawn from (streams use the train pool)
 
 
 class AffineDigitsConfig(Strict):
@@ -77,7 +99,13 @@ class AffineDigitsConfig(Strict):
     factors: list[Literal["rotation", "translation", "scale"]] = Field(default_factory=lambda: list(FACTORS))
     mode: Literal["affine", "rotation_only"] = "affine"
     probe_fraction: float = Field(0.3, gt=0, lt=1, description="share of each class held out for probes")
+    validation_fraction: float = Field(0.15, ge=0, lt=1, description="share of each class held out for validation")
     split_seed: int = Field(0, ge=0)
+    appearance: Literal["none", "invert", "blur_noise", "thick", "gamma"] = "none"
+    blur_sigma: float = Field(1.0, gt=0, le=8, description="appearance blur_noise: Gaussian blur sigma, pixels")
+    noise_std: float = Field(0.1, ge=0, le=1, description="appearance blur_noise: additive noise std")
+    thickness: int = Field(3, ge=3, le=15, description="appearance thick: odd side of the max filter, pixels")
+    gamma: float = Field(0.5, gt=0, le=10, description="appearance gamma: intensity exponent")
 
     @field_validator("scale")
     @classmethod
@@ -86,6 +114,20 @@ class AffineDigitsConfig(Strict):
         if not 0 < lo <= hi <= 4:
             raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 4, got ({lo}, {hi})")
         return v
+
+    @field_validator("thickness")
+    @classmethod
+    def _check_thickness(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"thickness must be odd (a centred window), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_pools(self) -> "AffineDigitsConfig":
+        if self.probe_fraction + self.validation_fraction >= 1:
+            raise ValueError(f"probe_fraction + validation_fraction must be < 1 (the rest trains), got "
+                             f"{self.probe_fraction} + {self.validation_fraction}")
+        return self
 
     @field_validator("factors")
     @classmethod
@@ -113,17 +155,26 @@ def _canonical(image_size: int) -> tuple[Tensor, Tensor]:
     return x.contiguous(), torch.tensor(d.target, dtype=torch.long)
 
 
-def _split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Stratified, deterministic (train, probe) dataset indices, each sorted (n,) long."""
+def _split(labels: Tensor, probe_fraction: float, validation_fraction: float,
+           seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Stratified, deterministic (train, validation, probe) dataset indices, each sorted (n,) long.
+
+    Per class (n images, permuted once): probe = the first k = round(probe_fraction n) (>= 1),
+    validation = the next round(validation_fraction n) (>= 1 when the fraction is > 0), train = the
+    rest (>= 1). The probe pool is the same for any validation_fraction.
+    """
     g = torch.Generator().manual_seed(seed)
-    train, probe = [], []
+    train, val, probe = [], [], []
     for c in range(NUM_CLASSES):
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        k = min(max(1, round(fraction * len(idx))), len(idx) - 1)
+        n = len(idx)
+        k = min(max(1, round(probe_fraction * n)), n - 1)
+        kv = min(max(1, round(validation_fraction * n)) if validation_fraction > 0 else 0, n - k - 1)
         probe.append(idx[:k])
-        train.append(idx[k:])
-    return torch.cat(train).sort().values, torch.cat(probe).sort().values
+        val.append(idx[k:k + kv])
+        train.append(idx[k + kv:])
+    return tuple(torch.cat(x).sort().values for x in (train, val, probe))  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------
@@ -193,36 +244,66 @@ class AffineDigits(World):
                               action_names=("sin_drot", "cos_drot", "dtx", "dty", "dlogscale"),
                               num_classes=NUM_CLASSES)
         images, labels = _canonical(S)
-        self.train_index, self.probe_index = _split(labels, cfg.probe_fraction, cfg.split_seed)  # dataset rows
-        # canonical images (N, 1, S, S) and classes (N,) of each pool
+        # dataset rows (n,) of each pool, disjoint, covering all images
+        self.train_index, self.validation_index, self.probe_index = _split(
+            labels, cfg.probe_fraction, cfg.validation_fraction, cfg.split_seed)
+        # canonical images (n, 1, S, S) and classes (n,) of each pool
         self.train_images, self.train_labels = images[self.train_index], labels[self.train_index]
+        self.validation_images, self.validation_labels = images[self.validation_index], labels[self.validation_index]
         self.probe_images, self.probe_labels = images[self.probe_index], labels[self.probe_index]
         base_shift = _ranges(cfg)[1]
         self.shift_unit = base_shift if base_shift > 0 else 7.0 * S / 28  # pixels per unit of action dtx / dty
-        self._dev: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._dev: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
     # ---- helpers
-    def _resolve(self, overrides: Optional[dict[str, Any]]) -> AffineDigitsConfig:
+    def _resolve(self, overrides: Optional[dict[str, Any]], where: str = "world") -> AffineDigitsConfig:
         if not overrides:
             return self.cfg
         bad = [k for k in _FIXED if k in overrides and overrides[k] != getattr(self.cfg, k)]
         if bad:
-            raise ConfigError(f"world.{bad[0]}: cannot change per phase (set it in the protocol's world section)")
+            raise ConfigError(f"{where}.{bad[0]}: cannot change per phase (set it in the protocol's world section)")
         return AffineDigitsConfig.model_validate({**self.cfg.model_dump(), **overrides})
 
     @staticmethod
-    def _classes(classes: Optional[list[int]]) -> list[int]:
+    def _classes(classes: Optional[list[int]], where: str = "classes") -> list[int]:
         if classes is None:
             return list(range(NUM_CLASSES))
         out = sorted({int(c) for c in classes})
         if not out or out[0] < 0 or out[-1] >= NUM_CLASSES:
-            raise ConfigError(f"classes: must be a non-empty subset of 0..{NUM_CLASSES - 1}, got {list(classes)}")
+            raise ConfigError(f"{where}: must be a non-empty subset of the world's classes 0..{NUM_CLASSES - 1}, "
+                              f"got {list(classes)}")
         return out
 
-    def _train_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _pool(self, pool: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(dataset rows (n,), canonical images (n, 1, S, S), classes (n,)) of a probe-set pool."""
+        if pool == "probe":
+            return self.probe_index, self.probe_images, self.probe_labels
+        if pool == "validation":
+            return self.validation_index, self.validation_images, self.validation_labels
+        raise ConfigError(f"probe_set: pool must be one of {', '.join(POOLS)}, got {pool!r}")
+
+    def _train_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         if device not in self._dev:
-            self._dev[device] = (self.train_images.to(device), self.train_labels.to(device))
+            self._dev[device] = (self.train_images.to(device), self.train_labels.to(device),
+                                 self.train_index.to(device))
         return self._dev[device]
+
+    def check_phase(self, classes: Optional[list[int]], overrides: Optional[dict[str, Any]] = None, *,
+                    pool: str = "probe", where: Optional[str] = None) -> list[int]:
+        """Check that a phase (``classes``, world ``overrides``) gives a non-empty stream and probe set from
+        ``pool``, without drawing anything; returns the sorted classes. Errors are one-line ConfigErrors
+        whose field path starts with ``where`` (e.g. ``protocol.phases[1]`` -> ``protocol.phases[1].classes:``).
+        """
+        pre = f"{where}." if where else ""
+        self._resolve(overrides, f"{pre}world" if where else "world")
+        cls = self._classes(classes, f"{pre}classes")
+        rows, _, labels = self._pool(pool)
+        empty = [c for c in cls if not bool((labels == c).any())]
+        if empty:
+            raise ConfigError(f"{pre}classes: the world's {pool} pool has no image of class {empty[0]} "
+                              f"(world.{pool}_fraction = {getattr(self.cfg, pool + '_fraction')}); raise "
+                              f"world.{pool}_fraction")
+        return cls
 
     def apply_action(self, images: Tensor, actions: Tensor) -> Tensor:
         """Warp images (N, 1, S, S) by the relative transforms actions (N, 5) encode -> (N, 1, S, S)."""
@@ -234,7 +315,8 @@ class AffineDigits(World):
                overrides: Optional[dict[str, Any]] = None) -> Stream:
         if batch < 1 or episode_length < 1:
             raise ConfigError(f"stream: batch and episode_length must be >= 1, got {batch}, {episode_length}")
-        ranges, unit, B, L = _ranges(self._resolve(overrides)), self.shift_unit, batch, episode_length
+        cfg = self._resolve(overrides)
+        ranges, unit, B, L = _ranges(cfg), self.shift_unit, batch, episode_length
         cls = self._classes(classes)
         pools = [torch.nonzero(self.train_labels == c).flatten() for c in cls]
         counts = torch.tensor([len(p) for p in pools])  # (K,)
@@ -255,15 +337,16 @@ class AffineDigits(World):
 
         def step(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], Step]:
             g = generator_from_state(state["rng"].cpu())
-            img, pos, cur, nxt, ep = (state[k] for k in ("image", "pos", "cur", "nxt", "episode"))
+            img, pos, cur, nxt, ep = (state[k] for k in ("image", "pos", "cur", "nxt", "episode"))  # img: train-pool rows
             dev = img.device
-            images, labels = self._train_on(dev)
-            obs = _warp(images[img], cur[:, 0], cur[:, 1], cur[:, 2:])  # (B, 1, S, S)
+            images, labels, rows = self._train_on(dev)
+            obs = _warp(before_warp(images[img], cfg), cur[:, 0], cur[:, 1], cur[:, 2:])  # (B, 1, S, S)
+            obs = after_warp(obs, cfg, g)  # appearance; blur_noise draws its noise from the stream's generator
             last = pos == L - 1  # (B,)
             action = torch.where(last[:, None], 0.0, _encode(cur, nxt, unit))  # (B, 5)
             out = Step(obs=obs, action=action, start=(pos == 0) | state["first"],
                        labels={"class": labels[img], "angle": cur[:, 0], "shift": cur[:, 2:], "scale": cur[:, 1],
-                               "episode": ep, "image": img})
+                               "episode": ep, "image": rows[img]})
             u = torch.rand(B, 10, generator=g)  # (B, 10): fresh view, fresh next view, fresh image
             fresh, u = pick(u[:, 8:]).to(dev), u.to(dev)
             new = {"rng": rng_state(g), "image": torch.where(last, fresh, img),
@@ -277,29 +360,36 @@ class AffineDigits(World):
 
     # ---- probe sets
     def probe_set(self, classes: Optional[list[int]], n: int, views: int, generator: torch.Generator,
-                  overrides: Optional[dict[str, Any]] = None) -> ProbeSet:
+                  overrides: Optional[dict[str, Any]] = None, *, pool: str = "probe",
+                  where: Optional[str] = None) -> ProbeSet:
+        """n episodes of ``views`` views from ``pool`` ("probe" or "validation"); see the module docstring.
+
+        ``where`` prefixes the field path of configuration errors (e.g. ``protocol.phases[1]``).
+        Labels: ``class`` (n,), ``image`` (n,) dataset rows, ``angle`` (n, V), ``shift`` (n, V, 2), ``scale`` (n, V).
+        """
         if n < 1 or views < 1:
             raise ConfigError(f"probe_set: n and views must be >= 1, got {n}, {views}")
-        ranges = _ranges(self._resolve(overrides))
-        cls = self._classes(classes)
+        cls = self.check_phase(classes, overrides, pool=pool, where=where)
+        cfg = self._resolve(overrides)
+        rows, images, labels = self._pool(pool)
         order = torch.tensor(cls)[torch.arange(n) % len(cls)]
         order = order[torch.randperm(n, generator=generator)]  # (n,) balanced classes, shuffled
-        img = torch.empty(n, dtype=torch.long)  # (n,) probe-pool rows, distinct while the pool lasts
+        img = torch.empty(n, dtype=torch.long)  # (n,) pool rows; a class cycles through all its images before reuse
         for c in cls:
             slots = torch.nonzero(order == c).flatten()
-            pool = torch.nonzero(self.probe_labels == c).flatten()
-            pool = pool[torch.randperm(len(pool), generator=generator)]
-            img[slots] = pool[torch.arange(len(slots)) % len(pool)]
-        p = _draw(torch.rand(n, views, 4, generator=generator), ranges)  # (n, V, 4)
-        S = self.cfg.image_size
-        src = self.probe_images[img][:, None].expand(n, views, 1, S, S).reshape(n * views, 1, S, S)
+            members = torch.nonzero(labels == c).flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            img[slots] = members[torch.arange(len(slots)) % len(members)]
+        p = _draw(torch.rand(n, views, 4, generator=generator), _ranges(cfg))  # (n, V, 4)
+        S = cfg.image_size
+        src = before_warp(images[img], cfg)[:, None].expand(n, views, 1, S, S).reshape(n * views, 1, S, S)
         flat = p.reshape(n * views, 4)
-        obs = _warp(src, flat[:, 0], flat[:, 1], flat[:, 2:]).reshape(n, views, 1, S, S)
+        obs = after_warp(_warp(src, flat[:, 0], flat[:, 1], flat[:, 2:]), cfg, generator).reshape(n, views, 1, S, S)
         actions = torch.zeros(n, views, 5)  # (n, V, 5); the last view's action stays zero
         actions[:, :-1] = _encode(p[:, :-1], p[:, 1:], self.shift_unit)
         return ProbeSet(obs=obs, actions=actions,
-                        labels={"class": self.probe_labels[img], "angle": p[..., 0], "shift": p[..., 2:],
-                                "scale": p[..., 1], "image": img})
+                        labels={"class": labels[img], "angle": p[..., 0], "shift": p[..., 2:],
+                                "scale": p[..., 1], "image": rows[img]})
 
 
 @register_world("affine_digits", AffineDigitsConfig)
@@ -307,8 +397,9 @@ def affine_digits(cfg: AffineDigitsConfig, split: Optional[str] = None) -> Affin
     """sklearn handwritten digits under random rotation/translation/scale; actions = relative affine maps.
 
     ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing:
-    the world serves both pools (streams: train pool, probe sets: probe pool).
+    the world serves all three pools (streams: train pool; probe sets: ``probe_set(..., pool=...)``
+    from the probe or the validation pool).
     """
-    if split not in (None, "train", "probe"):
-        raise ConfigError(f"affine_digits: split must be 'train' or 'probe', got {split!r}")
+    if split not in (None, "train", "validation", "probe"):
+        raise ConfigError(f"affine_digits: split must be 'train', 'validation' or 'probe', got {split!r}")
     return AffineDigits(cfg)

@@ -1,9 +1,9 @@
-"""Tests of the affine_digits world: actions reproduce the next view, pools, determinism, episodes."""
+"""Tests of the affine_digits world: actions reproduce the next view, pools, source-image labels,
+determinism, episodes, appearance contexts."""
 from __future__ import annotations
 
 import io
 import math
-import time
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 import colsim.protocols  # noqa: F401  (registers the world)
 from colsim.config import ConfigError, validate_as
+from colsim.protocols import _appearance as ap
 from colsim.protocols import affine_digits as ad
 from colsim.protocols.affine_digits import AffineDigits, AffineDigitsConfig, affine_digits
 from colsim.registry import WORLDS
@@ -124,23 +125,98 @@ def test_canonical_images():
 
 # ---- (2) pools -------------------------------------------------------------------------------
 
-def test_train_and_probe_pools_disjoint():
+def test_three_pools_disjoint_and_cover_the_data():
     from sklearn.datasets import load_digits
 
+    d = load_digits()
     w = make()
-    tr, pr = set(w.train_index.tolist()), set(w.probe_index.tolist())
-    assert not tr & pr and len(tr | pr) == 1797
-    raw = load_digits().images
-    assert not {raw[i].tobytes() for i in tr} & {raw[i].tobytes() for i in pr}
-    canon_tr = {x.numpy().tobytes() for x in w.train_images}
-    assert not canon_tr & {x.numpy().tobytes() for x in w.probe_images}
-    frac = np.bincount(w.probe_labels.numpy(), minlength=10) / np.bincount(load_digits().target, minlength=10)
-    assert np.allclose(frac, 0.3, atol=0.01)  # stratified
+    tr, va, pr = (set(x.tolist()) for x in (w.train_index, w.validation_index, w.probe_index))
+    assert not tr & va and not tr & pr and not va & pr
+    assert tr | va | pr == set(range(1797))
+    raw = {k: {d.images[i].tobytes() for i in v} for k, v in (("tr", tr), ("va", va), ("pr", pr))}
+    assert not raw["tr"] & raw["va"] and not raw["tr"] & raw["pr"] and not raw["va"] & raw["pr"]
+    # stratified, per class k = round(fraction * n): class 0 has 178 images -> 53 probe, 27 validation,
+    # 98 train; class 1 has 182 -> 55, 27, 100
+    assert np.bincount(w.probe_labels.numpy(), minlength=10)[:2].tolist() == [53, 55]
+    assert np.bincount(w.validation_labels.numpy(), minlength=10)[:2].tolist() == [27, 27]
+    assert np.bincount(w.train_labels.numpy(), minlength=10)[:2].tolist() == [98, 100]
+    assert torch.equal(w.train_labels, torch.as_tensor(d.target)[w.train_index])
+    assert torch.equal(w.validation_images, ad._canonical(32)[0][w.validation_index])
     assert torch.equal(make().probe_index, w.probe_index)  # deterministic
     assert not torch.equal(make(split_seed=1).probe_index, w.probe_index)
-    ps = w.probe_set(None, 100, 2, torch.Generator().manual_seed(0), {})
-    assert torch.equal(ps.labels["class"], w.probe_labels[ps.labels["image"]])
-    assert len(set(ps.labels["image"].tolist())) == 100  # distinct images while the pool lasts
+    # the probe pool does not depend on the validation pool: validation images come out of train
+    two = make(validation_fraction=0.0)
+    assert torch.equal(two.probe_index, w.probe_index) and len(two.validation_index) == 0
+    assert set(two.train_index.tolist()) == tr | va
+    assert torch.equal(make(validation_fraction=0.3).probe_index, w.probe_index)
+    with pytest.raises(ValidationError):
+        AffineDigitsConfig(probe_fraction=0.6, validation_fraction=0.4)
+
+
+def test_image_labels_are_dataset_rows_of_the_source_digit():
+    """Step and ProbeSet labels['image'] index load_digits(); re-rendering that digit with the labelled
+    view parameters reproduces the observation exactly."""
+    from sklearn.datasets import load_digits
+
+    target = torch.as_tensor(load_digits().target)
+    canon = ad._canonical(32)[0]  # (1797, 1, 32, 32)
+    w = make()
+    for st in run(w, 6, batch=8, length=3):
+        img = st.labels["image"]
+        assert img.shape == (8,) and img.dtype == torch.long
+        assert set(img.tolist()) <= set(w.train_index.tolist())
+        assert torch.equal(st.labels["class"], target[img])
+        assert torch.equal(st.obs, ad._warp(canon[img], st.labels["angle"], st.labels["scale"], st.labels["shift"]))
+    for pool, index in (("probe", w.probe_index), ("validation", w.validation_index)):
+        ps = w.probe_set([2, 5], 30, 3, torch.Generator().manual_seed(0), {}, pool=pool)
+        img = ps.labels["image"]
+        assert img.shape == (30,) and set(img.tolist()) <= set(index.tolist())
+        assert torch.equal(ps.labels["class"], target[img])
+        src = canon[img][:, None].expand(30, 3, 1, 32, 32).reshape(90, 1, 32, 32)
+        again = ad._warp(src, ps.labels["angle"].flatten(), ps.labels["scale"].flatten(),
+                         ps.labels["shift"].flatten(0, 1)).reshape(30, 3, 1, 32, 32)
+        assert torch.equal(ps.obs, again)
+
+
+def test_probe_set_draws_images_without_replacement_as_far_as_the_pool_allows():
+    w = make()
+    # 2 classes x 100 episodes; probe pool: 53 images of class 0, 55 of class 1 -> every image is used,
+    # once or twice (floor / ceil of 100 / 53 and 100 / 55), 108 distinct images
+    ps = w.probe_set([0, 1], 200, 2, torch.Generator().manual_seed(0), {})
+    img, cls = ps.labels["image"], ps.labels["class"]
+    assert len(set(img.tolist())) == 108
+    assert set(img.tolist()) == set(w.probe_index[w.probe_labels <= 1].tolist())
+    for c, pool in ((0, 53), (1, 55)):
+        counts = np.bincount(img[cls == c].numpy())
+        counts = counts[counts > 0]
+        assert len(counts) == pool and counts.min() == 1 and counts.max() == 2 and counts.sum() == 100
+    # 10 classes x 20 episodes <= every class's pool: all 200 images distinct
+    assert len(set(w.probe_set(None, 200, 2, torch.Generator().manual_seed(1), {}).labels["image"].tolist())) == 200
+    # validation pool: 27 images of class 0 for 40 episodes -> 27 distinct, used once or twice
+    pv = w.probe_set([0], 40, 2, torch.Generator().manual_seed(0), {}, pool="validation")
+    counts = np.bincount(pv.labels["image"].numpy())
+    assert (counts > 0).sum() == 27 and counts.max() == 2
+
+
+def test_validation_pool_probe_sets_and_empty_pools():
+    w = make()
+    g = torch.Generator
+    pv = w.probe_set(None, 50, 2, g().manual_seed(0), {}, pool="validation")
+    pp = w.probe_set(None, 50, 2, g().manual_seed(0), {})
+    assert not set(pv.labels["image"].tolist()) & set(pp.labels["image"].tolist())
+    assert torch.equal(pv.labels["class"], pp.labels["class"])  # same generator: same class order
+    with pytest.raises(ConfigError, match=r"^protocol\.phases\[1\]\.classes: the world's validation pool has no "
+                                          r"image of class 3 .*validation_fraction"):
+        make(validation_fraction=0.0).probe_set([3], 20, 2, g().manual_seed(0), {}, pool="validation",
+                                                where="protocol.phases[1]")
+    for bad in ([12], [], [-1, 2]):
+        with pytest.raises(ConfigError, match=r"^protocol\.phases\[2\]\.classes: must be a non-empty subset"):
+            w.probe_set(bad, 20, 2, g().manual_seed(0), {}, where="protocol.phases[2]")
+    with pytest.raises(ConfigError, match=r"^protocol\.phases\[0\]\.world\.validation_fraction: cannot change"):
+        w.check_phase(None, {"validation_fraction": 0.2}, where="protocol.phases[0]")
+    with pytest.raises(ConfigError, match="pool must be one of probe, validation"):
+        w.probe_set(None, 20, 2, g().manual_seed(0), {}, pool="train")
+    assert w.check_phase([5, 1, 5], {"appearance": "invert"}) == [1, 5]
 
 
 # ---- (3) determinism --------------------------------------------------------------------------
@@ -254,13 +330,92 @@ def test_registered():
         validate_as(e.config, {"name": "affine_digits", "bogus": 1}, "protocol.world")
 
 
-def test_step_speed():
-    """Generous bound (the target is well under 2 ms at B=32, S=32) so a loaded machine does not flake."""
-    stream = make().stream(32, 8, None, {})
-    state = stream.init(torch.Generator().manual_seed(0))
-    times = []
-    for _ in range(60):
-        t = time.perf_counter()
-        state, _ = stream.step(state)
-        times.append(time.perf_counter() - t)
-    assert float(np.median(times[10:])) < 0.01
+# ---- (8) appearance contexts --------------------------------------------------------------------
+
+def _tiny_image():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1.0
+    x[0, 0, 0, 4] = 0.5
+    x[0, 0, 4, 0] = 0.25
+    return x
+
+
+def test_appearance_pixels_by_hand():
+    x = _tiny_image()
+    # thick: 3x3 max filter, stride 1, same size (outside the canvas counts as nothing)
+    assert ap.thicken(x, 3)[0, 0].tolist() == [
+        [0.0, 0.0, 0.0, 0.5, 0.5],
+        [0.0, 1.0, 1.0, 1.0, 0.5],
+        [0.0, 1.0, 1.0, 1.0, 0.0],
+        [0.25, 1.0, 1.0, 1.0, 0.0],
+        [0.25, 0.25, 0.0, 0.0, 0.0]]
+    cfg = AffineDigitsConfig
+    # invert: 1 - x
+    inv = ap.after_warp(x, cfg(appearance="invert"), None)[0, 0]
+    assert inv[2, 2] == 0.0 and inv[0, 4] == 0.5 and inv[4, 0] == 0.75 and inv[1, 1] == 1.0
+    # gamma 0.5: 0.25 -> 0.5, 0.5 -> 0.70710..., 1 -> 1, 0 -> 0
+    gam = ap.after_warp(x, cfg(appearance="gamma", gamma=0.5), None)[0, 0]
+    assert gam[4, 0] == 0.5 and abs(gam[0, 4].item() - 0.7071068) < 1e-6 and gam[2, 2] == 1 and gam[1, 1] == 0
+    # blur sigma 0.5: r = ceil(1.5) = 2, taps exp(-2 x^2) / (1 + 2 e^-2 + 2 e^-8) = (0.000264, 0.106451, 0.786571, ...)
+    k = ap.gaussian_kernel(0.5)
+    assert torch.allclose(k, torch.tensor([0.00026387, 0.10645077, 0.78657073, 0.10645077, 0.00026387]), atol=1e-7)
+    imp = torch.zeros(1, 1, 5, 5)
+    imp[0, 0, 2, 2] = 1.0
+    b = ap.blur(imp, 0.5)[0, 0]  # the impulse response is the outer product of the taps
+    assert abs(b[2, 2].item() - 0.61869351) < 1e-6  # 0.786571^2
+    assert abs(b[2, 3].item() - 0.08373106) < 1e-6 and abs(b[1, 2].item() - 0.08373106) < 1e-6  # 0.786571 * 0.106451
+    assert abs(b[1, 1].item() - 0.01133177) < 1e-6  # 0.106451^2
+    corner = torch.zeros(1, 1, 5, 5)
+    corner[0, 0, 0, 0] = 1.0
+    assert abs(ap.blur(corner, 0.5)[0, 0, 0, 0].item() - 0.61869351) < 1e-6  # zero padding: the mass outside is lost
+    # blur_noise with noise_std 0: the blur alone; with noise: blur + std * N(0, 1) from the generator, clamped
+    assert torch.equal(ap.after_warp(imp, cfg(appearance="blur_noise", blur_sigma=0.5, noise_std=0.0),
+                                     torch.Generator().manual_seed(0)), ap.blur(imp, 0.5))
+    noisy = ap.after_warp(imp, cfg(appearance="blur_noise", blur_sigma=0.5, noise_std=0.2),
+                          torch.Generator().manual_seed(0))
+    n = torch.randn(1, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, (ap.blur(imp, 0.5) + 0.2 * n).clamp(0, 1))
+    assert noisy.min() == 0.0 and noisy.max() <= 1.0 and (noisy == 0).any()  # clamped
+    assert torch.equal(ap.after_warp(x, cfg(), None), x) and torch.equal(ap.before_warp(x, cfg()), x)
+
+
+@pytest.mark.parametrize("appearance", ["none", "invert", "blur_noise", "thick", "gamma"])
+def test_appearance_applies_to_streams_and_probe_sets(appearance):
+    """A phase's appearance override changes stream and probe views exactly as its function says,
+    and nothing else (same images, view parameters and actions); deterministic under the generator."""
+    w = make(image_size=16)
+    canon = ad._canonical(16)[0]
+    ov = {"appearance": appearance}
+    cfg = AffineDigitsConfig(image_size=16, appearance=appearance)
+
+    def expected(img, lab, g):
+        src = ap.before_warp(canon[img], cfg)
+        return ap.after_warp(ad._warp(src, lab["angle"], lab["scale"], lab["shift"]), cfg, g)
+
+    stream = w.stream(6, 3, None, ov)
+    state = stream.init(torch.Generator().manual_seed(5))
+    for _ in range(4):
+        g = ad.generator_from_state(state["rng"])  # the generator the step draws its noise from
+        state, st = stream.step(state)
+        assert torch.equal(st.obs, expected(st.labels["image"], st.labels, g))
+    plain = run(w, 4, batch=6, length=3, seed=5)
+    mine = run(w, 4, batch=6, length=3, overrides=ov, seed=5)
+    assert torch.equal(plain[0].labels["image"], mine[0].labels["image"])
+    assert torch.equal(plain[0].action, mine[0].action)
+    assert all(_same(a, b) for a, b in zip(mine, run(w, 4, batch=6, length=3, overrides=ov, seed=5)))
+
+    p0 = w.probe_set([1, 7], 10, 2, torch.Generator().manual_seed(2), {})
+    ps = w.probe_set([1, 7], 10, 2, torch.Generator().manual_seed(2), ov)
+    assert torch.equal(ps.labels["image"], p0.labels["image"]) and torch.equal(ps.actions, p0.actions)
+    g = torch.Generator().manual_seed(2)  # replay the probe set's draws, then the noise comes next
+    torch.randperm(10, generator=g)  # class order
+    for c in (1, 7):
+        torch.randperm(int((w.probe_labels == c).sum()), generator=g)  # each class's image order
+    torch.rand(10, 2, 4, generator=g)  # view parameters
+    lab = {k: ps.labels[k].flatten(0, 1) for k in ("angle", "scale", "shift")}
+    img = ps.labels["image"].repeat_interleave(2)
+    assert torch.equal(ps.obs.flatten(0, 1), expected(img, lab, g))
+    if appearance == "invert":
+        assert ps.obs[..., 0, 0].eq(1.0).all() and st.obs[..., 0, 0].eq(1.0).all()  # background turns white
+    if appearance != "none":
+        assert not torch.equal(ps.obs, p0.obs)
