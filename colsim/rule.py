@@ -20,6 +20,15 @@ Two optional hooks keep the step schedule explicit (no hook zoo):
 * ``boundary(params, state, event) -> state`` is called at ``"phase_end"`` (EWC's Fisher,
   SI's Omega).
 
+Order of ``post_step`` in nested modifiers (``--rule lpl+si+metaplastic`` is
+``metaplastic(si(lpl))``): the ``delta`` a wrapper's ``post_step`` returns is the update that
+is applied. A wrapper that *rescales* (metaplastic) rescales first and then passes the
+rescaled update to its inner rule's ``post_step``; a wrapper that *accumulates* (SI) calls its
+inner rule's ``post_step`` first and accumulates what that returns. So an accumulating
+modifier sees every rescaling, inside or outside it, in any order of the modifiers.
+``chain`` runs its rules' ``post_step`` one after the other on the same update (a rule
+later in the chain sees the earlier ones' rescaling, not the other way round).
+
 ``needs`` names the Trace keys the rule reads; the special key ``"local"`` asks the
 column to run with detached block inputs (layer-local learning).
 """

@@ -181,9 +181,8 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
         return g, new, metrics
 
     def post_step(params, state, delta):
-        s_in = state["inner"]
-        if inner.post_step is not None:
-            delta, s_in = inner.post_step(params, s_in, delta)
+        # rescale first, then hand the rescaled update to the inner rule: an inner SI then integrates the
+        # update that is finally applied, whatever the order of the modifiers (colsim/rule.py, post_step)
         out = dict(delta)
         for w, b in unit_layers(params).items():
             scale = state["a"][w]
@@ -193,6 +192,9 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
                 out[w] = out[w] * scale.view(-1, *([1] * (out[w].dim() - 1)))
             if b is not None and b in out:
                 out[b] = out[b] * scale
+        s_in = state["inner"]
+        if inner.post_step is not None:
+            out, s_in = inner.post_step(params, s_in, out)
         return out, {**state, "inner": s_in}
 
     def boundary(params, state, event):

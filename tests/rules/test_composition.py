@@ -115,3 +115,32 @@ def test_a_modifier_named_alone_wraps_backprop(spec, name):
     cfg, world, column, rule, local, opt = build_tiny(spec)
     assert cfg.rule.name == name and cfg.rule.config.name == "backprop" and not local
     assert [m.name for m in cfg.rule.wrap] == name.split("+")[1:]
+
+
+@pytest.mark.parametrize("spec", ["lpl+si+metaplastic", "lpl+metaplastic+si"])
+def test_si_integrates_the_update_metaplastic_applies(spec, h):
+    """omega -= g * Δθ with Δθ the update finally applied (after n-GateON's rescaling), in either order."""
+    import torch
+    from colsim.simulate import _seeded
+
+    i = spec.split("+")[1:].index("metaplastic")
+    cfg, world, column, rule, local, opt = build_tiny(spec, extra=[f"rule.wrap[{i}].eta_a=0.0"])
+    params = column.trainable()
+    state = rule.init(params)
+    meta = state if spec.endswith("metaplastic") else state["inner"]
+    w = "encoder.blocks.0.0.weight"
+    meta["a"][w] = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    stream = world.stream(8, 4, [0, 1], {})
+    ss = stream.init(_seeded(0, 1))
+    cs = column.init_state(8, "cpu")
+    for t in range(2):
+        ss, st = stream.step(ss)
+        cs, trace = column(cs, st.obs, st.action, st.start | (t == 0), local=local)
+        before = params[w].detach().clone()
+        omega0 = (state if spec.endswith("si") else state["inner"])["omega"][w].clone()
+        state, grads, _ = h.step(rule, params, state, trace, opt)
+        si_s = state if spec.endswith("si") else state["inner"]
+        applied = params[w].detach() - before
+        assert torch.equal(applied[0], torch.zeros_like(applied[0])) and applied[3].abs().sum() > 0
+        # this step's increment of omega is -g * (the update applied, unit 0 frozen, unit 1 at a quarter, ...)
+        assert torch.allclose(si_s["omega"][w] - omega0, -si_s["g"][w] * applied, rtol=1e-4, atol=1e-9)
