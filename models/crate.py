@@ -18,7 +18,7 @@ Sources
         A1 = ReLU(eta Dᵀ z - eta lambda),
         A2 = ReLU(A1 - eta Dᵀ(D A1 - z) - eta lambda),
   decoded by a separate learned D̂ (d, 4d) with a residual: ``Z + D̂ A2(LN Z)``; the MSSA
-  output projection has no bias.
+  output projection has no bias; LayerNorm eps 1e-6 (the reference code's pre-norm).
 - colsim REFERENCE.md section 3, integrations A (aggregator = CRATE layers over
   [AGG] + tokens with learned time-position embeddings) and B (predictor = a small CRATE
   block over the two tokens (z_AGG, e(a_M)); output token 0 is z_hat).
@@ -50,22 +50,25 @@ __all__ = [
 ETA = 0.1  # ISTA step size (CRATE default)
 LAMBDA = 0.1  # LASSO sparsity weight (CRATE default)
 DIAG_EPS2 = 0.5  # eps² of the coding rate reported by .diagnostics()
+CRATE_LN_EPS = 1e-5  # LayerNorm eps of CRATE (its code uses nn.LayerNorm's default)
+ALPHA_LN_EPS = 1e-6  # LayerNorm eps of CRATE-alpha (its pre-norms use eps=1e-6)
 
 
 # --------------------------------------------------------------------------- functional
 
 
 def mssa(x: Tensor, u: Tensor, heads: int, w_out: Tensor, b_out: Tensor | None = None,
-         pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+         pad_mask: Tensor | None = None, u_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Multi-head subspace self-attention of already layer-normalised tokens.
 
     x: (B, N, d) = LN1(Z); u: (K p, d), the K bases ``U_k`` stacked as a Linear weight
-    (``W = x @ u.T``); w_out: (d, K p), b_out: (d,) or None; pad_mask: (B, N) bool, True =
-    padding: padded tokens are removed as keys (every row needs one unpadded key).
+    (``W = x @ u.T (+ u_bias)``); w_out: (d, K p), b_out: (d,) or None; pad_mask: (B, N) bool,
+    True = padding: padded tokens are removed as keys (every row needs one unpadded key);
+    u_bias: (K p,) or None (CRATE's projection has none; ``qkv_bias`` option).
     Returns ``(out (B, N, d), W (B, K, N, p))``; W is returned for diagnostics.
     """
     B, N, _ = x.shape
-    w = F.linear(x, u)  # (B, N, K p)
+    w = F.linear(x, u, u_bias)  # (B, N, K p)
     p = w.shape[-1] // heads
     w = w.view(B, N, heads, p).transpose(1, 2)  # (B, K, N, p)
     logits = w @ w.transpose(-1, -2) / math.sqrt(p)  # (B, K, N, N)
@@ -125,19 +128,23 @@ def _coding_rate_per_head(w: Tensor, valid: Tensor | None, eps2: float = DIAG_EP
 
 
 class MSSA(nn.Module):
-    """MSSA with learned bases U (one Linear, no bias) and output projection (bias optional)."""
+    """MSSA with learned bases U (one Linear) and output projection (bias optional).
 
-    def __init__(self, dim: int, heads: int, bias: bool = True):
+    ``qkv_bias``: a bias on the shared q/k/v projection U; off by default, as in CRATE and
+    CRATE-alpha (Yu et al. 2023 / Yang et al. 2024: ``W_k = LN(Z) U_k`` is bias-free).
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = True, qkv_bias: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"MSSA: dim={dim} must be divisible by heads={heads}; pick heads that divide dim")
         self.heads = heads
-        self.u = nn.Linear(dim, dim, bias=False)  # weight (K p, d): the stacked U_kᵀ
+        self.u = nn.Linear(dim, dim, bias=qkv_bias)  # weight (K p, d): the stacked U_kᵀ
         self.out = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x: (B, N, d) -> (out (B, N, d), W (B, K, N, p))."""
-        return mssa(x, self.u.weight, self.heads, self.out.weight, self.out.bias, pad_mask)
+        return mssa(x, self.u.weight, self.heads, self.out.weight, self.out.bias, pad_mask, self.u.bias)
 
 
 class ISTA(nn.Module):
@@ -193,10 +200,11 @@ class _CrateBase(nn.Module):
 class CrateLayer(_CrateBase):
     """One CRATE layer: ``Z½ = Z + MSSA(LN1 Z)``, ``Z' = ISTA(LN2 Z½)`` (no residual)."""
 
-    def __init__(self, dim: int, heads: int = 4, eta: float = ETA, lam: float = LAMBDA):
+    def __init__(self, dim: int, heads: int = 4, eta: float = ETA, lam: float = LAMBDA, ln_eps: float = CRATE_LN_EPS,
+                 qkv_bias: bool = False):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mssa = MSSA(dim, heads, bias=True)
+        self.ln1, self.ln2 = nn.LayerNorm(dim, eps=ln_eps), nn.LayerNorm(dim, eps=ln_eps)
+        self.mssa = MSSA(dim, heads, bias=True, qkv_bias=qkv_bias)
         self.ista = ISTA(dim, eta, lam)
         self.stats: dict[str, Tensor] = {}
 
@@ -210,12 +218,16 @@ class CrateLayer(_CrateBase):
 
 
 class CrateAlphaLayer(_CrateBase):
-    """One CRATE-alpha layer: ``Z½ = Z + MSSA(LN1 Z)`` (no output bias), ``Z½ + D̂ A2(LN2 Z½)``."""
+    """One CRATE-alpha layer: ``Z½ = Z + MSSA(LN1 Z)`` (no output bias), ``Z½ + D̂ A2(LN2 Z½)``.
 
-    def __init__(self, dim: int, heads: int = 4, ratio: int = 4, eta: float = ETA, lam: float = LAMBDA):
+    LayerNorm eps defaults to CRATE-alpha's 1e-6 (``ALPHA_LN_EPS``; PyTorch's default is 1e-5).
+    """
+
+    def __init__(self, dim: int, heads: int = 4, ratio: int = 4, eta: float = ETA, lam: float = LAMBDA,
+                 ln_eps: float = ALPHA_LN_EPS, qkv_bias: bool = False):
         super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mssa = MSSA(dim, heads, bias=False)
+        self.ln1, self.ln2 = nn.LayerNorm(dim, eps=ln_eps), nn.LayerNorm(dim, eps=ln_eps)
+        self.mssa = MSSA(dim, heads, bias=False, qkv_bias=qkv_bias)
         self.ista = OvercompleteISTA(dim, ratio, eta, lam)
         self.stats: dict[str, Tensor] = {}
 
@@ -248,10 +260,13 @@ class CrateAggregator(nn.Module):
     ``[AGG] + tokens`` (the [AGG] token is learnable, zero init; tokens get learned
     time-position embeddings, N(0, 0.02²) init) pass through ``layers`` CrateLayer (or
     CrateAlphaLayer when ``alpha``); padded tokens are masked out as attention keys, so
-    their content never reaches [AGG]. Returns LN([AGG] output).
+    their content never reaches [AGG]. Returns LN([AGG] output). ``ln_eps`` (every LayerNorm,
+    the final one included): None = the block's reference value, 1e-5 for CRATE and 1e-6 for
+    CRATE-alpha; ``qkv_bias``: a bias on MSSA's projection U (off in both references).
     """
 
-    def __init__(self, dim: int, layers: int = 2, heads: int = 4, max_tokens: int = 16, alpha: bool = False):
+    def __init__(self, dim: int, layers: int = 2, heads: int = 4, max_tokens: int = 16, alpha: bool = False,
+                 ln_eps: float | None = None, qkv_bias: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"CrateAggregator: dim={dim} must be divisible by heads={heads}")
@@ -259,8 +274,9 @@ class CrateAggregator(nn.Module):
         self.agg = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
         layer = CrateAlphaLayer if alpha else CrateLayer
-        self.layers = nn.ModuleList(layer(dim, heads) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
+        eps = ln_eps if ln_eps is not None else (ALPHA_LN_EPS if alpha else CRATE_LN_EPS)
+        self.layers = nn.ModuleList(layer(dim, heads, ln_eps=eps, qkv_bias=qkv_bias) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, tokens: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         """tokens: (B, M, dim), pad_mask: (B, M) bool, True = padding -> z_AGG (B, dim)."""

@@ -12,7 +12,9 @@ x_{t-c..t-1} (c <= M) and their actions a (a_i leads from view i to view i+1):
 3. z_AGG = g([AGG]; u) — aggregator (``aggregator.kind``: transformer | crate | crate_alpha |
    tost, models/seq_jepa_parts.py; padded window slots masked);
 4. z_hat = h(z_AGG, e(a_{t-1})) predicts the embedding of x_t (``predictor.kind``: mlp | crate);
-5. target z~_t = f_EMA(x_t) (teacher ``ema``; momentum cosine 0.996 -> 1 over training), or
+5. target z~_t = f_EMA(x_t) (teacher ``ema``; momentum 0.996, constant by default, or a cosine
+   0.996 -> 1 over ``teacher.horizon_steps`` steps as in the paper, whose horizon is its
+   training length; here the horizon is a setting, not the run's length), or
    sg(f(x_t)) (``stopgrad`` and ``symmetric``); ``L_fwd = 1 - cos(z_hat, sg(z~_t))`` where a
    context exists;
 6. teacher ``symmetric`` also predicts backwards in time (REFERENCE.md section 1: "predict
@@ -56,7 +58,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from typing import Literal, Optional
 
 import torch
@@ -70,7 +71,7 @@ from colsim.models.encoders import build_encoder
 from colsim.models.regularizers import regularizer_loss
 from colsim.models.seq_jepa_parts import (
     ActionEmbed, AggregatorConfig, EncoderConfig, MLPPredictor, PredictorConfig, RegularizerConfig, TeacherConfig,
-    TransformerAggregator, build_aggregator, build_predictor, encoder_width,
+    TransformerAggregator, build_aggregator, build_predictor, ema_momentum, encoder_width,
 )
 from colsim.registry import register_model
 from colsim.types import Trace, WorldSpec
@@ -352,16 +353,43 @@ class SeqJepaColumn(AbstractColumn):
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def embed(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
-        """obs (N, V, C, H, W), actions (N, V, A) -> z (N, V, D), z_agg (N, D+E) of the first min(M, V) views."""
+        """obs (N, V, C, H, W), actions (N, V, A) -> one encoder pass over all views, then
+
+        * ``z`` (N, V, D) and ``z_agg`` (N, D+E) of the first c = min(M, V) views;
+        * ``loss_pred`` (N,): the column's own objective on held-out episodes — the last view x_c'
+          (c' = min(M, V-1)) predicted from the c' views before it and the action a_{c'-1},
+          ``1 - cos(z_hat, sg(z~))`` with the training target (EMA teacher, else the encoder);
+          the prediction part only (no regulariser), NaN when V < 2;
+        * ``layers`` [(N, V, C_l)]: pooled block outputs of every view (for per-block local losses).
+        """
         N, V = obs.shape[:2]
-        z, _ = self.encoder(obs.reshape(N * V, *obs.shape[2:]))
+        flat = obs.reshape(N * V, *obs.shape[2:])
+        z, layers = self.encoder(flat)
         z = z.view(N, V, -1)
         c = min(self.window, V)
         count = torch.full((N,), c, dtype=torch.long, device=obs.device)
-        tokens, pad, _ = self._tokens(z[:, :c], self._action_emb(actions[:, :c], count), count)
+        tokens, pad, a_last = self._tokens(z[:, :c], self._action_emb(actions[:, :c], count), count)
         with self._quiet():
             z_agg = self.aggregator(tokens, pad)
-        return {"z": z, "z_agg": z_agg}
+        out = {"z": z, "z_agg": z_agg, "layers": [l.view(N, V, -1) for l in layers]}
+        cp = min(self.window, V - 1)
+        if cp < 1:
+            out["loss_pred"] = torch.full((N,), float("nan"), device=obs.device)
+            return out
+        z_agg_p = z_agg
+        if cp != c:  # V <= M: the prediction's context is one view shorter than z_AGG's
+            count_p = torch.full((N,), cp, dtype=torch.long, device=obs.device)
+            tokens_p, pad_p, a_last = self._tokens(z[:, :cp], self._action_emb(actions[:, :cp], count_p), count_p)
+            with self._quiet():
+                z_agg_p = self.aggregator(tokens_p, pad_p)
+        with self._quiet():
+            z_hat = self.predictor(z_agg_p, a_last)  # (N, D) prediction of view cp
+        if self.target_encoder is not None:
+            z_target, _ = self.target_encoder(obs[:, cp])
+        else:
+            z_target = z[:, cp]
+        out["loss_pred"] = 1.0 - F.cosine_similarity(z_hat, z_target, dim=-1)  # (N,)
+        return out
 
     def diagnostics(self) -> dict[str, float]:
         """Block statistics and regulariser values of the last forward (cached; ``embed`` does not count).
@@ -378,11 +406,14 @@ class SeqJepaColumn(AbstractColumn):
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()
-    def update_target(self, progress: float) -> None:
+    def update_target(self, step: int) -> None:
+        """EMA teacher update once ``step`` optimizer steps are done (an integer: 1 after the first
+        step; the simulator passes its step counter + 1). Momentum from :func:`ema_momentum`:
+        constant, or a cosine over ``teacher.horizon_steps`` steps — never over the run's length.
+        Buffers (e.g. BatchNorm statistics) are copied."""
         if self.target_encoder is None:
             return
-        t = self.cfg.teacher
-        m = t.momentum_end - (t.momentum_end - t.momentum) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2
+        m = ema_momentum(self.cfg.teacher, int(step))
         for p_t, p in zip(self.target_encoder.parameters(), self.encoder.parameters()):
             p_t.lerp_(p.detach(), 1.0 - m)
         for b_t, b in zip(self.target_encoder.buffers(), self.encoder.buffers()):

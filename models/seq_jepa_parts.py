@@ -20,6 +20,7 @@ the column's loss (sign -1 for rates that are maximised).
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Optional, Union
 
 import torch
@@ -31,7 +32,7 @@ from colsim.models.crate import CrateAggregator, CratePredictor
 from colsim.models.regularizers import REGULARIZERS
 from colsim.models.tost import ToSTAggregator
 
-__all__ = ["EncoderConfig", "AggregatorConfig", "PredictorConfig", "TeacherConfig", "RegularizerConfig",
+__all__ = ["EncoderConfig", "AggregatorConfig", "PredictorConfig", "TeacherConfig", "ema_momentum", "RegularizerConfig",
            "ActionEmbed", "TransformerAggregator", "MLPPredictor", "CrateTokenPredictor", "build_aggregator",
            "build_predictor", "encoder_width"]
 
@@ -43,9 +44,10 @@ class EncoderConfig(Strict):
     channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)  # cnn
     hidden: list[int] = Field(default_factory=lambda: [512, 256], min_length=1)  # mlp
     cifar_stem: bool = True  # resnet18
-    # parameter-free BatchNorm on z = f(x): centres the embedding across the batch so the cosine
-    # prediction loss is not trivially satisfied by the common direction of non-negative features
-    output_norm: bool = True
+    # parameter-free BatchNorm on z = f(x) (not in seq-JEPA, off by default): it centres and whitens
+    # each unit across the batch, which acts as an anti-collapse device of its own and so confounds
+    # comparisons of teachers and regularisers (measured in models/README.md)
+    output_norm: bool = False
 
 
 def encoder_width(e: EncoderConfig) -> int:
@@ -69,11 +71,17 @@ class AggregatorConfig(Strict):
     dropout: float = Field(0.1, ge=0, lt=1)  # transformer
     causal: bool = False  # tost: prefix statistics, [AGG] last
     readout: Literal["mean", "agg"] = "mean"  # tost: mean of all outputs or the [AGG] output
+    # crate / crate_alpha / tost: bias on the q/k/v projection; None = the reference's choice
+    # (ToST: on; CRATE and CRATE-alpha: off, MSSA's U is bias-free)
+    qkv_bias: Optional[bool] = None
+    # crate / crate_alpha: LayerNorm eps; None = the reference's value (CRATE 1e-5, CRATE-alpha 1e-6)
+    ln_eps: Optional[float] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _kind_fields(self):
         _only_for(self, {"ff_mult": ("transformer",), "dropout": ("transformer",), "causal": ("tost",),
-                         "readout": ("tost",)}, "aggregator")
+                         "readout": ("tost",), "qkv_bias": ("crate", "crate_alpha", "tost"),
+                         "ln_eps": ("crate", "crate_alpha")}, "aggregator")
         return self
 
 
@@ -92,17 +100,42 @@ class PredictorConfig(Strict):
 class TeacherConfig(Strict):
     """``ema``: target = EMA copy of the encoder; ``stopgrad``: target = sg(online encoder);
     ``symmetric``: stop-gradient targets and a second, time-reversed prediction (see the
-    column docstring); ``reverse_actions`` says how the reversed context sees its actions."""
+    column docstring); ``reverse_actions`` says how the reversed context sees its actions.
+
+    EMA momentum once k optimizer steps are done — :func:`ema_momentum`: with
+    ``horizon_steps = N > 0`` a cosine from ``momentum`` (k = 0) to ``momentum_end`` (k = N), then
+    ``momentum_end``; with ``horizon_steps = 0`` (default) the constant ``momentum``.
+    The horizon is a number of steps, never the run's length, so a phase's teacher does not
+    depend on how many phases follow it.
+    """
 
     kind: Literal["ema", "stopgrad", "symmetric"] = "ema"
-    momentum: float = Field(0.996, ge=0, le=1)  # ema: start of the cosine schedule
-    momentum_end: float = Field(1.0, ge=0, le=1)  # ema: end of the schedule
+    momentum: float = Field(0.996, ge=0, le=1)  # ema: the momentum (start of the cosine when horizon_steps > 0)
+    momentum_end: float = Field(1.0, ge=0, le=1)  # ema: end of the cosine (horizon_steps > 0 only)
+    horizon_steps: int = Field(0, ge=0)  # ema: length of the cosine in steps; 0 = constant momentum
     reverse_actions: Literal["flag", "negate"] = "flag"  # symmetric
 
     @model_validator(mode="after")
     def _kind_fields(self):
-        _only_for(self, {"reverse_actions": ("symmetric",)}, "teacher")
+        _only_for(self, {"reverse_actions": ("symmetric",), "momentum": ("ema",), "momentum_end": ("ema",),
+                         "horizon_steps": ("ema",)}, "teacher")
+        if self.horizon_steps == 0 and self.momentum_end != type(self).model_fields["momentum_end"].default:
+            raise ValueError("teacher.momentum_end is used only with teacher.horizon_steps > 0 (a cosine from "
+                             "momentum to momentum_end over that many steps); set horizon_steps or remove momentum_end")
         return self
+
+
+def ema_momentum(t: TeacherConfig, step: int) -> float:
+    """EMA momentum once ``step`` optimizer steps are done (integer k >= 0): see :class:`TeacherConfig`.
+
+    ``m(k) = end - (end - start) (cos(pi min(k / N, 1)) + 1) / 2`` for ``N = horizon_steps > 0``
+    (the cosine of BYOL, Grill et al. 2020, section 3.2, which seq-JEPA uses with N = its training
+    length), else ``start``.
+    """
+    if t.horizon_steps == 0:
+        return float(t.momentum)
+    frac = min(max(step, 0) / t.horizon_steps, 1.0)
+    return t.momentum_end - (t.momentum_end - t.momentum) * (math.cos(math.pi * frac) + 1) / 2
 
 
 class _Reg(Strict):
@@ -254,9 +287,11 @@ def build_aggregator(cfg: AggregatorConfig, dim: int, window: int) -> nn.Module:
     if cfg.kind == "transformer":
         return TransformerAggregator(dim, cfg.layers, cfg.heads, cfg.ff_mult, cfg.dropout)
     if cfg.kind in ("crate", "crate_alpha"):
-        return CrateAggregator(dim, cfg.layers, cfg.heads, max_tokens=window, alpha=cfg.kind == "crate_alpha")
+        return CrateAggregator(dim, cfg.layers, cfg.heads, max_tokens=window, alpha=cfg.kind == "crate_alpha",
+                               ln_eps=cfg.ln_eps, qkv_bias=bool(cfg.qkv_bias))
     if cfg.kind == "tost":
-        return ToSTAggregator(dim, cfg.layers, cfg.heads, max_tokens=window, causal=cfg.causal, readout=cfg.readout)
+        return ToSTAggregator(dim, cfg.layers, cfg.heads, max_tokens=window, causal=cfg.causal, readout=cfg.readout,
+                              qkv_bias=True if cfg.qkv_bias is None else cfg.qkv_bias)
     raise ValueError(f"unknown aggregator kind {cfg.kind!r}")
 
 

@@ -4,8 +4,10 @@ Source: Wu et al. 2024, "Token Statistics Transformer: Linear-Time Attention via
 Variational Rate Reduction" (arXiv 2412.17810; ICLR 2025). TSSA is one unrolled gradient
 step on a variational form of the MCR² compression term; no n x n matrix is formed.
 
-For tokens X (n, d) of one sample, with ``W = LN(X) W_qkv`` (one d x d Linear, no bias)
-split into K heads W_k (n, p):
+For tokens X (n, d) of one sample, with ``W = LN(X) W_qkv + b_qkv`` (one d x d Linear; the
+bias ``qkv_bias`` is on by default, as in the reference configuration: the authors' vision
+model sets ``qkv_bias=True``, their language model biases every Linear) split into K heads
+W_k (n, p):
     Ŵ_k       = W_k with each column L2-normalised over the n tokens
     s_jk      = temp_k sum_i Ŵ_k,ji²                      (temp learnable per head, init 1)
     pi_j      = softmax_k(s_j)                            (Eq. 10: over HEADS, not tokens)
@@ -18,15 +20,20 @@ Causal variant (for streaming windows; the form of the ToST authors' causal lang
 code): every sum over tokens becomes a prefix sum over tokens i <= j. Token i's membership
 pi_i is computed once, from the column norms of tokens <= i, and then kept, so
 
-    s_jk  = temp_k sum_i W_k,ji² / sum_{j'<=j} W_k,j'i²
+    s_jk  = temp_k sum_i (W_k,ji² / sum_{j'<=j} W_k,j'i²  +  beta_kj)
     m_kij = sum_{j'<=j} pi_j'k W_k,j'i² / (sum_{j'<=j} pi_j'k + 1e-8)      (statistic seen by token j)
+
+with beta (K, n_max) the learned per-head, per-position bias of the normalised squares (the
+"denominator bias" of the authors' causal code; zero init, no weight decay). A prefix of j+1
+tokens has column norms summed over j+1 tokens only, so the normalised squares of early tokens
+are larger than late ones (token 0's are all 1); beta lets each position re-centre its scores.
 
 costs O(n d) time. Token j's output depends only on tokens <= j; it equals non-causal TSSA
 on the prefix X[:j+1] exactly when the memberships do not depend on the token set (e.g.
 temp = 0) and always for j = 0. Exact prefix equality with set-dependent memberships would
-need each earlier pi recomputed per query (O(n²)). (The authors' causal code also adds a
-learned per-position bias to the scores; it is not part of REFERENCE and is left out.)
-Padded tokens are zeroed out of every statistic, which equals dropping them.
+need each earlier pi recomputed per query (O(n²)). Padded tokens are zeroed out of every
+statistic, which equals dropping them (with beta = 0; beta is indexed by position in the
+padded sequence).
 """
 from __future__ import annotations
 
@@ -43,19 +50,25 @@ _STAT_EPS = 1e-8  # denominator floor of the statistic m (as in the paper's code
 
 
 def _tssa_core(x: Tensor, w_qkv: Tensor, heads: int, temp: Tensor, w_out: Tensor,
-               b_out: Tensor | None, pad_mask: Tensor | None, causal: bool) -> tuple[Tensor, Tensor]:
+               b_out: Tensor | None, pad_mask: Tensor | None, causal: bool, b_qkv: Tensor | None = None,
+               denom_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     B, N, d = x.shape
     if d % heads:
         raise ValueError(f"TSSA: width {d} must be divisible by heads={heads}")
     p = d // heads
-    w = F.linear(x, w_qkv).view(B, N, heads, p)  # (B, N, K, p)
+    w = F.linear(x, w_qkv, b_qkv).view(B, N, heads, p)  # (B, N, K, p)
     valid = None if pad_mask is None else (~pad_mask).to(w.dtype)  # (B, N)
     if valid is not None:
         w = w * valid[:, :, None, None]  # padded tokens add nothing to any statistic
     w2 = w.square()  # (B, N, K, p)
     token_sum = (lambda t: t.cumsum(1)) if causal else (lambda t: t.sum(1, keepdim=True))
     col = token_sum(w2).clamp_min(_NORM_EPS2)  # (B, N|1, K, p): ||W_k[:, i]||² over tokens
-    s = temp * (w2 / col).sum(-1)  # (B, N, K)
+    normed = (w2 / col).sum(-1)  # (B, N, K): sum_i of the normalised squares
+    if denom_bias is not None:  # beta_kj added to each of the p normalised squares of head k at position j
+        if denom_bias.shape[0] != heads or denom_bias.shape[1] < N:
+            raise ValueError(f"TSSA: denom_bias must be (heads={heads}, >= {N} positions), got {tuple(denom_bias.shape)}")
+        normed = normed + p * denom_bias[:, :N].T  # (N, K) broadcast over B
+    s = temp * normed  # (B, N, K)
     pi = s.softmax(dim=-1)  # (B, N, K): memberships, softmax over heads
     pi_stat = pi if valid is None else pi * valid[:, :, None]
     m = token_sum(pi_stat[..., None] * w2) / (token_sum(pi_stat)[..., None] + _STAT_EPS)  # (B, N|1, K, p)
@@ -64,55 +77,69 @@ def _tssa_core(x: Tensor, w_qkv: Tensor, heads: int, temp: Tensor, w_out: Tensor
 
 
 def tssa(x: Tensor, w_qkv: Tensor, heads: int, temp: Tensor, w_out: Tensor,
-         b_out: Tensor | None = None, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+         b_out: Tensor | None = None, pad_mask: Tensor | None = None, b_qkv: Tensor | None = None
+         ) -> tuple[Tensor, Tensor]:
     """Token statistics self-attention of layer-normalised tokens (ToST Eq. 10 and after).
 
     x: (B, N, d) = LN(X); w_qkv: (d, d); temp: (K,); w_out: (d, d); b_out: (d,) or None;
-    pad_mask: (B, N) bool, True = padding (excluded from the column norms and from m).
+    pad_mask: (B, N) bool, True = padding (excluded from the column norms and from m);
+    b_qkv: (d,) or None, the projection's bias.
     Returns ``(out (B, N, d), pi (B, N, K))``; pi sums to 1 over heads.
     """
-    return _tssa_core(x, w_qkv, heads, temp, w_out, b_out, pad_mask, causal=False)
+    return _tssa_core(x, w_qkv, heads, temp, w_out, b_out, pad_mask, causal=False, b_qkv=b_qkv)
 
 
 def causal_tssa(x: Tensor, w_qkv: Tensor, heads: int, temp: Tensor, w_out: Tensor,
-                b_out: Tensor | None = None, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                b_out: Tensor | None = None, pad_mask: Tensor | None = None, b_qkv: Tensor | None = None,
+                denom_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Causal TSSA: token j only sees tokens <= j (prefix sums of the token statistics).
 
-    Same arguments and shapes as ``tssa``. Token i's membership uses the column norms of
-    tokens <= i; see the module docstring for when row j equals ``tssa`` on ``x[:, :j+1]``.
+    Same arguments and shapes as ``tssa``, plus ``denom_bias`` (K, n_max) or None: beta of the
+    module docstring (positions 0..N-1 are used). Token i's membership uses the column norms
+    of tokens <= i; see the module docstring for when row j equals ``tssa`` on ``x[:, :j+1]``.
     """
-    return _tssa_core(x, w_qkv, heads, temp, w_out, b_out, pad_mask, causal=True)
+    return _tssa_core(x, w_qkv, heads, temp, w_out, b_out, pad_mask, causal=True, b_qkv=b_qkv,
+                      denom_bias=denom_bias)
 
 
 class TSSA(nn.Module):
-    """TSSA with its parameters: qkv (d x d, no bias), per-head ``temp`` (init 1), output Linear.
+    """TSSA with its parameters: qkv (d x d, bias when ``qkv_bias``, the reference's default),
+    per-head ``temp`` (init 1), output Linear; causal: ``denom_bias`` beta (K, max_tokens), zero init.
 
-    ``temp`` is tagged ``_no_weight_decay = True`` so optimizer builders exclude it from decay.
+    ``temp`` and ``denom_bias`` are tagged ``_no_weight_decay = True`` so optimizer builders
+    exclude them from decay (as the authors' optimizer groups do).
     """
 
-    def __init__(self, dim: int, heads: int, causal: bool = False):
+    def __init__(self, dim: int, heads: int, causal: bool = False, qkv_bias: bool = True, max_tokens: int = 64):
         super().__init__()
         if dim % heads:
             raise ValueError(f"TSSA: dim={dim} must be divisible by heads={heads}; pick heads that divide dim")
         self.heads, self.causal = heads, causal
-        self.qkv = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, dim, bias=qkv_bias)
         self.temp = nn.Parameter(torch.ones(heads))
         self.temp._no_weight_decay = True
+        self.denom_bias = None
+        if causal:
+            self.denom_bias = nn.Parameter(torch.zeros(heads, max_tokens))
+            self.denom_bias._no_weight_decay = True
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x: (B, N, d) -> (out (B, N, d), pi (B, N, K))."""
-        f = causal_tssa if self.causal else tssa
-        return f(x, self.qkv.weight, self.heads, self.temp, self.out.weight, self.out.bias, pad_mask)
+        if self.causal:
+            return causal_tssa(x, self.qkv.weight, self.heads, self.temp, self.out.weight, self.out.bias, pad_mask,
+                               self.qkv.bias, self.denom_bias)
+        return tssa(x, self.qkv.weight, self.heads, self.temp, self.out.weight, self.out.bias, pad_mask, self.qkv.bias)
 
 
 class ToSTLayer(nn.Module):
     """One ToST block: ``x + TSSA(LN1 x)``, then ``x + MLP(LN2 x)`` (4x GELU MLP)."""
 
-    def __init__(self, dim: int, heads: int = 4, causal: bool = False, mlp_ratio: int = 4):
+    def __init__(self, dim: int, heads: int = 4, causal: bool = False, mlp_ratio: int = 4, qkv_bias: bool = True,
+                 max_tokens: int = 64):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = TSSA(dim, heads, causal)
+        self.attn = TSSA(dim, heads, causal, qkv_bias, max_tokens)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
         self.record_stats = True
         self.stats: dict[str, Tensor] = {}
@@ -150,7 +177,7 @@ class ToSTAggregator(nn.Module):
     """
 
     def __init__(self, dim: int, layers: int = 2, heads: int = 4, max_tokens: int = 16, causal: bool = False,
-                 readout: str = "mean"):
+                 readout: str = "mean", qkv_bias: bool = True):
         super().__init__()
         if dim % heads:
             raise ValueError(f"ToSTAggregator: dim={dim} must be divisible by heads={heads}")
@@ -159,7 +186,9 @@ class ToSTAggregator(nn.Module):
         self.dim, self.max_tokens, self.causal, self.readout = dim, max_tokens, causal, readout
         self.agg = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
-        self.layers = nn.ModuleList(ToSTLayer(dim, heads, causal) for _ in range(layers))
+        # max_tokens + 1 positions: the window's tokens and [AGG]
+        self.layers = nn.ModuleList(ToSTLayer(dim, heads, causal, qkv_bias=qkv_bias, max_tokens=max_tokens + 1)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: Tensor, pad_mask: Tensor | None = None) -> Tensor:
