@@ -324,6 +324,8 @@ class AffineDigits(World):
         for k, p in enumerate(pools):
             table[k, : len(p)] = p
 
+        src: dict[torch.device, Tensor] = {}  # device -> canonical train images after before_warp (n, 1, S, S)
+
         def pick(u: Tensor) -> Tensor:  # u (B, 2) -> train-pool rows (B,)
             k = (u[:, 0] * len(cls)).long().clamp_(max=len(cls) - 1)
             j = torch.minimum((u[:, 1] * counts[k]).long(), counts[k] - 1)
@@ -340,7 +342,9 @@ class AffineDigits(World):
             img, pos, cur, nxt, ep = (state[k] for k in ("image", "pos", "cur", "nxt", "episode"))  # img: train-pool rows
             dev = img.device
             images, labels, rows = self._train_on(dev)
-            obs = _warp(before_warp(images[img], cfg), cur[:, 0], cur[:, 1], cur[:, 2:])  # (B, 1, S, S)
+            if dev not in src:  # the train pool as this phase's appearance shapes it before the warp
+                src[dev] = before_warp(images, cfg)
+            obs = _warp(src[dev][img], cur[:, 0], cur[:, 1], cur[:, 2:])  # (B, 1, S, S)
             obs = after_warp(obs, cfg, g)  # appearance; blur_noise draws its noise from the stream's generator
             last = pos == L - 1  # (B,)
             action = torch.where(last[:, None], 0.0, _encode(cur, nxt, unit))  # (B, 5)
