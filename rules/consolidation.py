@@ -20,17 +20,32 @@ Defaults c = 0.1, xi = 1e-3 (paper ranges c 0.1-1, xi 1e-3-0.1).
 **EWC** — online Elastic Weight Consolidation (Kirkpatrick et al. 2017, PNAS, Eq. 3;
 online form of Schwarz et al. 2018)::
 
-    during a phase   F_acc += g²,  n += 1      (diagonal empirical Fisher of the rule's own
-                                                 loss, from the minibatch direction g)
-    phase end        F <- gamma F + F_acc / n,  θ* <- θ,  F_acc <- 0
+    during a phase   keep the last K = fisher_samples valid column inputs (trace["inputs"])
+    phase end        F_new = 1/N sum_n g_n²        (diagonal empirical Fisher at θ* = the phase-end θ,
+                                                    g_n = the inner rule's direction on sample n alone)
+                     F <- gamma F + F_new,  θ* <- θ,  held inputs cleared
     penalty          lambda / 2 * sum_k F_k (θ_k - θ*_k)²   (gradient lambda F (θ - θ*))
 
-The Fisher is the *minibatch* empirical Fisher (the square of each step's mean gradient,
-averaged over the phase's steps): per-sample gradients would cost a backward pass per
-sample. Defaults lambda = 1e4 (minibatch Fishers are small), gamma = 1 (plain accumulation).
+The Fisher is the *per-sample* empirical Fisher of the rule's own loss (for self-supervised
+losses, REFERENCE.md section 4): at the phase end the column re-runs each of the N <= K held
+inputs alone (``column.forward_inputs``, a batch of one, in eval mode so that dropout is off
+and BatchNorm uses its running statistics — each sample's loss then depends on that sample
+only) and the inner rule's ``update`` gives its direction g_n on that sample (its state
+update is discarded). This is a loop over samples, K backward passes once per phase. Terms
+built from batch statistics (LPL's Hebbian / decorrelation terms with ``stats: batch``,
+layerwise's variance / covariance hinges) have no per-sample form: with one sample their
+gradient is zero, so the Fisher of such rules is that of their per-sample terms. A sample
+whose direction is not finite (a regulariser taking a variance over a batch of one) is left
+out; ``ewc.fisher_samples`` records how many entered the last Fisher.
+
+lambda: not tuned. The preset's lambda = 1e4 was set for the former minibatch Fisher and is
+kept as is; per-sample Fishers are larger (mean of squares >= square of the mean), so the pull
+is at least as strong as before. Choose lambda on validation data, never on the reported
+probe sets. gamma = 1 (plain accumulation).
 
 Metrics: ``si.Omega.<group>`` / ``ewc.F.<group>`` (L2 norms per parameter group, see
-rules/_params.py), ``si.omega.total``, ``si.penalty`` / ``ewc.penalty``.
+rules/_params.py), ``si.omega.total``, ``si.penalty`` / ``ewc.penalty``, ``ewc.held`` (inputs
+held for the next Fisher), ``ewc.fisher_samples``.
 """
 from __future__ import annotations
 
@@ -39,12 +54,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from colsim.config import Strict
+from colsim.config import ConfigError, Strict
 from colsim.registry import register_rule
 from colsim.rule import Rule
 from colsim.rules._params import group_norms, zeros_like_tree
 
-__all__ = ["SIConfig", "EWCConfig", "si", "ewc"]
+__all__ = ["SIConfig", "EWCConfig", "si", "ewc", "per_sample_fisher"]
 
 
 class SIConfig(Strict):
@@ -57,6 +72,7 @@ class EWCConfig(Strict):
     name: Literal["ewc"] = "ewc"
     lam: float = Field(1e4, ge=0)  # lambda: penalty strength
     gamma: float = Field(1.0, ge=0, le=1)  # online decay of earlier Fishers
+    fisher_samples: int = Field(32, ge=1)  # K: held inputs (the phase's last ones) for the per-sample Fisher
 
 
 def _snapshot(params):
@@ -122,41 +138,97 @@ def si(cfg: SIConfig, inner: Rule, column=None) -> Rule:
 
 @register_rule("ewc", EWCConfig, kind="modifier")
 def ewc(cfg: EWCConfig, inner: Rule, column=None) -> Rule:
-    """Online EWC: diagonal empirical Fisher of the rule's own loss, quadratic pull to phase-end parameters."""
+    """Online EWC: per-sample empirical Fisher of the rule's own loss at the phase end, quadratic pull."""
+    if column is None or not hasattr(column, "forward_inputs"):
+        raise ConfigError(f"rule.wrap: ewc re-runs held inputs for its per-sample Fisher but model "
+                          f"{type(column).__name__} has no forward_inputs(); use a seq-JEPA column or drop '+ewc'")
+    K = cfg.fisher_samples
 
     def init(params):
-        return {"inner": inner.init(params), "F": zeros_like_tree(params), "F_acc": zeros_like_tree(params),
-                "n": 0, "anchor": _snapshot(params), "phases": 0}
+        return {"inner": inner.init(params), "F": zeros_like_tree(params), "anchor": _snapshot(params),
+                "phases": 0, "held": {}, "held_n": 0, "local": False, "fisher_n": 0}
 
     def update(params, state, trace):
         g, s_in, metrics = inner.update(params, state["inner"], trace)
         grads = dict(g)
         penalty = 0.0
-        F_acc = {}
         with torch.no_grad():
             for n, p in params.items():
-                gn = g[n].detach() if n in g else None
-                F_acc[n] = state["F_acc"][n] + gn * gn if gn is not None else state["F_acc"][n]
                 d = p.detach() - state["anchor"][n]
                 pen_g = cfg.lam * state["F"][n] * d
                 grads[n] = grads[n] + pen_g if n in grads else pen_g
                 penalty += float((state["F"][n] * d * d).sum())
+        held, held_n = _hold(state["held"], state["held_n"], trace["inputs"], trace["valid"], K)
         metrics = dict(metrics)
         metrics["ewc.penalty"] = 0.5 * cfg.lam * penalty
+        metrics["ewc.held"] = float(min(held_n, K))
+        metrics["ewc.fisher_samples"] = float(state["fisher_n"])
         metrics.update(group_norms(state["F"], "ewc.F"))
-        return grads, {**state, "inner": s_in, "F_acc": F_acc, "n": state["n"] + 1}, metrics
+        return grads, {**state, "inner": s_in, "held": held, "held_n": held_n,
+                       "local": bool(trace["local"]) if "local" in trace else False}, metrics
 
     def post_step(params, state, delta):
         delta, s_in = _inner_post(inner, params, state["inner"], delta)
         return delta, {**state, "inner": s_in}
 
     def boundary(params, state, event):
-        s_in = _inner_boundary(inner, params, state["inner"], event)
         if event != "phase_end":
-            return {**state, "inner": s_in}
-        n = max(state["n"], 1)
-        F = {k: cfg.gamma * state["F"][k] + state["F_acc"][k] / n for k in state["F"]}
-        return {**state, "inner": s_in, "F": F, "F_acc": zeros_like_tree(params), "n": 0,
-                "anchor": _snapshot(params), "phases": state["phases"] + 1}
+            return {**state, "inner": _inner_boundary(inner, params, state["inner"], event)}
+        F_new, used = per_sample_fisher(inner, column, params, state["inner"], state["held"],
+                                        min(state["held_n"], K), state["local"])
+        s_in = _inner_boundary(inner, params, state["inner"], event)
+        F = {k: cfg.gamma * state["F"][k] + F_new[k] for k in state["F"]}
+        return {**state, "inner": s_in, "F": F, "anchor": _snapshot(params), "phases": state["phases"] + 1,
+                "held": {}, "held_n": 0, "fisher_n": used}
 
-    return Rule(init, update, inner.needs, post_step if inner.post_step is not None else None, boundary)
+    return Rule(init, update, inner.needs | {"inputs", "valid"},
+                post_step if inner.post_step is not None else None, boundary)
+
+
+def _hold(held: dict, held_n: int, inputs: dict, valid, K: int) -> "tuple[dict, int]":
+    """Ring buffer of the last K valid column inputs (CPU): item i of the phase goes to slot i mod K."""
+    items = valid.detach().cpu().nonzero().flatten()  # (k,)
+    if items.numel() == 0:
+        return held, held_n
+    B = valid.shape[0]
+    if not held:
+        held = {k: torch.zeros((K, *v.shape[1:]), dtype=v.dtype) for k, v in inputs.items()
+                if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == B}
+    items = items[-K:]
+    slots = (held_n + torch.arange(items.numel())) % K
+    out = {}
+    for k, buf in held.items():
+        buf = buf.clone()
+        buf[slots] = inputs[k].detach()[items.to(inputs[k].device)].cpu().to(buf.dtype)
+        out[k] = buf
+    return out, held_n + int(items.numel())
+
+
+def per_sample_fisher(inner: Rule, column, params, inner_state, held: dict, n: int, local: bool
+                      ) -> "tuple[dict, int]":
+    """Diagonal empirical Fisher 1/N sum_n g_n² over the first n held inputs, each re-run alone in eval mode.
+
+    held: name -> (K, ...) column inputs; returns (F_new: name -> tensor like params, samples used)."""
+    acc = zeros_like_tree(params)
+    used = 0
+    if n == 0:
+        return acc, 0
+    dev = next(iter(params.values())).device
+    modes = [(m, m.training) for m in column.modules()]  # restored one by one (a teacher may stay in eval)
+    column.eval()
+    try:
+        for i in range(n):
+            inp = {k: v[i:i + 1].to(dev) for k, v in held.items()}  # a batch of one sample
+            with torch.enable_grad():
+                trace = column.forward_inputs(inp, local=local)
+                g, _, _ = inner.update(params, inner_state, trace)
+            g = {k: v.detach() for k, v in g.items() if k in acc}
+            if not all(bool(torch.isfinite(v).all()) for v in g.values()):
+                continue
+            for k, v in g.items():
+                acc[k] += v * v
+            used += 1
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return ({k: v / used for k, v in acc.items()} if used else acc), used

@@ -62,38 +62,67 @@ def _lsq(params, trace):
     return 0.5 * ((x @ params["w"] - y) ** 2).mean()
 
 
-def test_ewc_diagonal_fisher_matches_manual(h):
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+class _LsqColumn(torch.nn.Module):
+    """A column whose inputs are (x, y) pairs; ``forward_inputs`` returns the Trace the rule reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.eval_calls = 0
+
+    def trace(self, x, y):
+        return {"x": x, "y": y, "valid": torch.ones(len(y), dtype=torch.bool), "local": torch.tensor(False),
+                "inputs": {"x": x, "y": y}}
+
+    def forward_inputs(self, inputs, local=False):
+        self.eval_calls += int(not self.training)
+        return self.trace(inputs["x"], inputs["y"])
+
+
+def test_ewc_fisher_is_per_sample_at_the_phase_end(h):
+    """F = 1/N sum_n g_n² at the phase-end θ*, g_n = (x_n·w - y_n) x_n; not (mean_n g_n)²."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
     params = {"w": w}
-    rule = ewc(EWCConfig(lam=2.0, gamma=0.5), h.loss_rule(_lsq))
-    opt = _sgd(params, 1e-30)  # parameters (numerically) fixed: the Fisher is that of one point
+    col = _LsqColumn()
+    rule = ewc(EWCConfig(lam=2.0, gamma=0.5, fisher_samples=3), h.loss_rule(_lsq), col)
+    opt = _sgd(params, 1.0)
     state = rule.init(params)
-    batches = [(torch.randn(4, 2), torch.randn(4)) for _ in range(5)]
-
-    def manual_grad(x, y):  # d/dw 0.5 mean (x w - y)² = mean (x w - y) x
-        return ((x @ w.detach() - y).unsqueeze(1) * x).mean(0)
-
-    for x, y in batches[:3]:
-        state, *_ = h.step(rule, params, state, {"x": x, "y": y}, opt)
-    F1 = torch.stack([manual_grad(x, y) ** 2 for x, y in batches[:3]]).mean(0)
+    # phase 1, step 1: x = [[1, 0], [0, 1]], y = [0, 0]: grad = mean [(1)(1,0), 0] = [0.5, 0] -> w = [0.5, 0]
+    state, *_ = h.step(rule, params, state, col.trace(torch.eye(2), torch.zeros(2)), opt)
+    assert torch.allclose(w.detach(), torch.tensor([0.5, 0.0]))
+    # step 2: x = [[2, 0]], y = [2]: residual 2*0.5 - 2 = -1, grad = [-2, 0] -> w = [2.5, 0]
+    state, *_ = h.step(rule, params, state, col.trace(torch.tensor([[2.0, 0.0]]), torch.tensor([2.0])), opt)
+    with torch.no_grad():
+        w.copy_(torch.tensor([1.0, 1.0]))  # θ* = the phase-end parameters
     state = rule.boundary(params, state, "phase_end")
-    assert torch.allclose(state["F"]["w"], F1, rtol=1e-5)
-    for x, y in batches[3:]:
-        state, *_ = h.step(rule, params, state, {"x": x, "y": y}, opt)
-    F2 = torch.stack([manual_grad(x, y) ** 2 for x, y in batches[3:]]).mean(0)
+    # held: the last 3 samples (0,1)->0, (2,0)->2 and (1,0)->0 (ring buffer; the first is overwritten)
+    # at w = [1, 1]: g = (x·w - y) x = [0, 1], [0, 0], [1, 0] -> F = mean g² = [1/3, 1/3]
+    assert torch.allclose(state["F"]["w"], torch.tensor([1 / 3, 1 / 3]))
+    assert state["fisher_n"] == 3 and col.eval_calls == 3 and col.training  # eval mode only during the Fisher
+    # the minibatch form (mean_n g_n)² = [1/9, 1/9] is what the old code estimated
+    assert not torch.allclose(state["F"]["w"], torch.tensor([1 / 9, 1 / 9]))
+    assert torch.allclose(state["anchor"]["w"], torch.tensor([1.0, 1.0]))
+    # phase 2 (one sample (1, 0) -> 1: at θ* = [1, 1] its gradient is 0, so is the pull): F <- 0.5 F + 0
+    state, *_ = h.step(rule, params, state, col.trace(torch.tensor([[1.0, 0.0]]), torch.ones(1)), opt)
     state = rule.boundary(params, state, "phase_end")
-    assert torch.allclose(state["F"]["w"], 0.5 * F1 + F2, rtol=1e-5)
+    assert state["fisher_n"] == 1
+    assert torch.allclose(state["F"]["w"], torch.tensor([1 / 6, 1 / 6]))
+
+
+def test_ewc_needs_a_column_that_reruns_inputs(h):
+    from colsim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="forward_inputs"):
+        ewc(EWCConfig(), h.loss_rule(_lsq), None)
 
 
 def test_ewc_penalty_gradient(h):
     w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     params = {"w": w}
-    rule = ewc(EWCConfig(lam=3.0), h.fake_rule(lambda p, tr: {"w": torch.zeros(2)}))
+    rule = ewc(EWCConfig(lam=3.0), h.fake_rule(lambda p, tr: {"w": torch.zeros(2)}), _LsqColumn())
     state = rule.init(params)
     state["F"]["w"] = torch.tensor([0.5, 2.0])
     state["anchor"]["w"] = torch.tensor([0.0, 1.0])
-    grads, state, m = rule.update(params, state, {})
+    grads, state, m = rule.update(params, state, _LsqColumn().trace(torch.zeros(0, 2), torch.zeros(0)))
     # lam F (θ - θ*) = 3 * [0.5*1, 2*1]
     assert torch.allclose(grads["w"], torch.tensor([1.5, 6.0]))
     assert m["ewc.penalty"] == pytest.approx(1.5 * (0.5 * 1 + 2.0 * 1))
