@@ -17,7 +17,8 @@ from colsim.column import AbstractColumn
 from colsim.config import ConfigError, OptimizerConfig, RuleSpec, RunConfig
 from colsim.rule import Rule, partition
 
-__all__ = ["Built", "build_run", "build_world", "build_column", "build_rule", "build_optimizer", "check_rule", "lr_at"]
+__all__ = ["Built", "build_run", "build_world", "build_column", "build_rule", "build_optimizer", "check_rule", "lr_at",
+           "MultiOptimizer"]
 
 SPECIAL_NEEDS = frozenset({"local", "global"})
 
@@ -27,7 +28,7 @@ class Built(NamedTuple):
     column: AbstractColumn
     rule: Rule
     local: bool
-    optimizer: torch.optim.Optimizer
+    optimizer: "torch.optim.Optimizer | MultiOptimizer"
 
 
 def build_run(cfg: RunConfig) -> Built:
@@ -116,33 +117,40 @@ def check_rule(spec: RuleSpec, rule: Rule, column: AbstractColumn) -> bool:
     return local
 
 
-def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> torch.optim.Optimizer:
-    """One torch optimizer; a partition gives each group its own hyper-parameters (same optimizer kind)."""
+def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> "torch.optim.Optimizer | MultiOptimizer":
+    """The optimizer of a run: one torch optimizer per optimizer kind in use.
+
+    Each parameter gets the hyper-parameters of its partition group's ``optimizer`` and, within
+    it, of the first matching ``optimizer.groups`` pattern; a group override may also name its
+    own kind (``"*": {name: adamw, lr: 4.0e-4}``: the presets train the modules a rule does not
+    own alike, rules/README.md). One kind -> that torch optimizer; several -> a
+    ``MultiOptimizer`` over one torch optimizer per kind."""
     params = column.trainable()
-    groups: list[dict[str, Any]] = []
-    kinds = set()
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    fused = False
     for sub, grp in _groups(spec, params):
         o: OptimizerConfig = sub.optimizer if spec.partition is not None else spec.optimizer
-        kinds.add(o.name)
+        fused = fused or o.fused
         for hp, part in _override_split(o, grp):
+            kind = hp["name"] or o.name
             decay = [p for n, p in part.items() if not getattr(p, "_no_weight_decay", False)]
             no_decay = [p for n, p in part.items() if getattr(p, "_no_weight_decay", False)]
             base = {"lr": hp["lr"], "initial_lr": hp["lr"], "warmup_steps": hp["warmup_steps"]}
-            if o.name in ("adam", "adamw"):
+            if kind in ("adam", "adamw"):
                 base["betas"] = o.betas
-            if o.name == "sgd":
-                base["momentum"] = o.momentum
+            if kind == "sgd":
+                base["momentum"] = o.momentum if kind == o.name else 0.0
+            groups = by_kind.setdefault(kind, [])
             if decay:
                 groups.append({**base, "params": decay, "weight_decay": hp["weight_decay"]})
             if no_decay:
                 groups.append({**base, "params": no_decay, "weight_decay": 0.0})
-    if len(kinds) > 1:
-        raise ConfigError(f"rule.partition: groups use different optimizers {sorted(kinds)}; use one kind "
-                          f"(hyper-parameters may differ per group)")
-    kind = kinds.pop()
-    fused = any(sub.optimizer.fused for sub, _ in _groups(spec, params)) if spec.partition is not None \
-        else spec.optimizer.fused
     fast = {"fused": True} if fused else {"foreach": True}
+    opts = [_torch_optimizer(kind, groups, fast) for kind, groups in by_kind.items()]
+    return opts[0] if len(opts) == 1 else MultiOptimizer(opts)
+
+
+def _torch_optimizer(kind: str, groups: list, fast: dict) -> torch.optim.Optimizer:
     if kind == "adamw":
         return torch.optim.AdamW(groups, **fast)
     if kind == "adam":
@@ -151,12 +159,44 @@ def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> torch.optim.Optim
     return torch.optim.SGD(groups, foreach=True)
 
 
+class MultiOptimizer:
+    """Several torch optimizers stepped as one (parameters of different optimizer kinds).
+
+    ``param_groups`` is the concatenation of theirs (the same dicts: setting ``lr`` there sets it
+    in the owning optimizer); ``state_dict`` / ``load_state_dict`` hold one entry per optimizer."""
+
+    def __init__(self, optimizers: "list[torch.optim.Optimizer]"):
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state.get("optimizers", ())) != len(self.optimizers):
+            raise ValueError(f"optimizer state holds {len(state.get('optimizers', ()))} optimizers, this run has "
+                             f"{len(self.optimizers)}; resume with the same rule and optimizer settings")
+        for o, sd in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(sd)
+
+
 def _override_split(o: OptimizerConfig, params: dict) -> list[tuple[dict, dict]]:
     """Split ``params`` by ``o.groups`` (first matching glob wins) -> [(hyper-parameters, params)].
 
     A pattern that matches none of the rule's parameters is an error (a typo would otherwise
     silently leave the defaults in place)."""
-    default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps}
+    default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps, "name": None}
     taken: set[str] = set()
     out = []
     for pat, ov in o.groups.items():

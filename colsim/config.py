@@ -131,6 +131,7 @@ class GroupOverride(Strict):
     lr: Optional[float] = Field(None, gt=0)
     weight_decay: Optional[float] = Field(None, ge=0)
     warmup_steps: Optional[int] = Field(None, ge=0)
+    name: Optional[Literal["adamw", "adam", "sgd"]] = None  # optimizer kind for these parameters (colsim/build.py)
 
 
 class OptimizerConfig(Strict):

@@ -85,7 +85,7 @@ def test_optimizer_groups_give_parameters_their_own_hyper_parameters():
             assert (g["initial_lr"], g["warmup_steps"]) == (3e-3, 0), name
         else:
             assert (g["initial_lr"], g["warmup_steps"]) == (4e-4, 20), name
-        assert g["weight_decay"] in (1.5e-6, 0.0)  # 0.0: parameters marked _no_weight_decay
+        assert g["weight_decay"] in ((1.5e-6, 0.0) if name.startswith("encoder.") else (1e-3, 0.0))  # 0: _no_weight_decay
     enc = next(g for g in opt.param_groups if g["warmup_steps"] == 0)
     rest = next(g for g in opt.param_groups if g["warmup_steps"] == 20)
     assert lr_at(enc, 0) == 3e-3 and lr_at(rest, 0) == pytest.approx(4e-4 / 20) and lr_at(rest, 19) == 4e-4
@@ -144,3 +144,51 @@ def test_si_integrates_the_update_metaplastic_applies(spec, h):
         assert torch.equal(applied[0], torch.zeros_like(applied[0])) and applied[3].abs().sum() > 0
         # this step's increment of omega is -g * (the update applied, unit 0 frozen, unit 1 at a quarter, ...)
         assert torch.allclose(si_s["omega"][w] - omega0, -si_s["g"][w] * applied, rtol=1e-4, atol=1e-9)
+
+
+def _settings(opt) -> dict:
+    """parameter id -> (optimizer kind, initial lr, weight decay, warm-up, betas, momentum)."""
+    out = {}
+    for o in getattr(opt, "optimizers", [opt]):
+        for g in o.param_groups:
+            for p in g["params"]:
+                out[id(p)] = (type(o).__name__, g["initial_lr"], g["weight_decay"], g["warmup_steps"],
+                              tuple(g.get("betas", ())), g.get("momentum", None))
+    return out
+
+
+def test_shared_modules_get_the_same_optimizer_in_every_preset():
+    """Parameters a rule does not own (action embedding, aggregator, predictor) are trained alike:
+    seq-JEPA's AdamW 4e-4, weight decay 1e-3 (0 where marked _no_weight_decay), 20-step warm-up."""
+    seen = {}
+    for preset in ("backprop", "lpl", "layerwise", "sparse_coding"):
+        cfg, world, column, rule, local, opt = build_tiny(preset)
+        by_id = _settings(opt)
+        shared = {n: by_id[id(p)] for n, p in column.trainable().items() if not n.startswith("encoder")}
+        assert shared and set(shared) == {n for n in column.trainable() if n.split(".")[0] in
+                                          ("action_embed", "aggregator", "predictor")}
+        for n, st in shared.items():
+            assert st[:4] in (("AdamW", 4e-4, 1e-3, 20), ("AdamW", 4e-4, 0.0, 20)), (preset, n, st)
+        seen[preset] = shared
+    ref = seen["backprop"]
+    for preset, shared in seen.items():
+        assert shared == ref, preset
+    # switching it off: the rule's own optimizer for every parameter
+    cfg, world, column, rule, local, opt = build_tiny("sparse_coding", extra=["rule.optimizer.groups={}"])
+    assert {s[:2] for s in _settings(opt).values()} == {("SGD", 0.05)}
+
+
+def test_multi_optimizer_state_round_trips():
+    import torch
+
+    cfg, world, column, rule, local, opt = build_tiny("lpl")
+    params = column.trainable()
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    opt2 = build_optimizer(cfg.rule, column)
+    opt2.load_state_dict(sd)
+    assert [type(o).__name__ for o in opt2.optimizers] == ["Adam", "AdamW"]
+    assert all(torch.equal(opt2.optimizers[1].state[p]["exp_avg"], opt.optimizers[1].state[p]["exp_avg"])
+               for p in opt.optimizers[1].state)
