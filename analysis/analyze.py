@@ -48,7 +48,7 @@ from colsim.analysis.store import open_run, run_info, store_path, write_group
 
 __all__ = ["analyze_run", "summary_from_store", "trained_sets", "ANALYSIS_VERSION"]
 
-ANALYSIS_VERSION = 2  # 2: equivariance_r2_pooled; the linear equivariance probe picks its ridge penalty by CV
+ANALYSIS_VERSION = 3  # 2: equivariance_r2_pooled, CV ridge penalty; 3: eff_rank = centred participation ratio, acc_z on all views, pose leakage over the context views
 REGRESSORS = ["linear", "mlp"]
 N_ORBITS = 32
 
@@ -133,7 +133,8 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
 
     if probe is not None:
         coords.update(_eval_coords(probe))
-        res = _analyze_probe(probe, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, block_bytes)
+        window = ((tree.attrs.get("config") or {}).get("model") or {}).get("window")  # views z_AGG aggregates
+        res = _analyze_probe(probe, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, block_bytes, window)
         out.update(res["vars"])
         coords.update(res["coords"])
         steps = coords["step"][1]
@@ -208,7 +209,8 @@ def _rowmean(x: np.ndarray) -> np.ndarray:
     return np.where(n > 0, np.nansum(x, 1) / np.maximum(n, 1), np.nan)
 
 
-def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, block_bytes):
+def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed, block_bytes,
+                   window=None):
     E, P = probe.sizes["eval"], probe.sizes["probe_set"]
     S, V, D = probe.sizes["sample"], probe.sizes["view"], probe.sizes["unit"]
     probe_sets = [str(p) for p in probe["probe_set"].values]
@@ -229,7 +231,8 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
     circle = None
     n = min(S, max_probe_samples)
     labels = {k: probe[k].isel(sample=slice(0, n)).load() for k in
-              ("label_class", "label_angle", "label_scale", "label_shift", "actions") if k in probe}
+              ("label_class", "label_angle", "label_scale", "label_shift", "label_image", "actions") if k in probe}
+    context = min(int(window), V) if window else None  # embed() aggregates the first min(window, V) views
     last_sets = trained_sets(phases[-1], probe_sets)
     circle_p = last_sets[-1] if last_sets else 0
     for e in range(E):
@@ -237,11 +240,14 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
         do_mlp = mlp == "all" or (mlp == "last" and e == E - 1)
         for p in range(P):
             st = accumulate_slice(probe, e, p, block_bytes)
-            s = st.z_singular_values
-            v["z_eff_rank"][e, p], v["z_rankme"][e, p] = M.effective_rank(s), M.rankme(s)
+            # eff_rank: participation ratio of the centred covariance; rankme: uncentred singular values
+            if st.z.n:
+                v["z_eff_rank"][e, p] = M.participation_ratio(np.linalg.eigvalsh(st.z.cov()))
+            v["z_rankme"][e, p] = M.rankme(st.z_singular_values)
             if "z_agg" in probe:
-                s = st.zagg_singular_values
-                v["zagg_eff_rank"][e, p], v["zagg_rankme"][e, p] = M.effective_rank(s), M.rankme(s)
+                if st.agg.n:
+                    v["zagg_eff_rank"][e, p] = M.participation_ratio(np.linalg.eigvalsh(st.agg.cov()))
+                v["zagg_rankme"][e, p] = M.rankme(st.zagg_singular_values)
             unit_std[e, p] = st.unit_std
             v["z_sparsity"][e, p] = st.sparsity
             plane = None
@@ -266,13 +272,14 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
                 continue  # diverged activity: probes are NaN
             if "label_class" in lab and za is not None:
                 lk = M.leakage(z, za, lab["label_class"], lab.get("label_angle"), lab.get("label_scale"),
-                               lab.get("label_shift"), seed=seed)
+                               lab.get("label_shift"), seed=seed, context_views=context, groups=lab.get("label_image"))
                 v["acc_agg"][e, p], v["acc_z"][e, p] = lk["class_from_zagg"], lk["class_from_z"]
                 v["pose_from_z"][e, p] = lk.get("pose_from_z", np.nan)
                 v["pose_from_zagg"][e, p] = lk.get("pose_from_zagg", np.nan)
             elif "label_class" in lab:
-                pick = np.random.default_rng(seed).integers(0, V, n)  # one view per episode, as in leakage()
-                v["acc_z"][e, p] = M.linear_probe_accuracy(z[np.arange(n), pick], lab["label_class"], seed=seed)
+                grp = lab.get("label_image", np.arange(n))  # every view, split by image / episode, as in leakage()
+                v["acc_z"][e, p] = M.linear_probe_accuracy(z.reshape(n * V, -1), np.repeat(lab["label_class"], V),
+                                                           seed=seed, groups=np.repeat(grp, V))
             if has_act and V > 1:
                 pool_z.append(z)
                 pool_a.append(lab["actions"])

@@ -5,7 +5,9 @@ before any training exists, pass it as ``init`` (row vector over j) — FWT need
 
 * forgetting of phase k = ``A[k, k] - A[last, k]``, averaged over k < last
 * BWT = mean over k < last of ``A[last, k] - A[k, k]``
-* FWT_k = ``A[k-1, k] - init[k]`` for k >= 1, averaged
+* FWT_k = ``A[k-1, k] - init[k]`` for k >= 1, averaged over every k whose row k-1 exists: a
+  run that stopped after T < P phases passes its T completed rows (a (T, P) matrix) and still
+  scores FWT_1 .. FWT_T — row T-1 already holds the next phase's accuracy ``A[T-1, T]``.
 """
 from __future__ import annotations
 
@@ -38,12 +40,20 @@ def bwt(acc) -> float:
 
 
 def fwt(acc, init) -> float:
-    a = _check(acc)
+    """Mean of ``A[k-1, k] - init[k]`` over k = 1 .. min(T, P - 1); acc (T, P) with T <= P rows
+    (the phases completed), init (P,). NaN when no such k exists (P = 1 or T = 0)."""
+    a = np.asarray(acc, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] > a.shape[1]:
+        raise ValueError(f"accuracy matrix must be (phases completed, phases) with no more rows than columns, "
+                         f"got shape {a.shape}")
     b = np.asarray(init, dtype=np.float64)
-    T = a.shape[0]
-    if T < 2:
+    T, P = a.shape
+    if b.shape != (P,):
+        raise ValueError(f"init must hold one accuracy per phase ({P},), got shape {b.shape}")
+    ks = range(1, min(T, P - 1) + 1)
+    if not len(ks):
         return float("nan")
-    return float(np.mean([a[k - 1, k] - b[k] for k in range(1, T)]))
+    return float(np.mean([a[k - 1, k] - b[k] for k in ks]))
 
 
 def continual_summary(acc, init=None) -> dict:

@@ -1,10 +1,14 @@
 """Metrics on recorded activity (REFERENCE.md section 5). numpy / xarray in, numbers out.
 
-* Effective rank: participation ratio ``(sum s)^2 / sum s^2`` of the singular values s of
-  the embedding matrix, and RankMe ``exp(H(p))``, ``p = s / ||s||_1 + eps`` (Garrido, Balestriero,
-  Najman, LeCun 2023, "RankMe: Assessing the downstream performance of pretrained
-  self-supervised representations by their rank", ICML, eq. 1). Both computed on the
-  uncentred embeddings, as RankMe does.
+* Effective rank, one definition per name, the same in the run (``collapse_diagnostics`` in
+  colsim/simulate.py calls these functions) and in analysis (REFERENCE.md section 5):
+  ``eff_rank`` = the participation ratio ``(sum λ)^2 / sum λ^2`` of the covariance eigenvalues
+  λ = s² / (N - 1), s the singular values of the *centred* embeddings (Gao et al. 2017, "A
+  theory of multineuronal dimensionality, dynamics and measurement", bioRxiv 214262;
+  :func:`participation_ratio`, :func:`covariance_spectrum`); ``rankme`` = RankMe
+  ``exp(H(p))``, ``p = s / ||s||_1 + eps`` on the singular values of the *uncentred*
+  embeddings (Garrido, Balestriero, Najman, LeCun 2023, "RankMe: Assessing the downstream
+  performance of pretrained self-supervised representations by their rank", ICML, eq. 1).
 * Subspaces: for a factor (rotation), ``dz = z(g.x) - z(x)`` from consecutive views of the
   same episode; eigenspectrum of its covariance and the share of variance in the top-k
   components (a rotation that lives in a plane: top-2 share = 1). Pairs where only this
@@ -15,8 +19,9 @@
   circularity = coefficient of variation of the radius, and the RMS residual of a linear fit
   of the unwrapped polar phase against the unwrapped rotation angle (0 and 0 for a perfect
   circle traversed at a constant rate).
-* Leakage: class from z_t vs from z_AGG (logistic probes, same capacity), and the view's pose
-  (sin/cos angle, log scale, shift) from z_AGG vs from z_t (ridge probes, same capacity).
+* Leakage: class from z_t (all views, split by episode) vs from z_AGG (logistic probes, same
+  capacity, same split), and the pose (sin/cos angle, log scale, shift) of every context view
+  from z_AGG vs from z_t (ridge probes, same capacity).
 * Equivariance: linear and MLP probes of the relative action from ``(z_v, z_v+1)``, per action
   dimension and averaged (constant dimensions dropped) — :mod:`colsim.analysis.probes`.
 * Continual: accuracy matrix from per-evaluation accuracies, forgetting / BWT / FWT with
@@ -33,7 +38,8 @@ import xarray as xr
 from colsim.analysis.continual import bwt, forgetting, fwt
 from colsim.analysis.probes import equivariance_r2, linear_probe_accuracy
 
-__all__ = ["FACTORS", "effective_rank", "rankme", "singular_values", "spectrum_from_gram", "embedding_rank",
+__all__ = ["FACTORS", "participation_ratio", "covariance_spectrum", "rankme", "singular_values", "spectrum_from_gram",
+           "embedding_rank",
            "eigenspectrum", "topk_share", "factor_unchanged", "isolated_pairs", "factor_delta_z", "rotation_plane",
            "rotation_circle", "circularity", "leakage", "equivariance", "accuracy_matrix", "continual_metrics"]
 
@@ -54,12 +60,28 @@ def _rows(z, feature_dim: str = "unit") -> np.ndarray:
 
 
 # ------------------------------------------------------------------ effective rank
-def effective_rank(s) -> float:
-    """Participation ratio ``(sum s)^2 / sum s^2`` of singular values ``s`` (D of equal s -> D)."""
-    s = np.abs(_np(s))
-    s = s[np.isfinite(s)]
-    q = float(np.sum(s ** 2))
-    return float(np.sum(s) ** 2 / q) if q > 0 else float("nan")
+def participation_ratio(eigs) -> float:
+    """Participation ratio ``(sum λ)^2 / sum λ^2`` of covariance eigenvalues ``λ`` (>= 0).
+
+    ``λ = s^2 / (N - 1)`` for the singular values s of the centred embeddings (the ratio does not
+    depend on the 1 / (N - 1) scale): D equal eigenvalues -> D, one non-zero -> 1. The metric
+    ``eff_rank``, in the run and in analysis.
+    """
+    lam = np.clip(_np(eigs), 0, None)
+    lam = lam[np.isfinite(lam)]
+    q = float(np.sum(lam ** 2))
+    return float(np.sum(lam) ** 2 / q) if q > 0 else float("nan")
+
+
+def covariance_spectrum(z, feature_dim: str = "unit") -> np.ndarray:
+    """Eigenvalues ``s^2 / (N - 1)`` (descending) of the covariance of the rows of ``z`` (N, D),
+    s the singular values of the centred rows; rows with a NaN are dropped."""
+    x = _rows(z, feature_dim)
+    x = x[np.isfinite(x).all(1)]
+    if len(x) < 2:
+        return np.full(x.shape[1], np.nan)
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    return s ** 2 / (len(x) - 1)
 
 
 def rankme(s, eps: float = 1e-7) -> float:
@@ -90,9 +112,10 @@ def spectrum_from_gram(gram) -> np.ndarray:
 
 
 def embedding_rank(z, feature_dim: str = "unit") -> dict:
-    """``{"eff_rank", "rankme"}`` of an embedding array (N, D) or DataArray with ``feature_dim``."""
-    s = singular_values(z, feature_dim)
-    return {"eff_rank": effective_rank(s), "rankme": rankme(s)}
+    """``{"eff_rank", "rankme"}`` of an embedding array (N, D) or DataArray with ``feature_dim``:
+    the participation ratio of the centred covariance and RankMe of the uncentred singular values."""
+    return {"eff_rank": participation_ratio(covariance_spectrum(z, feature_dim)),
+            "rankme": rankme(singular_values(z, feature_dim))}
 
 
 # ------------------------------------------------------------------ subspaces
@@ -290,33 +313,49 @@ def _ridge_r2(x, y, groups, seed=0) -> float:
     return float(np.mean(r2_score(y[te][:, keep], pred, multioutput="raw_values")))
 
 
-def leakage(z, z_agg, label_class, label_angle=None, label_scale=None, label_shift=None, seed: int = 0) -> dict:
+def leakage(z, z_agg, label_class, label_angle=None, label_scale=None, label_shift=None, seed: int = 0,
+            context_views: int | None = None, groups=None) -> dict:
     """Class from z_t vs z_AGG, and pose from z_AGG vs z_t, with probes of the same capacity.
 
     z (sample, view, unit); z_agg (sample, unit or unit_agg); label_class (sample,); label_angle /
-    label_scale (sample, view); label_shift (sample, view, 2). Class: logistic regression on
-    z_t of one view per episode (drawn with ``seed``) vs on z_AGG — same probe, same number of
-    rows, same split. Pose (sin/cos angle, log scale, shift) of the last context view (view
-    V-2, the newest view z_AGG has seen): ridge R² from z_AGG vs from z of that view. Returns
-    ``class_from_z``, ``class_from_zagg``, ``class_leak`` = z minus z_AGG (> 0: the invariance
-    split is inverted), ``pose_from_z``, ``pose_from_zagg``, ``pose_leak`` = z_AGG R² (should
-    stay below ``pose_from_z``).
+    label_scale (sample, view); label_shift (sample, view, 2); groups (sample,): the split unit
+    (source image id, as the run's evaluation uses; default: the episode).
+
+    * Class: logistic regression on z_t of *every* view (each view a row, labelled with its
+      episode's class) vs on z_AGG, one seeded split by ``groups`` shared by both (all views of
+      an episode on one side) — the in-run ``acc_z`` / ``acc_agg`` definition.
+    * Pose (sin/cos angle, log scale, shift) of every *context* view v < C, C = ``context_views``
+      = the views z_AGG aggregated (the column's ``embed`` aggregates the first min(window, V);
+      default all V views): ridge R² of pose_v from z_AGG and from z_v, each averaged over the C
+      views (the same split for every probe).
+
+    Returns ``class_from_z``, ``class_from_zagg``, ``class_leak`` = z minus z_AGG (> 0: the
+    invariance split is inverted), ``pose_from_z``, ``pose_from_zagg``, ``pose_leak`` = z_AGG R²
+    (should stay below ``pose_from_z``), ``context_views`` = C.
     """
     zz = z.transpose("sample", "view", "unit").values if isinstance(z, xr.DataArray) else np.asarray(z)
     za = z_agg.transpose("sample", ...).values if isinstance(z_agg, xr.DataArray) else np.asarray(z_agg)
     y = _np(label_class).astype(np.int64)
-    S, V, _ = zz.shape
-    pick = np.random.default_rng(seed).integers(0, V, S)
-    out = {"class_from_z": linear_probe_accuracy(zz[np.arange(S), pick], y, seed=seed),
-           "class_from_zagg": linear_probe_accuracy(za, y, seed=seed)}
+    S, V, D = zz.shape
+    g = np.arange(S) if groups is None else np.asarray(groups.values if isinstance(groups, xr.DataArray) else groups)
+    out = {"class_from_z": linear_probe_accuracy(zz.reshape(S * V, D), np.repeat(y, V), seed=seed,
+                                                 groups=np.repeat(g, V)),
+           "class_from_zagg": linear_probe_accuracy(za, y, seed=seed, groups=g)}
     out["class_leak"] = out["class_from_z"] - out["class_from_zagg"]
+    C = V if context_views is None else int(context_views)
+    if not 1 <= C <= V:
+        raise ValueError(f"context_views={context_views} must be between 1 and the number of views {V}")
+    out["context_views"] = C
     if label_angle is not None:
-        v = max(V - 2, 0)
-        sc = _np(label_scale)[:, v] if label_scale is not None else None
-        sh = _np(label_shift)[:, v] if label_shift is not None else None
-        pose, _ = _pose(_np(label_angle)[:, v], sc, sh)
-        out["pose_from_z"] = _ridge_r2(np.asarray(zz[:, v], np.float64), pose, None, seed)
-        out["pose_from_zagg"] = _ridge_r2(np.asarray(za, np.float64), pose, None, seed)
+        from_z, from_agg = [], []
+        for v in range(C):
+            sc = _np(label_scale)[:, v] if label_scale is not None else None
+            sh = _np(label_shift)[:, v] if label_shift is not None else None
+            pose, _ = _pose(_np(label_angle)[:, v], sc, sh)
+            from_z.append(_ridge_r2(np.asarray(zz[:, v], np.float64), pose, g, seed))
+            from_agg.append(_ridge_r2(np.asarray(za, np.float64), pose, g, seed))
+        out["pose_from_z"] = float(np.mean(from_z))
+        out["pose_from_zagg"] = float(np.mean(from_agg))
         out["pose_leak"] = out["pose_from_zagg"]
     return out
 
@@ -368,9 +407,11 @@ def accuracy_matrix(acc: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray | Non
 def continual_metrics(A, init=None) -> dict:
     """Forgetting, BWT, FWT (Avalanche's definitions; :mod:`.continual`) on the phases completed.
 
-    A (phase, phase) may end in NaN rows (a run that stopped early): the metrics use the
-    leading block of completed phases ``A[:T, :T]``. Also returns ``per_phase_forgetting``
-    (``A[k, k] - A[T-1, k]``, k < T-1) and ``phases_completed`` T.
+    A (phase, phase) may end in NaN rows (a run that stopped early): forgetting and BWT use the
+    leading block of completed phases ``A[:T, :T]``; FWT uses every completed row, so the
+    next-phase accuracy ``A[T-1, T]`` that the last completed evaluation measured still counts
+    (FWT_1 .. FWT_min(T, P-1)). Also returns ``per_phase_forgetting`` (``A[k, k] - A[T-1, k]``,
+    k < T-1) and ``phases_completed`` T.
     """
     a = _np(A)
     done = np.isfinite(a).all(1)
@@ -381,6 +422,6 @@ def continual_metrics(A, init=None) -> dict:
     if T >= 2:
         out["forgetting"] = forgetting(sub)
         out["bwt"] = bwt(sub)
-        if init is not None:
-            out["fwt"] = fwt(sub, _np(init)[:T])
+    if init is not None and T >= 1:
+        out["fwt"] = fwt(a[:T], _np(init))
     return out

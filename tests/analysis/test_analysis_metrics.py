@@ -15,11 +15,10 @@ NAMES = ["sin_drot", "cos_drot", "dtx", "dty", "dlogscale"]
 
 # ------------------------------------------------------------------ effective rank
 @pytest.mark.parametrize("d", [1, 4, 32])
-def test_effective_rank_and_rankme_of_identity_like_spectra(d):
-    s = np.ones(d)
-    assert M.effective_rank(s) == pytest.approx(d)
-    assert M.rankme(s) == pytest.approx(d, rel=1e-4)
-    z = np.eye(d) * 3.0  # embedding matrix with an identity-like spectrum
+def test_participation_ratio_and_rankme_of_identity_like_spectra(d):
+    assert M.participation_ratio(np.ones(d)) == pytest.approx(d)
+    assert M.rankme(np.ones(d)) == pytest.approx(d, rel=1e-4)
+    z = np.vstack([np.eye(d), -np.eye(d)]) * 3.0  # zero mean, covariance ∝ I, equal singular values
     r = M.embedding_rank(z)
     assert r["eff_rank"] == pytest.approx(d) and r["rankme"] == pytest.approx(d, rel=1e-4)
 
@@ -31,11 +30,26 @@ def test_rank_of_collapsed_embedding_is_one():
     assert r["rankme"] == pytest.approx(1, abs=1e-3)
 
 
-def test_participation_ratio_formula_and_rankme_entropy():
+def test_participation_ratio_of_eigenvalues_and_rankme_entropy():
+    # (sum λ)² / sum λ² of λ = (9, 1, 0): 100 / 82 — not (sum s)² / sum s² = 16 / 10 of s = (3, 1, 0)
+    assert M.participation_ratio(np.array([9.0, 1.0, 0.0])) == pytest.approx(100 / 82)
     s = np.array([3.0, 1.0, 0.0])
-    assert M.effective_rank(s) == pytest.approx(16 / 10)
     p = np.array([0.75, 0.25])
     assert M.rankme(s, eps=0) == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_eff_rank_is_centred_and_rankme_uncentred():
+    """Four points ±1 about (10, 10) along both axes. Centred: covariance ∝ I -> participation ratio 2.
+    Uncentred Gram [[402, 400], [400, 402]]: s = (sqrt 802, sqrt 2) -> RankMe exp(H(s / ||s||_1)) ≈ 1.21
+    (and the old uncentred (sum s)² / sum s² would say 1.10)."""
+    z = np.array([[11.0, 10.0], [9.0, 10.0], [10.0, 11.0], [10.0, 9.0]])
+    np.testing.assert_allclose(M.covariance_spectrum(z), [2 / 3, 2 / 3])  # s² / (N - 1) = 2 / 3
+    s = np.sqrt([802.0, 2.0])
+    q = s / s.sum() + 1e-7  # RankMe's p (+ eps)
+    r = M.embedding_rank(z)
+    assert r["eff_rank"] == pytest.approx(2.0)
+    assert r["rankme"] == pytest.approx(np.exp(-(q * np.log(q)).sum()), rel=1e-6)
+    assert r["rankme"] == pytest.approx(1.2108, abs=1e-3)
 
 
 def test_streaming_gram_matches_svd_and_xarray_input():
@@ -170,6 +184,49 @@ def test_perfectly_separable_classes_give_accuracy_one_and_leakage():
     assert out["pose_from_z"] > 0.9 and out["pose_from_zagg"] < 0.2
 
 
+def test_class_from_z_scores_every_view_split_by_episode():
+    """acc_z on all views, grouped by episode — the in-run definition: the probe on (S V) rows with
+    the episode as the split unit. Views that are exact copies of their episode's random code (with a
+    random class per episode) are memorised by an ungrouped probe but are at chance when every view
+    of an episode sits on one side of the split."""
+    from colsim.analysis.probes import linear_probe_accuracy, split_indices
+
+    rng = np.random.default_rng(1)
+    S, V, D = 80, 4, 100
+    y = rng.integers(0, 2, S)
+    code = rng.standard_normal((S, 1, D))
+    z = np.repeat(code, V, axis=1)  # (S, V, D): every view is its episode's code
+    out = M.leakage(z, code[:, 0], y, seed=3)
+    groups = np.repeat(np.arange(S), V)
+    assert out["class_from_z"] == linear_probe_accuracy(z.reshape(S * V, D), np.repeat(y, V), seed=3, groups=groups)
+    assert out["class_from_z"] < 0.75  # grouped: chance level, not memorised
+    assert linear_probe_accuracy(z.reshape(S * V, D), np.repeat(y, V), seed=3) > 0.95  # ungrouped would memorise
+    # all views are scored: the held-out episodes' V views each
+    _, te = split_indices(S * V, 0.5, 3, groups)
+    assert len(te) == V * len(split_indices(S, 0.5, 3, np.arange(S))[1])
+
+
+def test_pose_leakage_uses_every_context_view():
+    """z_AGG holds the pose of context view 0 only (views 0..2 are context, view 3 the target).
+    Pose from z_AGG, averaged over the C = 3 context views: R² ≈ (1 + 0 + 0) / 3. The old fixed
+    view V - 2 = 2 scored ≈ 0; with C = 1 the score is ≈ 1."""
+    rng = np.random.default_rng(2)
+    S, V, D = 400, 4, 6
+    y = rng.integers(0, 2, S)
+    ang = rng.uniform(-np.pi, np.pi, (S, V))  # independent angles per view
+    z = rng.standard_normal((S, V, D))
+    z[..., 0], z[..., 1] = np.cos(ang), np.sin(ang)  # every view's own pose lives in its z_t
+    z_agg = np.column_stack([np.cos(ang[:, 0]), np.sin(ang[:, 0]), rng.standard_normal((S, 4))])
+    out = M.leakage(z, z_agg, y, ang, context_views=3)
+    assert out["context_views"] == 3
+    assert out["pose_from_zagg"] == pytest.approx(1 / 3, abs=0.03)
+    assert out["pose_from_z"] == pytest.approx(1.0, abs=0.01)
+    assert M.leakage(z, z_agg, y, ang, context_views=1)["pose_from_zagg"] == pytest.approx(1.0, abs=0.01)
+    assert M.leakage(z, z_agg, y, ang)["context_views"] == V  # default: every view
+    with pytest.raises(ValueError, match="context_views"):
+        M.leakage(z, z_agg, y, ang, context_views=5)
+
+
 def test_equivariance_linear_code_and_constant_dimension_dropped():
     rng = np.random.default_rng(0)
     S, V, D = 150, 4, 10
@@ -249,7 +306,25 @@ def test_accuracy_matrix_from_evaluations_and_truncated_run():
     c2 = M.continual_metrics(A2)
     assert c2["phases_completed"] == 2
     assert c2["forgetting"] == pytest.approx(0.9 - 0.6) and c2["bwt"] == pytest.approx(0.6 - 0.9)
-    assert np.isnan(c2["fwt"])
+    assert np.isnan(c2["fwt"])  # no init evaluation
+    # the same truncated run with its init evaluation: FWT_1 = A[0,1] - init[1] = 0.1 - 0.05 and
+    # FWT_2 = A[1,2] - init[2] = 0.3 - 0.1, both measured before the run stopped
+    c3 = M.continual_metrics(A2, INIT)
+    assert c3["fwt"] == pytest.approx(((0.1 - 0.05) + (0.3 - 0.1)) / 2)
+    # stopped after phase 0: FWT_1 alone, although forgetting / BWT need two phases
+    A1, _ = M.accuracy_matrix(_acc_da([INIT, A3[0]], ["init", "p0"]))
+    c4 = M.continual_metrics(A1, INIT)
+    assert c4["phases_completed"] == 1 and np.isnan(c4["forgetting"])
+    assert c4["fwt"] == pytest.approx(0.1 - 0.05)
+
+
+def test_fwt_of_completed_rows():
+    assert fwt(A3[:2], INIT) == pytest.approx(((0.1 - 0.05) + (0.3 - 0.1)) / 2)  # (T=2, P=3)
+    assert fwt(A3[:1], INIT) == pytest.approx(0.05)
+    assert fwt(A3, INIT) == fwt(A3[:2], INIT)  # the last row adds no FWT term
+    assert np.isnan(fwt(np.array([[0.5]]), np.array([0.1])))
+    with pytest.raises(ValueError, match="rows"):
+        fwt(np.ones((3, 2)), np.zeros(2))
 
 
 # ------------------------------------------------------------------ CI
