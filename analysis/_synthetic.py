@@ -66,7 +66,8 @@ def write_synthetic_run(path, *, rule: str = "lpl", model: str = "seqjepa-tiny",
 
     ``n_evals`` (default ``n_phases + 1``: init + one after each phase) may be smaller to mimic
     an interrupted / diverged run (``0`` writes no probe / evaluation groups). ``diverge_at``
-    stops the metrics there with a NaN loss. Alarm triggers: ``rising_component`` (``lpl.l0.dec``
+    stops the metrics there with a NaN loss; the loss totals are NaN on each phase's first step too
+    (nothing was predicted there, as in a simulated run). Alarm triggers: ``rising_component`` (``lpl.l0.dec``
     climbs 0.35 -> 1.10 over the last 40 % while the total falls), ``grad_spike_at`` (a 50x
     ``grad_norm`` spike), ``rank_collapse_at`` (``z_eff_rank`` drops to 1). ``factor_mode``:
     "isolated" (each view pair changes one factor) or "mixed" (all factors change together).
@@ -132,6 +133,11 @@ def write_synthetic_run(path, *, rule: str = "lpl", model: str = "seqjepa-tiny",
         if part == "replay":
             for k in range(4):
                 m[f"replay.hist.{k}"] = np.clip(np.floor(t * P) - k + 1, 0, 1) * 32.0
+    # as the simulator records: a phase's first tick predicted nothing (every window was just reset), so
+    # its loss totals are missing (NaN), as is z_AGG's rank (no stream had a context)
+    first = step % max(steps_per_phase, 1) == 0
+    for k in ("loss", "loss.pred", "zagg_eff_rank"):
+        m[k] = np.where(first, np.nan, m[k])
     if diverge_at is not None and len(step):
         m["loss"][-1] = np.nan
         m["grad_norm"][-1] = np.inf

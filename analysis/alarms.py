@@ -9,7 +9,10 @@ step where the problem *began* (not where it was detected):
   main loss fell, in the seeds' JEPA run).
 * ``grad_spike`` — ``grad_norm`` more than ``spike_factor`` times its trailing median; step =
   the first spike; detail counts them.
-* ``nonfinite`` — the first step with a NaN / inf total loss or gradient norm (divergence).
+* ``nonfinite`` — divergence of the total loss or gradient norm: the first ±inf, or the step from
+  which the series stays non-finite (the simulator stops a diverged run there). A NaN followed by
+  finite values is a missing value — the loss of a phase's first tick, where nothing was
+  predicted — and every series here skips it.
 * ``rank_collapse`` — an effective-rank series (``z_eff_rank``, ``zagg_eff_rank`` or the
   analysis' per-evaluation ranks) falls below ``collapse_frac`` of the best value reached.
 * ``usage_collapse`` — a usage series (metrics with "usage" in the name, ToST's
@@ -149,17 +152,26 @@ def grad_spikes(step, grad_norm, spike_factor: float = 10.0, window: int = 50, n
 
 
 def nonfinite(step, values, name: str):
-    """Alarm dict at the first non-finite value of a series that had finite values before."""
+    """Alarm dict where a series that had finite values diverged: at its first ±inf, or at the first
+    of the non-finite values it ends with (a diverged run stops there), whichever comes first.
+
+    NaN before a metric first appears is "not recorded", and a NaN followed by finite values is a
+    missing value (the loss of a tick where nothing was predicted), not divergence.
+    """
     v = np.asarray(values, np.float64)
-    bad = np.nonzero(~np.isfinite(v))[0]
-    first_ok = np.nonzero(np.isfinite(v))[0]
-    if not len(bad) or not len(first_ok):
+    fin = np.isfinite(v)
+    if not fin.any():
         return None
-    bad = bad[bad > first_ok[0]]  # NaN before a metric first appears is "not recorded", not divergence
-    if not len(bad):
+    first_ok = int(np.argmax(fin))
+    last_ok = len(v) - 1 - int(np.argmax(fin[::-1]))
+    cand = [i for i in np.nonzero(np.isinf(v))[0] if i > first_ok][:1]
+    if last_ok < len(v) - 1:
+        cand.append(last_ok + 1)
+    if not cand:
         return None
-    return {"kind": "nonfinite", "variable": name, "step": int(np.asarray(step)[bad[0]]),
-            "detail": f"{name} became {v[bad[0]]} (divergence)"}
+    i = min(cand)
+    return {"kind": "nonfinite", "variable": name, "step": int(np.asarray(step)[i]),
+            "detail": f"{name} became {v[i]} (divergence)"}
 
 
 def series_collapse(step, values, name: str, kind: str = "rank_collapse", collapse_frac: float = 0.5,

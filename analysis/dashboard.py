@@ -90,9 +90,13 @@ class _Run:
         tree.close()
 
     def series(self, name):
+        """(step, value) of a metric with its missing (NaN) points dropped, so curves skip them (the
+        loss of a phase's first tick, where nothing was predicted, is NaN, not 0)."""
         if self.metrics is None or name not in self.metrics:
             return None
-        return _downsample(self.metrics["step"].values, self.metrics[name].values.astype(np.float64))
+        st, y = _downsample(self.metrics["step"].values, self.metrics[name].values.astype(np.float64))
+        ok = np.isfinite(y)
+        return st[ok], y[ok]
 
     @property
     def label(self):

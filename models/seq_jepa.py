@@ -35,7 +35,12 @@ x_{t-c..t-1} (c <= M) and their actions a (a_i leads from view i to view i+1):
    ``on: z``: f(x_t) of every stream, computed with a graph when such a term exists).
 
 ``loss = L_pred + loss_reg``: every loss-based rule trains on the regularisers too. The Trace
-also holds ``loss_jepa`` (prediction part), ``loss_reg`` and ``reg`` (name.on -> term).
+also holds ``loss_jepa`` (prediction part), ``loss_reg`` and ``reg`` (name.on -> term). When no
+stream has a context (the first tick of a phase: every window was just reset) ``valid`` is all
+False and ``loss_jepa`` is a 0 that carries no gradient to the prediction path, so autograd and
+the divergence check stay finite; that 0 is not a measurement: the simulator records the loss
+totals of such a tick as NaN (colsim/simulate.py), and diagnostics not computed on a tick
+(``seqjepa.loss_fwd`` / ``loss_rev``, a skipped ``reg.<name>.<on>``) are NaN, never stale.
 ``diagnostics()`` returns the cached block statistics of the last forward (ISTA
 non-zero fraction and per-head MSSA coding rate per CRATE layer, TSSA membership entropy per
 ToST layer) and each regulariser's value ``reg.<name>.<on>``.
@@ -261,7 +266,8 @@ class SeqJepaColumn(AbstractColumn):
         terms: dict[str, Tensor] = {}
         for r in self.regularizers:
             src = z_agg[valid] if r.on == "z_agg" else z  # (m, W) / (B, D)
-            if src.shape[0] < 2:
+            if src.shape[0] < 2:  # not computed this tick: the diagnostic is missing, not last tick's value
+                self._last[f"reg.{r.name}.{r.on}"] = torch.tensor(float("nan"))
                 continue
             term, value = regularizer_loss(r.name, src, r.weight, **r.options())
             terms[f"{r.name}.{r.on}"] = term
@@ -313,8 +319,9 @@ class SeqJepaColumn(AbstractColumn):
             loss_pred_r = 1.0 - F.cosine_similarity(z_hat_r, z_target_r, dim=-1)  # (B,)
             per_stream = 0.5 * (loss_pred + loss_pred_r)
             extra = {"z_hat_rev": z_hat_r, "z_target_rev": z_target_r, "loss_pred_rev": loss_pred_r}
-            self._last["seqjepa.loss_fwd"] = ((loss_pred * valid).sum() / n_valid).detach()
-            self._last["seqjepa.loss_rev"] = ((loss_pred_r * valid).sum() / n_valid).detach()
+            none = torch.tensor(float("nan"))  # no stream had a context: nothing was predicted
+            self._last["seqjepa.loss_fwd"] = ((loss_pred * valid).sum() / n_valid).detach() if valid.any() else none
+            self._last["seqjepa.loss_rev"] = ((loss_pred_r * valid).sum() / n_valid).detach() if valid.any() else none
         loss_jepa = (per_stream * valid).sum() / n_valid
         loss_reg, reg_terms = self._regularize(z_agg, z, valid)
         loss = loss_jepa + loss_reg

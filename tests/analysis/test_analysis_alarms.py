@@ -46,6 +46,25 @@ def test_grad_spike_nonfinite_and_collapse_steps():
     assert series_collapse(STEP, np.full(N, 20.0), "z_eff_rank") is None
 
 
+def test_missing_loss_at_phase_starts_is_skipped_not_divergence():
+    """The simulator records NaN for the loss of each phase's first tick (nothing predicted). Those
+    NaNs, followed by finite values, raise no alarm and do not disturb the other detectors; a run
+    that ends in NaN (the simulator stops a diverged run there) or hits inf still does."""
+    t = np.arange(N) / N
+    loss = np.exp(-3 * t)
+    loss[::200] = np.nan  # 5 phases of 200 recorded steps
+    assert nonfinite(STEP, loss, "loss") is None
+    ds = xr.Dataset({"loss": ("step", loss), "loss.pred": ("step", loss), "grad_norm": ("step", np.ones(N)),
+                     "zagg_eff_rank": ("step", np.where(np.arange(N) % 200 == 0, np.nan, 10.0))}, coords={"step": STEP})
+    assert health_alarms(ds, "backprop") == []
+    diverged = loss.copy()
+    diverged[-1] = np.nan
+    assert nonfinite(STEP, diverged, "loss")["step"] == STEP[-1]
+    inf = loss.copy()
+    inf[500] = np.inf
+    assert nonfinite(STEP, inf, "loss")["step"] == 5000
+
+
 def test_health_alarms_on_a_metrics_group_and_eval_series():
     t = np.arange(N) / N
     ds = xr.Dataset({"loss": ("step", np.exp(-3 * t)), "loss.pred": ("step", np.exp(-3 * t)),
