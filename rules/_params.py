@@ -4,6 +4,9 @@
   weight (out, in, kh, kw): every trainable parameter with >= 2 dims whose name ends in
   ``weight`` (``in_proj_weight`` included) has ``shape[0]`` units; its bias is the
   parameter with ``weight`` replaced by ``bias`` when that has ``shape[0]`` entries.
+* For n-GateON gating (``gated_units``) two more kinds of parameter are made of units: CRATE's
+  ISTA dictionaries ``D`` (d, p), whose columns are the atoms of the p code units (unit dim 1),
+  and CRATE-alpha's decoder ``D_hat`` (d, r d), whose rows feed the d output units (unit dim 0).
 * A metric *group* is the first component of a parameter name, with the block index for
   encoder blocks (``encoder.blocks.1.0.weight`` -> ``encoder.1``): a few numbers per step
   instead of one per tensor.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["unit_layers", "layer_name", "group_of", "group_norms", "zeros_like_tree"]
+__all__ = ["unit_layers", "gated_units", "layer_name", "group_of", "group_norms", "zeros_like_tree"]
 
 
 def unit_layers(params: dict[str, Tensor]) -> dict[str, "str | None"]:
@@ -26,8 +29,22 @@ def unit_layers(params: dict[str, Tensor]) -> dict[str, "str | None"]:
     return out
 
 
+def gated_units(params: dict[str, Tensor]) -> dict[str, "tuple[int, str | None]"]:
+    """name -> (unit dim, bias name or None): ``unit_layers`` plus CRATE's ``D`` (dim 1) and ``D_hat`` (dim 0)."""
+    out: dict[str, "tuple[int, str | None]"] = {w: (0, b) for w, b in unit_layers(params).items()}
+    for n, p in params.items():
+        if p.dim() == 2 and n.split(".")[-1] == "D":
+            out[n] = (1, None)
+        elif p.dim() == 2 and n.split(".")[-1] == "D_hat":
+            out[n] = (0, None)
+    return out
+
+
 def layer_name(weight_name: str) -> str:
-    """``encoder.blocks.0.0.weight`` -> ``encoder.blocks.0.0``; ``...in_proj_weight`` -> ``...in_proj``."""
+    """``encoder.blocks.0.0.weight`` -> ``encoder.blocks.0.0``; ``...in_proj_weight`` -> ``...in_proj``;
+    other names (``...ista.D``) are kept."""
+    if not weight_name.endswith("weight"):
+        return weight_name
     return weight_name[: -len("weight")].rstrip("._") or weight_name
 
 

@@ -1,55 +1,85 @@
 """Metaplastic gating, n-GateON (Barry, Gerstner & Bellec 2025, Neural Networks 192:107728,
 arXiv 2306.01690): per-unit availability that freezes the plasticity of important units.
 
-Every unit i (an output row of a Linear weight, an output channel of a conv weight; see
-rules/_params.py) carries an availability ``a_i in [0, 1]`` (initially 1). Each step, from
-that step's importance ``I_i`` normalised per layer, ``Ĩ = I / mean_layer(I)``::
+Every unit i carries an availability ``a_i in [0, 1]`` (initially 1). Each step, from that
+step's importance ``I_i`` normalised per layer (per parameter tensor), ``Ĩ = I / mean_layer(I)``::
 
     a_i <- clip(a_i - eta_a a_i (Ĩ_i - eps), 0, 1)                      (eta_a = 0.01, eps = 1)
 
-and every incoming weight of unit i (its weight row / filter and its bias) has its *update*
-scaled by ``a_i`` after the optimizer step (``post_step``): Adam cancels a constant gradient
-scale, so scaling the gradient would do nothing (REFERENCE.md section 4, trap).
+and every incoming weight of unit i has its *update* scaled by ``a_i`` after the optimizer
+step (``post_step``): Adam cancels a constant gradient scale, so scaling the gradient would do
+nothing (REFERENCE.md section 4, trap).
+
+Which parameters are gated (``rules/_params.py``, ``gated_units``): every parameter that is
+the incoming weights of a unit — the rows of a Linear weight and the filters of a conv weight
+(with the unit's bias), ``nn.MultiheadAttention``'s ``in_proj_weight`` (+ ``in_proj_bias``),
+CRATE's ISTA dictionary ``D`` (d, p) by column (atom j of code unit j) and CRATE-alpha's
+decoder ``D_hat`` by row. Exempt, because no single unit owns them: normalisation gains and
+shifts (LayerNorm / BatchNorm ``weight`` / ``bias``, shared by the feature across all inputs,
+not synapses), the TSSA temperature (one scalar per head, shared by the head's d/heads units),
+and learned input tokens and embeddings (the aggregation token ``agg``, position embeddings
+``pos``, ``type_emb``, seq-JEPA's ``reverse_flag``): they are inputs to the network, not the
+incoming weights of any unit.
 
 Importance, ``importance:``
 
-* ``gradient`` — ``I_i = (sum_j θ_ij g_ij)²`` over the unit's incoming weights and bias, with
-  ``g`` the inner rule's descent direction. For a Linear / conv unit with pre-activation h
-  this equals ``(sum_b h_i dL/dh_i)²`` exactly (``sum_j W_ij dL/dW_ij + b_i dL/db_i =
-  sum_{b, pos} h_i dL/dh_i``): the batch-summed form of the paper's ``mean_b (h_i dL/dh_i)²``
-  (the per-sample form needs per-sample gradients). It works for every unit, including the
-  attention projections, and for local inner rules (g = the rule's own direction).
+* ``gradient`` (default) — the paper's per-sample form ``I_i = mean_b (h_i dL/dh_i)²``, with
+  h_i the unit's pre-activation (the module's output) and ``h_i dL/dh_i`` summed over the
+  unit's positions (conv pixels, tokens) for sample b. Forward hooks on the column's Linear /
+  Conv2d modules keep h during training-mode forwards with a graph and register a gradient
+  hook on it; the inner rule's own ``autograd.grad`` then delivers dL/dh (summed over the
+  rule's backward passes when it makes several). A "sample" is a row of the module's batch:
+  the leading dimension (Linear outputs are batch-first (B, ..., C); conv (N, C, H, W)),
+  rows of several calls in one step (context window and current view) are pooled. ``L`` is
+  the inner rule's batch-mean loss, which scales every I of a layer by the same 1/B², removed
+  by the per-layer normalisation. Units for which no dL/dh arrives in a step — units of a
+  local inner rule (sparse coding computes -ΔW without a loss), projections computed without
+  a module call (``nn.MultiheadAttention``'s in/out projections, CRATE's MSSA and ToST's TSSA
+  projections, ``D`` / ``D_hat``) — use the direction form ``(sum_j θ_ij g_ij)²`` with g the
+  inner rule's direction, which for a loss is the *batch-summed* ``(sum_b h_i dL/dh_i)²``.
+  Metric ``metaplastic.per_sample`` is the fraction of gated tensors that had the per-sample
+  form in the step.
 * ``activity`` (local variant) — ``I_i = mean_b |h_i|``, the unit's mean absolute output,
-  read by forward hooks on the column's Linear / Conv2d modules during training-mode
-  forwards. Units computed without a module call (``nn.MultiheadAttention``'s in/out
-  projections) have no activity and keep their availability.
+  read by the same kind of forward hooks. Units computed without a module call keep their
+  availability.
 
-Optional context gates (``context_gates: true``): a context index k (one-hot c) gates the
-plasticity of unit i by ``g_i = tanh([U c]_i+)²`` with fixed random U (N(0, 1), seeded), so
-each context gets its own subset of plastic units; a change point (the fast loss average
+Context gates (``context_gates``), a context index k (one-hot c) and fixed random U (N(0, 1),
+seeded) give unit i the gate ``g_i = tanh([U c]_i+)²``; a change point (the fast loss average
 exceeding ``change_threshold`` (1.01) times the slow "recent mean", at most once per
-``refractory`` steps) moves to the next context. The gates scale the update together with
-a (the paper gates activity; here only plasticity is gated, the forward is unchanged).
+``refractory`` steps) moves to the next context:
+
+* ``activity`` — the paper's form: g multiplies the unit's activity (the module output, by
+  forward hooks on the Linear / Conv2d modules whose weights match ``activity_gates_on``,
+  default the encoder ``encoder.*``), so each context runs its own subnetwork; units with
+  g = 0 are silent and receive no gradient. The gates of the current context act in every
+  forward, evaluation included (the probes see the network of the current context).
+* ``plasticity`` — g scales unit i's update together with a_i; the forward is unchanged.
+* ``off`` (``false``) — no gates. ``true`` means ``plasticity``.
+
+The preset (rules/metaplastic.yaml) uses plasticity gating by availability only
+(``context_gates: off``).
 
 Trains: nothing by itself — it rescales the inner rule's updates unit by unit; all the
-information it uses for unit i (its weights, its update, its activity) is local to unit i.
-Metrics per gated layer: ``metaplastic.a.<layer>.mean|min|lt05`` (fraction of units with
-a < 0.5); with gates ``metaplastic.context`` and ``metaplastic.switches``.
+information it uses for unit i (its weights, its update, its activity and the error at its
+output) is local to unit i. Metrics per gated layer: ``metaplastic.a.<layer>.mean|min|lt05``
+(fraction of units with a < 0.5); with gates ``metaplastic.context`` and ``metaplastic.switches``.
 """
 from __future__ import annotations
 
-from typing import Literal
+import fnmatch
+from typing import Any, Literal, Union
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from colsim.config import Strict
 from colsim.registry import register_rule
 from colsim.rule import Rule
-from colsim.rules._params import layer_name, unit_layers
+from colsim.rules._params import gated_units, layer_name
 
-__all__ = ["MetaplasticConfig", "metaplastic", "availability_step", "unit_importance"]
+__all__ = ["MetaplasticConfig", "metaplastic", "availability_step", "unit_importance", "per_sample_importance",
+           "context_gate"]
 
 
 class MetaplasticConfig(Strict):
@@ -57,13 +87,19 @@ class MetaplasticConfig(Strict):
     importance: Literal["gradient", "activity"] = "gradient"
     eta_a: float = Field(0.01, ge=0)
     eps: float = Field(1.0, ge=0)  # normalised importance above which availability falls
-    context_gates: bool = False
+    context_gates: Literal["off", "plasticity", "activity"] = "off"
+    activity_gates_on: list[str] = Field(default_factory=lambda: ["encoder.*"])  # unit weights gated by activity
     max_contexts: int = Field(8, ge=1)
     change_threshold: float = Field(1.01, gt=0)
     fast_window: int = Field(10, ge=1)  # steps of the fast loss average
     slow_window: int = Field(100, ge=1)  # steps of the slow ("recent mean") loss average
     refractory: int = Field(100, ge=1)
     seed: int = Field(0, ge=0)
+
+    @field_validator("context_gates", mode="before")
+    @classmethod
+    def _bool_gates(cls, v: Union[bool, str]):
+        return {False: "off", True: "plasticity"}.get(v, v) if isinstance(v, bool) else v
 
 
 def availability_step(a: Tensor, importance: Tensor, eta_a: float, eps: float) -> Tensor:
@@ -73,66 +109,144 @@ def availability_step(a: Tensor, importance: Tensor, eta_a: float, eps: float) -
     return (a - eta_a * a * (it - eps)).clamp(0.0, 1.0)
 
 
-def unit_importance(w: Tensor, gw: Tensor, b: "Tensor | None" = None, gb: "Tensor | None" = None) -> Tensor:
-    """(sum_j θ_ij g_ij)² per unit i (dim 0), bias included: w, gw (C, ...), b, gb (C,) -> (C,)."""
-    s = (w * gw).flatten(1).sum(1)
+def unit_importance(w: Tensor, gw: Tensor, b: "Tensor | None" = None, gb: "Tensor | None" = None,
+                    dim: int = 0) -> Tensor:
+    """Direction form (sum_j θ_ij g_ij)² per unit i along ``dim``, bias included: w, gw (C, ...), b, gb (C,) -> (C,)."""
+    s = (w * gw).movedim(dim, 0).flatten(1).sum(1)
     if b is not None and gb is not None:
         s = s + b * gb
     return s * s
 
 
-class _ActivityProbe:
-    """Forward hooks: mean |output| per unit of Linear / Conv2d modules in training mode."""
+def per_sample_importance(h: Tensor, dh: Tensor, channel_dim: int) -> Tensor:
+    """Per-sample importance from one module call: h, dh = dL/dh (N, ...) -> rows (N, C) of sum_pos h dL/dh."""
+    p = (h * dh).movedim(channel_dim, -1)  # (N, ..., C)
+    return p.reshape(p.shape[0], -1, p.shape[-1]).sum(1) if p.dim() > 1 else p.unsqueeze(0)
 
-    def __init__(self, column: nn.Module, names: set[str]):
-        self.sum: dict[str, Tensor] = {}
-        self.n: dict[str, int] = {}
-        self.handles = []
-        for mname, mod in column.named_modules():
-            pname = f"{mname}.weight"
-            if isinstance(mod, (nn.Linear, nn.Conv2d)) and pname in names:
-                self.handles.append(mod.register_forward_hook(self._hook(pname)))
+
+def context_gate(U: Tensor, context: int) -> Tensor:
+    """n-GateON context gate g = tanh([U c]+)² for the one-hot context c: U (C, K) -> (C,)."""
+    return torch.tanh(U[:, context].clamp(min=0)) ** 2
+
+
+def _channel_dim(mod: nn.Module, out: Tensor) -> int:
+    return 1 if isinstance(mod, nn.Conv2d) and out.dim() == 4 else out.dim() - 1
+
+
+def _unit_modules(column: nn.Module, names: set) -> "list[tuple[str, nn.Module]]":
+    return [(f"{m}.weight", mod) for m, mod in column.named_modules()
+            if isinstance(mod, (nn.Linear, nn.Conv2d)) and f"{m}.weight" in names]
+
+
+_MAX_CALLS = 16  # module calls kept per step (context window, current view, replayed batch, ...)
+
+
+class _Probe:
+    """Forward hooks on Linear / Conv2d modules (training mode): per-sample h·dL/dh rows or mean |h|."""
+
+    def __init__(self, column: nn.Module, names: set, kind: str):
+        self.kind = kind
+        self.rows: dict[str, list] = {}
+        self.handles = [mod.register_forward_hook(self._hook(pname)) for pname, mod in _unit_modules(column, names)]
 
     def _hook(self, pname: str):
         def hook(mod, inp, out):
-            if not mod.training or not isinstance(out, Tensor) or out.numel() == 0:
+            if not mod.training or not isinstance(out, Tensor) or out.numel() == 0 or out.dim() < 2:
                 return
-            with torch.no_grad():
-                h = out.detach().abs()
-                dims = [d for d in range(h.dim()) if d != (1 if isinstance(mod, nn.Conv2d) else h.dim() - 1)]
-                m = h.mean(dim=dims).float()  # (C,)
-            self.sum[pname] = self.sum[pname] + m if pname in self.sum else m
-            self.n[pname] = self.n.get(pname, 0) + 1
+            cdim = _channel_dim(mod, out)
+            calls = self.rows.setdefault(pname, [])
+            del calls[:-_MAX_CALLS]  # forwards no rule update consumed (learning off) are dropped, not hoarded
+            if self.kind == "activity":
+                with torch.no_grad():
+                    h = out.detach().abs().movedim(cdim, -1)
+                    calls.append(h.reshape(-1, h.shape[-1]).mean(0).float())  # (C,)
+                return
+            if not (torch.is_grad_enabled() and out.requires_grad):
+                return
+            acc: dict[str, Any] = {"s": None}
+            h = out.detach()  # shares storage: an in-place ReLU after the module turns h into relu(h), but
+            # dL/dh is 0 wherever h < 0, so h dL/dh is unchanged
+
+            def grad_hook(g: Tensor):
+                with torch.no_grad():
+                    s = per_sample_importance(h, g, cdim).float()  # (N, C)
+                acc["s"] = s if acc["s"] is None else acc["s"] + s
+
+            out.register_hook(grad_hook)
+            calls.append(acc)
         return hook
 
     def take(self) -> dict[str, Tensor]:
-        out = {k: v / self.n[k] for k, v in self.sum.items()}
-        self.sum, self.n = {}, {}
+        """Per unit weight: importance (C,) of this step's calls (those that received a gradient)."""
+        out = {}
+        for pname, calls in self.rows.items():
+            if self.kind == "activity":
+                out[pname] = torch.stack(calls).mean(0)
+            else:
+                rows = [c["s"] for c in calls if c["s"] is not None]
+                if rows:
+                    out[pname] = (torch.cat(rows) ** 2).mean(0)  # mean over samples of (h dL/dh)²
+        self.rows = {}
         return out
+
+
+class _Gates:
+    """Context gates on activity: forward hooks multiply a module's output by g (current context)."""
+
+    def __init__(self, column: nn.Module, names: set):
+        self.U: dict[str, Tensor] = {}
+        self.context = 0
+        self.handles = [mod.register_forward_hook(self._hook(pname)) for pname, mod in _unit_modules(column, names)]
+
+    def _hook(self, pname: str):
+        def hook(mod, inp, out):
+            U = self.U.get(pname)
+            if U is None or not isinstance(out, Tensor) or out.dim() < 2:
+                return None
+            g = context_gate(U, self.context).to(out.device, out.dtype)  # (C,)
+            shape = [1] * out.dim()
+            shape[_channel_dim(mod, out)] = -1
+            return out * g.view(shape)
+        return hook
+
+
+def _shared(column: nn.Module, attr: str, make):
+    """One hook object per column and kind (the rule may be built twice on the same column)."""
+    obj = getattr(column, attr, None)
+    if obj is None:
+        obj = make()
+        setattr(column, attr, obj)
+    return obj
 
 
 @register_rule("metaplastic", MetaplasticConfig, kind="modifier")
 def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
-    """n-GateON availability per unit (importance: gradient or activity) scaling the applied update."""
-    probe = None
-    if cfg.importance == "activity":
-        if column is None:
-            raise ValueError("metaplastic(importance='activity') needs the column to read unit activities")
-        names = set(unit_layers(dict(column.named_parameters())))
-        probe = getattr(column, "_colsim_activity_probe", None)
-        if probe is None:  # one probe per column (the rule may be built twice on the same column)
-            probe = _ActivityProbe(column, names)
-            column._colsim_activity_probe = probe
+    """n-GateON availability per unit (per-sample gradient or activity importance) scaling the applied update."""
+    probe = gates = None
+    if column is not None:
+        names = set(gated_units(column.trainable() if hasattr(column, "trainable") else
+                                dict(column.named_parameters())))
+        probe = _shared(column, f"_colsim_metaplastic_probe_{cfg.importance}", lambda: _Probe(column, names, cfg.importance))
+        if cfg.context_gates == "activity":
+            gated = {n for n in names if any(fnmatch.fnmatchcase(n, q) for q in cfg.activity_gates_on)}
+            gates = _shared(column, "_colsim_metaplastic_gates", lambda: _Gates(column, gated))
+            gates.U = {}
+    elif cfg.importance == "activity" or cfg.context_gates == "activity":
+        raise ValueError("metaplastic(importance='activity' or context_gates='activity') needs the column")
 
     def init(params):
-        units = unit_layers(params)
+        units = gated_units(params)
         gen = torch.Generator().manual_seed(cfg.seed)
         state = {"inner": inner.init(params),
-                 "a": {w: torch.ones(params[w].shape[0], device=params[w].device) for w in units}}
-        if cfg.context_gates:
-            state["U"] = {w: torch.randn(params[w].shape[0], cfg.max_contexts, generator=gen).to(params[w].device)
-                          for w in units}
+                 "a": {w: torch.ones(params[w].shape[d], device=params[w].device) for w, (d, _) in units.items()}}
+        if cfg.context_gates != "off":
+            state["U"] = {w: torch.randn(params[w].shape[d], cfg.max_contexts, generator=gen).to(params[w].device)
+                          for w, (d, _) in units.items()}
             state.update(context=0, switches=0, since=0, fast=-1.0, slow=-1.0)
+            if gates is not None:  # hooks exist only on the modules matching activity_gates_on
+                gates.U, gates.context = dict(state["U"]), 0
+        if probe is not None:
+            probe.rows = {}
         return state
 
     def _detect(state, loss: float) -> dict:
@@ -152,21 +266,21 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
 
     def update(params, state, trace):
         g, s_in, metrics = inner.update(params, state["inner"], trace)
-        units = unit_layers(params)
+        units = gated_units(params)
         a = dict(state["a"])
+        seen = probe.take() if probe is not None else {}
+        n_ps = 0
         with torch.no_grad():
-            if cfg.importance == "gradient":
-                for w, b in units.items():
-                    if w not in g:
-                        continue
-                    imp = unit_importance(params[w].detach(), g[w].detach(),
-                                          params[b].detach() if b else None, g.get(b) if b else None)
-                    a[w] = availability_step(a[w], imp, cfg.eta_a, cfg.eps)
-            else:
-                acts = probe.take()
-                for w in units:
-                    if w in acts:
-                        a[w] = availability_step(a[w], acts[w].to(a[w].device), cfg.eta_a, cfg.eps)
+            for w, (d, b) in units.items():
+                if w in seen and seen[w].shape[0] == a[w].shape[0]:
+                    imp = seen[w].to(a[w].device)
+                    n_ps += 1
+                elif cfg.importance == "gradient" and w in g:
+                    imp = unit_importance(params[w].detach(), g[w].detach(), params[b].detach() if b else None,
+                                          g[b].detach() if b and b in g else None, dim=d)
+                else:
+                    continue
+                a[w] = availability_step(a[w], imp, cfg.eta_a, cfg.eps)
         new = {**state, "inner": s_in, "a": a}
         metrics = dict(metrics)
         for w, v in a.items():
@@ -174,8 +288,12 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
             metrics[f"metaplastic.a.{ln}.mean"] = float(v.mean())
             metrics[f"metaplastic.a.{ln}.min"] = float(v.min())
             metrics[f"metaplastic.a.{ln}.lt05"] = float((v < 0.5).float().mean())
-        if cfg.context_gates:
+        if cfg.importance == "gradient":
+            metrics["metaplastic.per_sample"] = n_ps / max(len(units), 1)
+        if cfg.context_gates != "off":
             new = _detect(new, float(trace["loss"].detach()))
+            if gates is not None:
+                gates.context = new["context"]
             metrics["metaplastic.context"] = float(new["context"])
             metrics["metaplastic.switches"] = float(new["switches"])
         return g, new, metrics
@@ -184,12 +302,14 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
         # rescale first, then hand the rescaled update to the inner rule: an inner SI then integrates the
         # update that is finally applied, whatever the order of the modifiers (colsim/rule.py, post_step)
         out = dict(delta)
-        for w, b in unit_layers(params).items():
+        for w, (d, b) in gated_units(params).items():
             scale = state["a"][w]
-            if cfg.context_gates:
-                scale = scale * torch.tanh(state["U"][w][:, state["context"]].clamp(min=0)) ** 2
+            if cfg.context_gates == "plasticity":
+                scale = scale * context_gate(state["U"][w], state["context"])
             if w in out:
-                out[w] = out[w] * scale.view(-1, *([1] * (out[w].dim() - 1)))
+                shape = [1] * out[w].dim()
+                shape[d] = -1
+                out[w] = out[w] * scale.view(shape)
             if b is not None and b in out:
                 out[b] = out[b] * scale
         s_in = state["inner"]
@@ -200,5 +320,5 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
     def boundary(params, state, event):
         return {**state, "inner": inner.boundary(params, state["inner"], event)}
 
-    return Rule(init, update, inner.needs | ({"loss"} if cfg.context_gates else set()), post_step,
+    return Rule(init, update, inner.needs | ({"loss"} if cfg.context_gates != "off" else set()), post_step,
                 boundary if inner.boundary is not None else None)

@@ -1,10 +1,12 @@
-"""n-GateON availability (Barry, Gerstner & Bellec 2025): the update rule, the importance
-identity, and that availability scales the update *after* the optimizer step."""
+"""n-GateON availability (Barry, Gerstner & Bellec 2025): the update rule, the per-sample
+importance (hand-computed on units followed by BatchNorm), the gated parameters, activity
+context gates, and that availability scales the update *after* the optimizer step."""
 from __future__ import annotations
 
 import torch
 
-from colsim.rules.metaplastic import MetaplasticConfig, availability_step, metaplastic, unit_importance
+from colsim.rules.metaplastic import (MetaplasticConfig, availability_step, context_gate, metaplastic,
+                                     per_sample_importance, unit_importance)
 from _tiny import build_tiny
 from colsim.simulate import _seeded
 
@@ -20,7 +22,8 @@ def test_availability_step_hand_computed():
     assert torch.allclose(new, torch.tensor([1.0, 0.0]))
 
 
-def test_gradient_importance_is_sum_of_h_dL_dh():
+def test_direction_form_is_the_batch_sum_of_h_dL_dh():
+    """The fallback for units without a module call: (sum_j θ_ij g_ij)² = (sum_b h_i dL/dh_i)²."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(3, 4)
     x = torch.randn(5, 3)
@@ -86,13 +89,121 @@ def test_availability_scales_the_post_optimizer_update():
     assert torch.allclose(gated[other], plain[other], atol=1e-7)
 
 
-def test_activity_variant_and_context_gates_run():
-    _, state = _one_step("backprop+metaplastic", ["rule.wrap[0].importance=activity",
-                                                  "rule.wrap[0].context_gates=true"])
-    a = state["a"]["encoder.blocks.0.0.weight"]
-    assert a.shape == (4,) and bool(((a >= 0) & (a <= 1)).all())
-    assert bool((a < 1).any())  # activity made some units less available
-    assert torch.equal(state["a"]["aggregator.encoder.layers.0.self_attn.in_proj_weight"], torch.ones(48))
+class _LinBN(torch.nn.Module):
+    """A Linear unit layer followed by a parameter-free BatchNorm (as every ResNet conv, the action embedding)."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.lin = torch.nn.Linear(1, len(w))
+        self.bn = torch.nn.BatchNorm1d(len(w), affine=False, eps=1e-12)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor(w).view(-1, 1))
+            self.lin.bias.zero_()
+
+    def trainable(self):
+        return dict(self.named_parameters())
+
+
+def test_per_sample_importance_on_units_followed_by_batchnorm(h):
+    """h = x = [1, 2, 3] for both units, y = BN(h) = [-1, 0, 1]/σ (σ² = 2/3), L = mean_b (t1 y1 + t2 y2),
+    t1 = [1, 0, 0], t2 = [0, 1, 0]. BN's backward: dL/dh = (dy - mean dy - y mean(dy y)) / σ with dy = t/3:
+    unit 1: [1, -2, 1] / (18 σ), h dL/dh = [1, -4, 3] / (18 σ)   (batch sum 0)
+    unit 2: [-2, 4, -2] / (18 σ), h dL/dh = [-2, 8, -6] / (18 σ)  (batch sum 0)
+    I = mean_b (h dL/dh)² = [26, 104] / (3 * 324 σ²) -> Ĩ = I / mean(I) = [0.4, 1.6];
+    eta_a = 0.5, eps = 0: a = 1 - 0.5 Ĩ = [0.8, 0.2]. (The batch-sum form is 0 for both: no information.)"""
+    col = _LinBN([1.0, 1.0])
+    x, t = torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    inner = h.loss_rule(lambda p, tr: (col.bn(col.lin(tr["x"])) * tr["t"]).mean(0).sum())
+    rule = metaplastic(MetaplasticConfig(eta_a=0.5, eps=0.0), inner, col)
+    params = col.trainable()
+    state = rule.init(params)
+    g, state, m = rule.update(params, state, {"x": x, "t": t})
+    assert torch.allclose(state["a"]["lin.weight"], torch.tensor([0.8, 0.2]), atol=1e-5)
+    assert m["metaplastic.per_sample"] == 1.0
+    sigma = (2 / 3) ** 0.5
+    assert torch.allclose(g["lin.weight"].flatten(), torch.zeros(2), atol=1e-6)  # batch sum h dL/dh = w dL/dw = 0
+    rows = per_sample_importance(torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]),
+                                 torch.tensor([[1.0, -2.0], [-2.0, 4.0], [1.0, -2.0]]) / (18 * sigma), 1)
+    assert torch.allclose((rows ** 2).mean(0), torch.tensor([26.0, 104.0]) / (3 * 324 * sigma ** 2))
+
+
+def test_per_sample_importance_of_a_conv_unit_matches_per_sample_gradients(h):
+    """Conv2d + BatchNorm2d: I_i = mean_n (sum_pixels h dL/dh)² equals mean_n (θ_i · ∂L_n/∂θ_i)², the
+    per-sample gradients' projection on the unit's own weights (computed one sample at a time)."""
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.BatchNorm2d(3, affine=False)
+    x, t = torch.randn(4, 2, 5, 5), torch.randn(4, 3, 5, 5)
+    hc = conv(x)
+    hc.retain_grad()
+    (bn(hc) * t).sum().backward()  # L = sum_n L_n, so dL/dh of sample n is that of L_n given the batch statistics
+    expected = ((hc.detach() * hc.grad).sum((2, 3)) ** 2).mean(0)
+    got = (per_sample_importance(hc.detach(), hc.grad, 1) ** 2).mean(0)
+    assert torch.allclose(got, expected)
+    batch_sum = (hc.detach() * hc.grad).sum((0, 2, 3))  # ~0 under BN (up to its eps): no information
+    assert bool((batch_sum ** 2 < 1e-4 * expected).all())
+
+
+def test_activity_importance_hand_computed(h):
+    """importance: activity — I_i = mean_b |h_i|: h = x w with w = [1, 2], x = [1, -3] -> I = [2, 4],
+    Ĩ = [2/3, 4/3]; eta_a 0.3, eps 1: a = clip(1 - 0.3 (Ĩ - 1)) = [1, 0.9]."""
+    col = _LinBN([1.0, 2.0])
+    inner = h.loss_rule(lambda p, tr: col.lin(tr["x"]).sum())
+    rule = metaplastic(MetaplasticConfig(importance="activity", eta_a=0.3, eps=1.0), inner, col)
+    params = col.trainable()
+    state = rule.init(params)
+    _, state, _ = rule.update(params, state, {"x": torch.tensor([[1.0], [-3.0]])})
+    assert torch.allclose(state["a"]["lin.weight"], torch.tensor([1.0, 0.9]))
+
+
+def test_crate_dictionaries_are_gated_by_unit():
+    """D (d, p): unit j = column j (the atom of code unit j); D_hat (d, r d): unit i = row i."""
+    params = {"l.ista.D": torch.nn.Parameter(torch.zeros(2, 3)), "l.ista.D_hat": torch.nn.Parameter(torch.zeros(2, 3))}
+    from colsim.rule import Rule
+
+    inner = Rule(lambda p: {}, lambda p, s, tr: ({}, s, {}))
+    rule = metaplastic(MetaplasticConfig(), inner)
+    state = rule.init(params)
+    assert state["a"]["l.ista.D"].shape == (3,) and state["a"]["l.ista.D_hat"].shape == (2,)
+    state["a"]["l.ista.D"] = torch.tensor([0.0, 0.5, 1.0])
+    state["a"]["l.ista.D_hat"] = torch.tensor([0.25, 1.0])
+    out, _ = rule.post_step(params, state, {n: torch.ones(2, 3) for n in params})
+    assert torch.equal(out["l.ista.D"], torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]))
+    assert torch.equal(out["l.ista.D_hat"], torch.tensor([[0.25] * 3, [1.0] * 3]))
+
+
+def test_context_gates_act_on_activity(h):
+    """context_gates: activity — the unit's output is multiplied by g = tanh([U c]+)² of the current context;
+    a unit with g = 0 is silent and receives no gradient; the update itself is not rescaled by g."""
+    col = _LinBN([1.0, 1.0])
+    inner = h.loss_rule(lambda p, tr: col.lin(tr["x"]).sum())
+    rule = metaplastic(MetaplasticConfig(context_gates="activity", activity_gates_on=["lin.*"], eta_a=0.0,
+                                         max_contexts=2, seed=3), inner, col)
+    params = col.trainable()
+    state = rule.init(params)
+    U = state["U"]["lin.weight"]  # (2 units, 2 contexts)
+    g0 = torch.tanh(U[:, 0].clamp(min=0)) ** 2
+    assert torch.allclose(context_gate(U, 0), g0)
+    x = torch.tensor([[2.0]])
+    assert torch.allclose(col.lin(x), torch.tensor([[2.0, 2.0]]) * g0)
+    grads, state, _ = rule.update(params, state, {"x": x, "loss": torch.tensor(1.0)})
+    assert torch.allclose(grads["lin.weight"].flatten(), 2.0 * g0)  # d/dw sum g w x = g x
+    out, _ = rule.post_step(params, state, {n: torch.ones_like(p) for n, p in params.items()})
+    assert torch.equal(out["lin.weight"], torch.ones(2, 1))  # availability 1, no plasticity gate
+    col._colsim_metaplastic_gates.context = 1
+    assert torch.allclose(col.lin(x), torch.tensor([[2.0, 2.0]]) * context_gate(U, 1))
+
+
+def test_context_gates_on_plasticity_scale_the_update(h):
+    col = _LinBN([1.0, 1.0])
+    rule = metaplastic(MetaplasticConfig(context_gates=True, seed=3, max_contexts=2),
+                       h.loss_rule(lambda p, tr: col.lin(tr["x"]).sum()), col)
+    params = col.trainable()
+    state = rule.init(params)
+    assert MetaplasticConfig(context_gates=True).context_gates == "plasticity"
+    g = context_gate(state["U"]["lin.weight"], 0)
+    assert torch.allclose(col.lin(torch.ones(1, 1)), torch.ones(1, 2))  # the forward is not gated
+    out, _ = rule.post_step(params, state, {n: torch.ones_like(p) for n, p in params.items()})
+    assert torch.allclose(out["lin.weight"].flatten(), g) and torch.allclose(out["lin.bias"], g)
 
 
 def test_change_point_detection_switches_context(h):
