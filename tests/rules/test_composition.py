@@ -36,10 +36,67 @@ def test_cli_combinations_run_and_record_plasticity_state(spec, expect):
     assert expect in last, sorted(last)[:20]
 
 
-def test_si_importance_grows_at_phase_ends():
-    res, rec = _simulate("backprop+si")
-    omega = rec.series("si.Omega.total")
-    assert omega[0] == 0 and omega[-1] > 0
+def _const(direction: dict, post_scale: "float | None" = None, boundary_log: "list | None" = None):
+    """A rule with a constant descent direction; optionally a post_step scaling its update and a boundary log."""
+    import torch
+    from colsim.rule import Rule
+
+    def post(params, state, delta):
+        return {n: d * post_scale for n, d in delta.items()}, state
+
+    def boundary(params, state, event):
+        boundary_log.append((sorted(params), event))
+        return state
+
+    return Rule(lambda p: {}, lambda p, s, tr: ({n: torch.tensor(direction[n]) for n in p if n in direction}, s,
+                                                {"m": 1.0}),
+                frozenset(), post if post_scale is not None else None, boundary if boundary_log is not None else None)
+
+
+def test_partition_chain_masked_hand_computed():
+    import torch
+    from colsim.rule import chain, masked, partition
+
+    params = {"a.x": torch.zeros(2), "b.y": torch.zeros(1)}
+    log: list = []
+    r1 = _const({"a.x": [1.0, 2.0], "b.y": [9.0]}, post_scale=0.5, boundary_log=log)
+    r2 = _const({"a.x": [7.0, 7.0], "b.y": [3.0]})
+    part = partition({"a.*": r1, "*": r2})
+    g, st, m = part.update(params, part.init(params), {})
+    assert {n: v.tolist() for n, v in g.items()} == {"a.x": [1.0, 2.0], "b.y": [3.0]}  # first match wins
+    assert set(m) == {"a/m", "all/m"}
+    delta, st = part.post_step(params, st, {"a.x": torch.ones(2), "b.y": torch.ones(1)})
+    assert delta["a.x"].tolist() == [0.5, 0.5] and delta["b.y"].tolist() == [1.0]  # r1's post_step on its group only
+    part.boundary(params, st, "phase_end")
+    assert log == [(["a.x"], "phase_end")]
+    ch = chain(r1, r2)
+    g, st, _ = ch.update(params, ch.init(params), {})
+    assert g["a.x"].tolist() == [8.0, 9.0] and g["b.y"].tolist() == [12.0]  # directions add
+    mk = masked(r2, "b.*")
+    g, _, _ = mk.update(params, mk.init(params), {})
+    assert set(g) == {"b.y"}
+
+
+@pytest.mark.parametrize("order", ["si(metaplastic)", "metaplastic(si)"])
+def test_si_and_metaplastic_nest_hand_computed(order, h):
+    """Two units (rows), g = [1, 2], SGD lr 0.1 -> raw Δθ = [-0.1, -0.2]; availability a = [0.5, 1] (eta_a 0)
+    -> applied Δθ = [-0.05, -0.2]; SI: omega = -g Δθ = [0.05, 0.4] in either nesting (the old order gave 0.1)."""
+    import torch
+    from colsim.rules.consolidation import SIConfig, si
+    from colsim.rules.metaplastic import MetaplasticConfig, metaplastic
+
+    theta = torch.nn.Parameter(torch.ones(2, 1))
+    params = {"lin.weight": theta}
+    base = h.fake_rule(lambda p, tr: {"lin.weight": torch.tensor([[1.0], [2.0]])})
+    mcfg, scfg = MetaplasticConfig(eta_a=0.0), SIConfig()
+    rule = si(scfg, metaplastic(mcfg, base)) if order == "si(metaplastic)" else metaplastic(mcfg, si(scfg, base))
+    state = rule.init(params)
+    meta = state["inner"] if order == "si(metaplastic)" else state
+    meta["a"]["lin.weight"] = torch.tensor([0.5, 1.0])
+    state, *_ = h.step(rule, params, state, {}, torch.optim.SGD([theta], lr=0.1))
+    si_s = state if order == "si(metaplastic)" else state["inner"]
+    assert torch.allclose(theta.detach(), torch.tensor([[0.95], [0.8]]))
+    assert torch.allclose(si_s["omega"]["lin.weight"], torch.tensor([[0.05], [0.4]]))
 
 
 def test_yaml_partition_lpl_encoder_backprop_rest():
