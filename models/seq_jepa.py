@@ -163,6 +163,7 @@ class SeqJepaColumn(AbstractColumn):
                 self.target_encoder.compile(dynamic=False)
         self._stat_modules = [m for m in self.modules() if hasattr(m, "record_stats")]
         self._last: dict[str, Tensor] = {}  # detached scalars of the last training forward (diagnostics)
+        self._predicted: Optional[Tensor] = None  # () bool: some stream had a context in the last forward
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch: int, device) -> dict:
@@ -323,6 +324,7 @@ class SeqJepaColumn(AbstractColumn):
             self._last["seqjepa.loss_fwd"] = ((loss_pred * valid).sum() / n_valid).detach() if valid.any() else none
             self._last["seqjepa.loss_rev"] = ((loss_pred_r * valid).sum() / n_valid).detach() if valid.any() else none
         loss_jepa = (per_stream * valid).sum() / n_valid
+        self._predicted = valid.any().detach()
         loss_reg, reg_terms = self._regularize(z_agg, z, valid)
         loss = loss_jepa + loss_reg
 
@@ -404,10 +406,13 @@ class SeqJepaColumn(AbstractColumn):
         ``crate.l{i}.ista_nonzero`` in [0, 1], ``crate.l{i}.h{k}.coding_rate`` >= 0 (aggregator;
         ``crate_pred.*`` for a CRATE predictor), ``tost.l{i}.membership_entropy`` in [0, ln K],
         ``reg.<name>.<on>`` (the raw value), ``seqjepa.loss_fwd`` / ``loss_rev`` (symmetric).
+        The aggregator / predictor statistics are NaN after a forward where no stream had a context
+        (the blocks then saw only the [AGG] token: nothing was aggregated or predicted).
         """
         out: dict[str, float] = {}
+        none = self._predicted is not None and not bool(self._predicted)
         for part in (self.aggregator, self.predictor):
-            out.update({k.replace("/", "."): v for k, v in part.diagnostics().items()})
+            out.update({k.replace("/", "."): (float("nan") if none else v) for k, v in part.diagnostics().items()})
         out.update({k: float(v) for k, v in self._last.items()})
         return out
 

@@ -63,3 +63,31 @@ def test_first_tick_of_each_phase_records_nan_loss_not_zero():
         assert np.isnan(v[first]).all(), (name, v)
         assert np.isfinite(v[~first]).all(), (name, v)
     assert np.isfinite(rec.series("z_eff_rank")).all()  # z of the current view exists on every tick
+
+
+@pytest.mark.parametrize("model", ["seqjepa_crate", "seqjepa_tost"])
+def test_block_diagnostics_are_missing_when_nothing_was_aggregated(model):
+    """Every window just reset: the aggregator saw only [AGG], so its statistics are NaN; one tick later
+    (every stream has a context) they are finite."""
+    from colsim.build import build_run
+    from colsim.config import resolve_run_config
+    from colsim.simulate import _seeded
+    from _tiny import TINY
+
+    extra = [o for o in TINY if not o.startswith("model.predictor")]
+    extra += ["model.predictor.layers=1", "model.predictor.heads=2"] if model == "seqjepa_crate" else \
+        ["model.predictor.hidden=16"]
+    cfg = resolve_run_config("stationary", rule="backprop", model=model, overrides=extra, seed=0)
+    world, column, *_ = build_run(cfg)
+    stream = world.stream(4, 4, list(range(10)), {})
+    ss = stream.init(_seeded(0, 1))
+    cs = column.init_state(4, "cpu")
+    for t in range(2):
+        ss, st = stream.step(ss)
+        cs, trace = column(cs, st.obs, st.action, torch.full((4,), t == 0))
+        d = {k: v for k, v in column.diagnostics().items() if k.startswith(("crate", "tost"))}
+        assert d, column.diagnostics()
+        if t == 0:
+            assert not trace["valid"].any() and all(math.isnan(v) for v in d.values()), d
+        else:
+            assert trace["valid"].all() and all(math.isfinite(v) for v in d.values()), d
