@@ -52,7 +52,11 @@ exceeding ``change_threshold`` (1.01) times the slow "recent mean", at most once
   forward hooks on the Linear / Conv2d modules whose weights match ``activity_gates_on``,
   default the encoder ``encoder.*``), so each context runs its own subnetwork; units with
   g = 0 are silent and receive no gradient. The gates of the current context act in every
-  forward, evaluation included (the probes see the network of the current context).
+  forward, evaluation included (the probes see the network of the current context). The gate
+  multiplies the module output (the pre-activation); for a ReLU unit that equals gating its
+  activity, but a BatchNorm right after the unit divides the scale out again, so there the
+  gate acts as on (g > 0) / off (g = 0) only. After a resume the first forward runs in
+  context 0 until the first update restores the saved context.
 * ``plasticity`` — g scales unit i's update together with a_i; the forward is unchanged.
 * ``off`` (``false``) — no gates. ``true`` means ``plasticity``.
 
