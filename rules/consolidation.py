@@ -36,7 +36,10 @@ built from batch statistics (LPL's Hebbian / decorrelation terms with ``stats: b
 layerwise's variance / covariance hinges) have no per-sample form: with one sample their
 gradient is zero, so the Fisher of such rules is that of their per-sample terms. A sample
 whose direction is not finite (a regulariser taking a variance over a batch of one) is left
-out; ``ewc.fisher_samples`` records how many entered the last Fisher.
+out; ``ewc.fisher_samples`` records how many entered the last Fisher. With replay, put EWC
+inside it (``lpl+ewc+replay``): as the inner rule of EWC (``lpl+replay+ewc``) replay would mix
+replayed items into each "sample" of the Fisher; outside it, the held inputs are those of the
+merged (live + replayed) batch.
 
 lambda: not tuned. The preset's lambda = 1e4 was set for the former minibatch Fisher and is
 kept as is; per-sample Fishers are larger (mean of squares >= square of the mean), so the pull
