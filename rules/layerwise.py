@@ -43,7 +43,9 @@ Which parameters each term trains (the column runs with ``local=True``):
 
 Locality: block l learns from its own input and output on two consecutive views, the action
 between them, and its own predictor — no error is backpropagated between blocks.
-Defaults (rules/layerwise.yaml): Adam lr 1e-3, weight decay 1.5e-6 (as LPL).
+Defaults (rules/layerwise.yaml): encoder blocks and their predictors Adam lr 1e-3, weight decay
+1.5e-6 (as LPL); aggregator, predictor and action embedding seq-JEPA's AdamW 4e-4, weight decay
+1e-3, 20-step warm-up, as in every preset (rules/README.md, "Shared modules").
 """
 from __future__ import annotations
 

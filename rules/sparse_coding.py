@@ -45,7 +45,9 @@ Which parameters it trains:
   post-synaptic u and f(u), a per-unit homeostatic lambda and lateral input from the same
   layer; no gradient anywhere;
 * the action embedding, aggregator and predictor: the seq-JEPA prediction loss on detached
-  encoder outputs (``predictive_weight``), as in LPL (the column runs with ``local=True``).
+  encoder outputs (``predictive_weight``), as in LPL (the column runs with ``local=True``),
+  with the optimizer every preset gives these shared modules: seq-JEPA's AdamW 4e-4, weight
+  decay 1e-3, 20-step warm-up (rules/sparse_coding.yaml, rules/README.md "Shared modules").
 
 Metrics: ``sparse_coding.l<l>.lambda.mean|min|max`` (homeostatic lambdas) and ``.u2`` (mean u²).
 Supports encoders whose blocks are ``nn.Sequential`` with a leading Conv2d / Linear (``cnn``,
