@@ -23,10 +23,11 @@ def _spec(name: str) -> str:
 RULE_NAMES = sorted(registry.RULES)
 
 
-def _steps(rule_spec: str, n: int = 3, lr: float | None = None, seed: int = 0):
+def _steps(rule_spec: str, n: int = 3, lr: float | None = None, seed: int = 0, options=()):
     extra = [] if lr is None else [f"rule.optimizer.lr={lr}"]
     if lr == 0:
-        extra = ["rule.optimizer.lr=1e-30"]  # torch optimizers refuse lr=0 only in validation; see below
+        extra = ["rule.optimizer.lr=1e-30"]
+    extra = extra + list(options)  # torch optimizers refuse lr=0 only in validation; see below
     cfg, world, column, rule, local, opt = build_tiny(rule_spec, extra=extra, seed=seed)
     if lr == 0:
         for g in opt.param_groups:
@@ -110,3 +111,22 @@ def test_deterministic_under_seed(name):
     _, p2, _, g2, _ = _steps(_spec(name), seed=3)
     for k in p1:
         assert torch.equal(p1[k].detach(), p2[k].detach()), k
+
+
+# options that change what a rule computes (hooks on the column, per-sample Fisher over a local rule)
+VARIANTS = [("backprop+metaplastic", ("rule.wrap[0].context_gates=activity",)),
+            ("backprop+metaplastic", ("rule.wrap[0].importance=activity", "rule.wrap[0].context_gates=plasticity")),
+            ("sparse_coding+ewc", ()), ("lpl+metaplastic+si", ())]
+
+
+@pytest.mark.parametrize("spec, options", VARIANTS)
+def test_variants_finite_roundtrip_deterministic(spec, options):
+    _, p1, s1, g1, _ = _steps(spec, seed=3, options=options)
+    _, p2, s2, g2, _ = _steps(spec, seed=3, options=options)
+    assert all(bool(torch.isfinite(v).all()) for g in g1 for v in g.values())
+    for k in p1:
+        assert torch.equal(p1[k].detach(), p2[k].detach()), k
+    buf = io.BytesIO()
+    torch.save(s1, buf)
+    buf.seek(0)
+    torch.load(buf, weights_only=True)
