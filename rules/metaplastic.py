@@ -118,7 +118,9 @@ def availability_step(a: Tensor, importance: Tensor, eta_a: float, eps: float) -
 
 def unit_importance(w: Tensor, gw: Tensor, b: "Tensor | None" = None, gb: "Tensor | None" = None,
                     dim: int = 0) -> Tensor:
-    """Direction form (sum_j θ_ij g_ij)² per unit i along ``dim``, bias included: w, gw (C, ...), b, gb (C,) -> (C,)."""
+    """Direction form (sum_j θ_ij g_ij)² per unit i along ``dim``, bias included.
+
+    w, gw (C, ...) (units along ``dim``), b, gb (C,) -> (C,)."""
     s = (w * gw).movedim(dim, 0).flatten(1).sum(1)
     if b is not None and gb is not None:
         s = s + b * gb
@@ -233,7 +235,8 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
     if column is not None:
         names = set(gated_units(column.trainable() if hasattr(column, "trainable") else
                                 dict(column.named_parameters())))
-        probe = _shared(column, f"_colsim_metaplastic_probe_{cfg.importance}", lambda: _Probe(column, names, cfg.importance))
+        probe = _shared(column, f"_colsim_metaplastic_probe_{cfg.importance}",
+                        lambda: _Probe(column, names, cfg.importance))
         if cfg.context_gates == "activity":
             gated = {n for n in names if any(fnmatch.fnmatchcase(n, q) for q in cfg.activity_gates_on)}
             gates = _shared(column, "_colsim_metaplastic_gates", lambda: _Gates(column, gated))

@@ -142,7 +142,8 @@ def test_optimizer_groups_give_parameters_their_own_hyper_parameters():
             assert (g["initial_lr"], g["warmup_steps"]) == (3e-3, 0), name
         else:
             assert (g["initial_lr"], g["warmup_steps"]) == (4e-4, 20), name
-        assert g["weight_decay"] in ((1.5e-6, 0.0) if name.startswith("encoder.") else (1e-3, 0.0))  # 0: _no_weight_decay
+        # 0.0: parameters marked _no_weight_decay
+        assert g["weight_decay"] in ((1.5e-6, 0.0) if name.startswith("encoder.") else (1e-3, 0.0))
     enc = next(g for g in opt.param_groups if g["warmup_steps"] == 0)
     rest = next(g for g in opt.param_groups if g["warmup_steps"] == 20)
     assert lr_at(enc, 0) == 3e-3 and lr_at(rest, 0) == pytest.approx(4e-4 / 20) and lr_at(rest, 19) == 4e-4
