@@ -34,8 +34,9 @@ Importance, ``importance:``
   the inner rule's batch-mean loss, which scales every I of a layer by the same 1/B², removed
   by the per-layer normalisation. Units for which no dL/dh arrives in a step — units of a
   local inner rule (sparse coding computes -ΔW without a loss), projections computed without
-  a module call (``nn.MultiheadAttention``'s in/out projections, CRATE's MSSA and ToST's TSSA
-  projections, ``D`` / ``D_hat``) — use the direction form ``(sum_j θ_ij g_ij)²`` with g the
+  a module call (``nn.MultiheadAttention``'s in-projection — its out-projection is read from
+  the attention module's output —, CRATE's MSSA and ToST's TSSA projections, ``D`` / ``D_hat``)
+  — use the direction form ``(sum_j θ_ij g_ij)²`` with g the
   inner rule's direction, which for a loss is the *batch-summed* ``(sum_b h_i dL/dh_i)²``.
   Metric ``metaplastic.per_sample`` is the fraction of gated tensors that had the per-sample
   form in the step. Why it matters: on the tiny test column with the ResNet-18 encoder (batch
@@ -138,13 +139,31 @@ def context_gate(U: Tensor, context: int) -> Tensor:
     return torch.tanh(U[:, context].clamp(min=0)) ** 2
 
 
-def _channel_dim(mod: nn.Module, out: Tensor) -> int:
-    return 1 if isinstance(mod, nn.Conv2d) and out.dim() == 4 else out.dim() - 1
+def _unit_output(mod: nn.Module, out) -> "tuple[Tensor, int, int] | None":
+    """The units' output of a hooked module -> (h, channel dim, sample dim), or None (nothing to read).
+
+    Linear (B, ..., C) batch-first; Conv2d (N, C, H, W); nn.MultiheadAttention's first output is its
+    out_proj's output ((B, T, E) with ``batch_first``, else (T, B, E); unbatched calls are skipped)."""
+    if isinstance(mod, nn.MultiheadAttention):
+        h = out[0] if isinstance(out, tuple) else out
+        if not isinstance(h, Tensor) or h.dim() != 3:
+            return None
+        return h, 2, 0 if mod.batch_first else 1
+    if not isinstance(out, Tensor) or out.dim() < 2:
+        return None
+    return out, (1 if isinstance(mod, nn.Conv2d) and out.dim() == 4 else out.dim() - 1), 0
 
 
 def _unit_modules(column: nn.Module, names: set) -> "list[tuple[str, nn.Module]]":
-    return [(f"{m}.weight", mod) for m, mod in column.named_modules()
-            if isinstance(mod, (nn.Linear, nn.Conv2d)) and f"{m}.weight" in names]
+    """(unit weight name, module whose output is those units' h): Linear / Conv2d modules, and
+    nn.MultiheadAttention for its out_proj (which it applies without calling the module)."""
+    mods = dict(column.named_modules())
+    out = [(f"{m}.out_proj.weight", mod) for m, mod in mods.items()
+           if isinstance(mod, nn.MultiheadAttention) and f"{m}.out_proj.weight" in names]
+    taken = {p for p, _ in out}
+    out += [(f"{m}.weight", mod) for m, mod in mods.items()
+            if isinstance(mod, (nn.Linear, nn.Conv2d)) and f"{m}.weight" in names and f"{m}.weight" not in taken]
+    return out
 
 
 _MAX_CALLS = 16  # module calls kept per step (context window, current view, replayed batch, ...)
@@ -160,9 +179,10 @@ class _Probe:
 
     def _hook(self, pname: str):
         def hook(mod, inp, out):
-            if not mod.training or not isinstance(out, Tensor) or out.numel() == 0 or out.dim() < 2:
+            got = _unit_output(mod, out) if mod.training else None
+            if got is None or got[0].numel() == 0:
                 return
-            cdim = _channel_dim(mod, out)
+            out, cdim, rdim = got
             calls = self.rows.setdefault(pname, [])
             del calls[:-_MAX_CALLS]  # forwards no rule update consumed (learning off) are dropped, not hoarded
             if self.kind == "activity":
@@ -178,7 +198,8 @@ class _Probe:
 
             def grad_hook(g: Tensor):
                 with torch.no_grad():
-                    s = per_sample_importance(h, g, cdim).float()  # (N, C)
+                    s = per_sample_importance(h.movedim(rdim, 0), g.movedim(rdim, 0),
+                                              cdim if rdim == 0 else out.dim() - 1).float()  # (N, C)
                 acc["s"] = s if acc["s"] is None else acc["s"] + s
 
             out.register_hook(grad_hook)
@@ -210,12 +231,14 @@ class _Gates:
     def _hook(self, pname: str):
         def hook(mod, inp, out):
             U = self.U.get(pname)
-            if U is None or not isinstance(out, Tensor) or out.dim() < 2:
+            got = _unit_output(mod, out) if U is not None else None
+            if got is None:
                 return None
-            g = context_gate(U, self.context).to(out.device, out.dtype)  # (C,)
-            shape = [1] * out.dim()
-            shape[_channel_dim(mod, out)] = -1
-            return out * g.view(shape)
+            h, cdim, _ = got
+            g = context_gate(U, self.context).to(h.device, h.dtype)  # (C,)
+            shape = [1] * h.dim()
+            shape[cdim] = -1
+            return (h * g.view(shape), *out[1:]) if isinstance(out, tuple) else h * g.view(shape)
         return hook
 
 

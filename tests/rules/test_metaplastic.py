@@ -143,6 +143,32 @@ def test_per_sample_importance_of_a_conv_unit_matches_per_sample_gradients(h):
     assert bool((batch_sum ** 2 < 1e-4 * expected).all())
 
 
+def test_attention_out_projection_gets_the_per_sample_form(h):
+    """nn.MultiheadAttention applies out_proj without calling it: its units' h is the attention's output,
+    (T, B, E) when not batch_first -> I = mean_b (sum_t h dL/dh)², here with eta_a = 1, eps = 0: a = 1 - Ĩ."""
+    torch.manual_seed(0)
+
+    class Col(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = torch.nn.MultiheadAttention(4, 2)
+
+        def trainable(self):
+            return dict(self.named_parameters())
+
+    col = Col()
+    x, t = torch.randn(3, 5, 4), torch.randn(3, 5, 4)  # (T, B, E)
+    inner = h.loss_rule(lambda p, tr: (col.att(tr["x"], tr["x"], tr["x"])[0] * tr["t"]).sum())
+    rule = metaplastic(MetaplasticConfig(eta_a=1.0, eps=0.0), inner, col)
+    params = col.trainable()
+    state = rule.init(params)
+    _, state, m = rule.update(params, state, {"x": x, "t": t})
+    out = col.att(x, x, x)[0].detach()
+    imp = ((out * t).sum(0) ** 2).mean(0)  # dL/dh = t; sum over t (positions), mean over the batch -> (E,)
+    assert torch.allclose(state["a"]["att.out_proj.weight"], (1 - imp / imp.mean()).clamp(0, 1), atol=1e-5)
+    assert m["metaplastic.per_sample"] == 0.5  # in_proj (no module output) falls back to the direction form
+
+
 def test_activity_importance_hand_computed(h):
     """importance: activity — I_i = mean_b |h_i|: h = x w with w = [1, 2], x = [1, -3] -> I = [2, 4],
     Ĩ = [2/3, 4/3]; eta_a 0.3, eps 1: a = clip(1 - 0.3 (Ĩ - 1)) = [1, 0.9]."""
