@@ -297,7 +297,7 @@ class AffineDigits(World):
         pre = f"{where}." if where else ""
         self._resolve(overrides, f"{pre}world" if where else "world")
         cls = self._classes(classes, f"{pre}classes")
-        rows, _, labels = self._pool(pool)
+        labels = self._pool(pool)[2]
         empty = [c for c in cls if not bool((labels == c).any())]
         if empty:
             raise ConfigError(f"{pre}classes: the world's {pool} pool has no image of class {empty[0]} "
