@@ -174,6 +174,8 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
         summary["acc_matrix"] = A.values.tolist()
         summary["probe_sets"] = [str(x) for x in A["probe_set"].values]
     summary.update(_final_summary(out, coords))
+    if evaluation is not None and evaluation.sizes.get("eval", 0) > 0:
+        summary.update(readout_summary(evaluation))
 
     rule = str(tree.attrs.get("rule", info["rule"]))
     alarms = health_alarms(metrics, rule=rule, eval_series=eval_series)
@@ -200,6 +202,43 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
     if write:
         write_group(sp, "analysis", ds)
     return summary
+
+
+# in-run read-outs (colsim.evaluate) -> summary prefix, higher is better
+_READOUTS = {"seen_": ("seen_acc", True), "frozen_": ("frozen_acc", True), "prediction_": ("prediction_loss", False)}
+
+
+def readout_summary(evaluation: xr.Dataset) -> dict:
+    """Forgetting / BWT / FWT of the in-run read-outs stored in ``evaluation`` (seen-so-far probe,
+    frozen read-out, prediction loss — a loss is negated, so forgetting > 0 means it went up), the
+    final pooled accuracies and equivariance R² with their standard errors, and ``gain_*``: each
+    headline number's change from the step-0 evaluation (a loss counts as its decrease)."""
+    out: dict = {}
+    for prefix, (key, higher) in _READOUTS.items():
+        if key not in evaluation:
+            continue
+        da = evaluation[key].load()
+        A, init = M.accuracy_matrix(da if higher else -da)
+        if key == "frozen_acc":  # a read-out exists only from its phase's end on: no cell above the diagonal, no FWT
+            A = A.where(~np.triu(np.ones(A.shape, bool), 1), 0.0)
+            init = None
+        cont = M.continual_metrics(A, init)
+        out.update({f"{prefix}{k}": cont.get(k) for k in (("forgetting", "bwt") if init is None else
+                                                          ("forgetting", "bwt", "fwt"))})
+    phases = [str(p) for p in evaluation["phase"].values] if "phase" in evaluation.coords else []
+    for key, sign in (("probe_acc_agg", 1), ("probe_acc_z", 1), ("equivariance_r2", 1), ("prediction_loss", -1)):
+        if key not in evaluation:
+            continue
+        x = evaluation[key].load()
+        x = x.mean("probe_set") if "probe_set" in x.dims else x  # prediction loss: mean over probe sets
+        vals = x.values.astype(np.float64)
+        name = key if key != "prediction_loss" else "prediction_loss_mean"
+        out[f"{name}_final"] = float(vals[-1])
+        if f"{key}_se" in evaluation and "probe_set" not in evaluation[f"{key}_se"].dims:
+            out[f"{name}_final_se"] = float(evaluation[f"{key}_se"].values[-1])
+        if phases and phases[0] == "init" and len(vals) > 1:
+            out[f"gain_{key}"] = float(sign * (vals[-1] - vals[0]))
+    return out
 
 
 def _rowmean(x: np.ndarray) -> np.ndarray:
@@ -236,7 +275,7 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
     last_sets = trained_sets(phases[-1], probe_sets)
     circle_p = last_sets[-1] if last_sets else 0
     for e in range(E):
-        pool_z, pool_a = [], []  # view pairs of every probe set: the pooled linear equivariance probe
+        pool_z, pool_a, pool_g = [], [], []  # view pairs of every probe set: the pooled linear equivariance probe
         do_mlp = mlp == "all" or (mlp == "last" and e == E - 1)
         for p in range(P):
             st = accumulate_slice(probe, e, p, block_bytes)
@@ -283,6 +322,7 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
             if has_act and V > 1:
                 pool_z.append(z)
                 pool_a.append(lab["actions"])
+                pool_g.append(lab["label_image"] if "label_image" in lab else p * n + np.arange(n))
                 for r, reg in enumerate(REGRESSORS):
                     if reg == "mlp" and not do_mlp:
                         continue
@@ -299,7 +339,7 @@ def _analyze_probe(probe: xr.Dataset, max_probe_samples, mlp, mlp_max_samples, u
                     circle = circ.isel(orbit=slice(0, N_ORBITS))
         if pool_z:
             r2_pooled[e] = M.equivariance(np.concatenate(pool_z), np.concatenate(pool_a), adims, probe="linear",
-                                          seed=seed)["r2"]
+                                          seed=seed, groups=np.concatenate(pool_g))["r2"]
     ref = np.nanmax(unit_std) if np.isfinite(unit_std).any() else np.nan
     with np.errstate(invalid="ignore"):
         usage = np.where(np.isfinite(unit_std).all(-1), (unit_std > usage_tol * ref).mean(-1), np.nan)

@@ -88,7 +88,9 @@ def analyze(runs: _Runs) -> None:
                         f"status {s['status']}", show_header=False)
         keys = ["steps_done", "n_evals", "acc_agg", "acc_z", "class_leak", "pose_from_z", "pose_from_zagg",
                 "equivariance_r2_pooled", "equivariance_r2_linear", "equivariance_r2_mlp", "forgetting", "bwt", "fwt",
-                "z_eff_rank", "z_rankme", "zagg_eff_rank", "dz_top2_share_rotation", "radius_cv", "phase_residual", "unit_usage", "loss_final"]
+                "z_eff_rank", "z_rankme", "zagg_eff_rank", "dz_top2_share_rotation", "radius_cv", "phase_residual", "unit_usage", "loss_final",
+                "seen_forgetting", "frozen_forgetting", "prediction_forgetting", "probe_acc_agg_final",
+                "gain_probe_acc_agg", "gain_prediction_loss"]
         for k in keys:
             if k in s:
                 t.add_row(k, _fmt(s[k]))

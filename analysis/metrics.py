@@ -360,8 +360,10 @@ def leakage(z, z_agg, label_class, label_angle=None, label_scale=None, label_shi
     return out
 
 
-def equivariance(z, actions, action_dims=None, probe: Literal["linear", "mlp"] = "linear", seed: int = 0) -> dict:
-    """Equivariance R² from view pairs ``(z_v, z_v+1) -> action_v`` (split by episode).
+def equivariance(z, actions, action_dims=None, probe: Literal["linear", "mlp"] = "linear", seed: int = 0,
+                 groups=None) -> dict:
+    """Equivariance R² from view pairs ``(z_v, z_v+1) -> action_v`` (split by ``groups`` (sample,), e.g. the
+    source image of each episode; by episode when None).
 
     z (sample, view, unit); actions (sample, view, action_dim) (last view's zeros unused).
     Returns :func:`colsim.analysis.probes.equivariance_r2`'s dict: ``r2`` (mean over used
@@ -376,7 +378,7 @@ def equivariance(z, actions, action_dims=None, probe: Literal["linear", "mlp"] =
     za = zz[:, :-1].reshape(-1, D)
     zb = zz[:, 1:].reshape(-1, D)
     a = np.asarray(actions)[:, :-1].reshape(-1, np.asarray(actions).shape[-1])
-    groups = np.repeat(np.arange(S), V - 1)
+    groups = np.repeat(np.arange(S) if groups is None else np.asarray(groups), V - 1)
     return equivariance_r2(za, zb, a, probe=probe, seed=seed, groups=groups, names=action_dims)
 
 

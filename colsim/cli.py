@@ -59,10 +59,10 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def _out_dir(out: Optional[Path], cfg: RunConfig) -> Path:
+def _out_dir(out: Optional[Path], cfg: RunConfig, suffix: str = "") -> Path:
     if out is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path("runs") / f"{stamp}-{cfg.protocol.name}-{cfg.rule.name.replace('+', '_')}"
+        base = Path("runs") / f"{stamp}-{cfg.protocol.name}-{cfg.rule.name.replace('+', '_')}{suffix}"
         out = base
         k = 1
         while out.exists():
@@ -89,6 +89,8 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override KEY=VALUE, e.g. rule.optimizer.lr=1e-3"),
     steps: Optional[int] = typer.Option(None, "--steps", help="shorten the run to N steps (phases keep proportions)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="several seeds, one run each, e.g. 0,1,2 or 0-4 "
+                                        "(run folders get a -s<seed> suffix)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-<protocol>-<rule>)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -96,6 +98,49 @@ def run(
                                           "used (PROTOCOL must name the same protocol); runs the remaining phases"),
 ):
     """Run a protocol under a rule; write config.yaml, store.zarr, summary.json, checkpoints/."""
+    if seeds is None:
+        return _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume)
+    try:
+        seed_list = parse_seeds(seeds)
+        if seed is not None or resume is not None:
+            raise ConfigError("--seeds: give either --seeds or --seed/--resume, not both")
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    failed = []
+    for s in seed_list:
+        o = None if out is None else Path(f"{out}-s{s}")
+        try:
+            _run_one(protocol, rule, model, set_, steps, s, device, o, quiet, None, suffix=f"-s{s}")
+        except typer.Exit as exc:
+            if exc.exit_code == 2:
+                raise
+            failed.append(s)
+    if failed:
+        err_console.print(f"[bold red]runs failed[/] for seeds {failed}")
+        raise typer.Exit(1)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` / ``"0-4"`` / ``"0-2,7"`` -> [0, 1, 2] / [0, ..., 4] / [0, 1, 2, 7]; ConfigError naming --seeds."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            vals = list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r}: {part!r} is not a seed; give integers like 0,1,2 or a range 0-4") \
+                from None
+        if sep and int(hi) < int(lo) or any(v < 0 for v in vals):
+            raise ConfigError(f"--seeds {text!r}: {part!r} is not an increasing range of seeds >= 0")
+        out.extend(vals)
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"--seeds {text!r}: seeds must be distinct non-negative integers, e.g. 0,1,2")
+    return out
+
+
+def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume, suffix: str = ""):
     import torch
 
     from colsim.build import build_run
@@ -129,7 +174,7 @@ def run(
         world, column, rule_obj, local, optimizer = build_run(cfg)
         if ckpt is not None:
             column.load_state_dict(ckpt["model"])  # in place: the optimizer keeps the same tensors
-        out_dir = _out_dir(out, cfg)
+        out_dir = _out_dir(out, cfg, suffix)
     except ConfigError as exc:
         _fail(str(exc))
         return
@@ -195,7 +240,20 @@ def print_summary(s: dict) -> None:
         t.add_row(e["phase"], str(e["step"]), *[f(v) for v in s["accuracy_matrix"][i]], f(s["probe_acc_agg"][i]),
                   f(s["probe_acc_z"][i]), f(s["equivariance_r2"][i]))
     console.print(t)
-    console.print(f"forgetting {f(s['forgetting'])} · BWT {f(s['bwt'])} · FWT {f(s.get('fwt'))}")
+
+    def pm(key):
+        v, se = s.get(key), s.get(f"{key}_se")
+        return f(v) if se is None or v is None else f"{v:.3f} ± {se:.3f}"
+
+    console.print(f"forgetting (± s.e.) — task probe {pm('forgetting')} · seen-so-far {pm('seen_forgetting')} · "
+                  f"frozen read-out {pm('frozen_forgetting')} · prediction loss {pm('prediction_forgetting')}")
+    console.print(f"BWT {f(s.get('bwt'))} · FWT {f(s.get('fwt'))} · prediction BWT {f(s.get('prediction_bwt'))}")
+    g = s.get("gain") or {}
+    if g:
+        console.print("gain over step 0 (± s.e.) — " + " · ".join(
+            f"{lab} {g[k]:+.3f} ± {g.get(k + '_se') or float('nan'):.3f}" for k, lab in (
+                ("probe_acc_agg", "pooled z_AGG"), ("probe_acc_z", "pooled z"), ("equivariance_r2", "R²"),
+                ("prediction_loss", "prediction loss (decrease)")) if g.get(k) is not None))
 
 
 @app.command()

@@ -185,6 +185,9 @@ class ProtocolConfig(Strict):
     record: RecordConfig = Field(default_factory=RecordConfig)
     model: str = "seqjepa_cnn"  # default model preset
     rule: str = "backprop"  # default rule spec
+    # false: no phase learns (the negative control: forgetting must be 0 within its error), whatever
+    # the phases say; `--set protocol.learn=false`
+    learn: bool = True
 
     @property
     def total_steps(self) -> int:

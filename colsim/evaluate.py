@@ -1,76 +1,185 @@
-"""In-run evaluation: embed every phase's probe set and compute quick probes.
+"""In-run evaluation: embed every phase's probe set once and score the read-outs.
 
-At each evaluation (before training and after every phase) the column embeds the fixed
-held-out episodes of every probe set (``AbstractColumn.embed``); the recorded arrays go to
-the store's ``probe`` group and these numbers to ``evaluation``:
+At each evaluation (before training, after every phase, and every ``evaluation.every`` steps)
+the column embeds the fixed held-out episodes of every probe set in one pass
+(``AbstractColumn.embed``); the arrays go to the store's ``probe`` group and these numbers to
+``evaluation`` (REFERENCE.md section 5, "kinds of read-out"; every cell with its standard error):
 
-* ``acc_agg[j]`` / ``acc_z[j]`` — linear-probe (logistic regression) class accuracy on probe
-  set j from z_AGG / from single-view z (held-out half of the episodes).
-* ``probe_acc_agg`` / ``probe_acc_z`` — the same on all probe sets pooled (all classes seen
-  in the protocol): the headline invariance number.
-* ``equivariance_r2`` — R² of a linear probe predicting the relative action between
-  consecutive views from ``(z_v, z_{v+1})``, pooled over probe sets, constant action
-  dimensions dropped (REFERENCE.md section 5).
+* ``acc_agg[j]`` / ``acc_z[j]`` — the *task* probe: a logistic regression refitted at every
+  evaluation on probe set j, class accuracy from z_AGG / from single-view z (all views).
+* ``seen_acc[j]`` — the *seen-so-far* probe: one logistic regression over the classes of probe
+  sets 0..j together (class-incremental, as many classes as have been met by the end of phase
+  j), scored on set j's held-out images.
+* ``frozen_acc[j]`` — the *frozen* read-out (Davari et al., CVPR 2022): the task probe fitted on
+  set j right after phase j is kept and re-applied unchanged to later embeddings; it measures the
+  drift of the representation itself (NaN before phase j ends).
+* ``probe_acc_agg`` / ``probe_acc_z`` — one probe on all probe sets pooled (all classes).
+* ``prediction_loss[j]`` — the column's own objective on set j's episodes (objective-level,
+  world-model forgetting): ``1 - cos`` of the prediction of the last view from the views
+  before it under the action (``embed``'s ``loss_pred``), mean over episodes.
+* ``block_pred_loss[j, l]`` — the local predictive term of every encoder block on set j:
+  ``mean (h_l(v+1) - h_l(v))²`` over consecutive views of pooled block activity h_l (LPL's
+  ``L_pred``, Halvagal & Zenke 2023), the per-block loss a layer-local rule drives down.
+* ``equivariance_r2`` — R² of a linear (ridge, CV penalty) probe predicting the relative action
+  from ``(z_v, z_{v+1})``, pooled over probe sets; ``equivariance_r2_dim`` per action dimension;
+  ``equivariance_r2_set`` / ``equivariance_r2_set_dim`` per probe set (bootstrap standard errors).
+
+Probe hygiene: every fit/score split is by *source image* (``labels["image"]``, the dataset
+index of the episode's digit; the episode when a world gives none). One seeded assignment of
+image ids to the fit or the score side serves every probe and every probe set, so no image is on
+both sides of any probe, the pooled and seen-so-far ones included. Accuracy standard errors are
+binomial ``sqrt(p (1 - p) / n)`` over the scored views or episodes; loss standard errors are
+``sd / sqrt(n)`` over episodes.
 
 The probes are colsim.analysis's (numpy + scikit-learn), so ``colsim analyze`` reproduces them.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
 
-from colsim.analysis.probes import equivariance_r2, linear_probe_accuracy
+from colsim.analysis.probes import LinearReadout, equivariance_r2, fit_readout, group_sides, readout_accuracy
 from colsim.stream import ProbeSet
 
-__all__ = ["Embeddings", "embed_probe_sets", "probe_scores"]
+__all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups"]
 
 
 class Embeddings(NamedTuple):
     z: np.ndarray  # (P, N, V, D)
     z_agg: np.ndarray  # (P, N, Dagg)
+    loss_pred: np.ndarray  # (P, N) the column's prediction loss per episode (NaN if the column has none)
+    block_pred: np.ndarray  # (P, N, L) per-block local predictive term per episode (L = 0 without blocks)
 
 
 @torch.no_grad()
 def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> Embeddings:
+    """One column pass over every probe set (eval mode; batches of ``batch`` episodes)."""
     was_training = column.training
     column.eval()
-    zs, aggs = [], []
+    zs, aggs, losses, blocks = [], [], [], []
     try:
         for ps in probe_sets:
-            z_parts, a_parts = [], []
+            z_parts, a_parts, l_parts, b_parts = [], [], [], []
             for i in range(0, ps.obs.shape[0], batch):
                 out = column.embed(ps.obs[i:i + batch].to(device), ps.actions[i:i + batch].to(device))
-                z_parts.append(out["z"].float().cpu())
+                z = out["z"].float()
+                z_parts.append(z.cpu())
                 a_parts.append(out["z_agg"].float().cpu())
+                lp = out.get("loss_pred")
+                l_parts.append(lp.float().cpu() if lp is not None else torch.full((z.shape[0],), float("nan")))
+                layers = out.get("layers") or []
+                b_parts.append(torch.stack([(h[:, 1:] - h[:, :-1]).float().pow(2).mean(dim=(1, 2)) for h in layers], 1)
+                               .cpu() if layers else torch.zeros(z.shape[0], 0))  # (n, L)
             zs.append(torch.cat(z_parts).numpy())
             aggs.append(torch.cat(a_parts).numpy())
+            losses.append(torch.cat(l_parts).numpy())
+            blocks.append(torch.cat(b_parts).numpy())
     finally:
         column.train(was_training)
-    return Embeddings(np.stack(zs), np.stack(aggs))
+    return Embeddings(np.stack(zs), np.stack(aggs), np.stack(losses), np.stack(blocks))
 
 
-def probe_scores(emb: Embeddings, probe_sets: list[ProbeSet], action_names: list[str], seed: int = 0) -> dict:
+def image_groups(probe_sets: list[ProbeSet]) -> np.ndarray:
+    """(P, N) group id of every probe episode: its source image id when the world labels one
+    (``labels["image"]``: the same id in every set), else a per-set episode id."""
+    if all("image" in ps.labels for ps in probe_sets):
+        return np.stack([ps.labels["image"].numpy().astype(np.int64) for ps in probe_sets])
+    P, N = len(probe_sets), probe_sets[0].obs.shape[0]
+    return np.arange(P * N, dtype=np.int64).reshape(P, N)
+
+
+def _probe(x_fit, y_fit, x_test, y_test) -> "tuple[float, float, Optional[LinearReadout]]":
+    if len(x_test) == 0 or not (np.isfinite(x_fit).all() and np.isfinite(x_test).all()):
+        return float("nan"), float("nan"), None
+    r = fit_readout(x_fit, y_fit)
+    acc, se = readout_accuracy(r, x_test, y_test)
+    return acc, se, r
+
+
+def _mean_se(v: np.ndarray) -> "tuple[float, float]":
+    v = np.asarray(v, np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def probe_scores(emb: Embeddings, probe_sets: list[ProbeSet], action_names: list[str], seed: int = 0,
+                 frozen: Optional[dict[int, LinearReadout]] = None) -> dict:
+    """Score every read-out of the module docstring on embeddings ``emb``.
+
+    ``frozen``: probe set index -> the read-out kept since that phase ended (re-applied as is).
+    Returns arrays over probe sets (P,) / scalars, each value ``x`` with ``x_se``, and
+    ``readouts`` (P,): this evaluation's task read-outs (the simulator freezes set p's at the end
+    of phase p).
+
+    BLAS runs on one thread here: the probes are small problems, and in a training process
+    torch's OpenMP workers still spin after each step, so a multi-threaded BLAS fights them
+    (measured on the 2-core reference machine under load: 162 s -> 7 s for one evaluation).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _probe_scores(emb, probe_sets, action_names, seed, frozen)
+
+
+def _probe_scores(emb, probe_sets, action_names, seed, frozen) -> dict:
     P, N, V, D = emb.z.shape
-    labels = [ps.labels["class"].numpy() for ps in probe_sets]
-    acc_agg = np.array([linear_probe_accuracy(emb.z_agg[j], labels[j], seed=seed) for j in range(P)])
-    acc_z = np.array([
-        linear_probe_accuracy(emb.z[j].reshape(N * V, D), np.repeat(labels[j], V), seed=seed,
-                              groups=np.repeat(np.arange(N), V))
-        for j in range(P)
-    ])
-    y_all = np.concatenate(labels)
-    pooled_agg = linear_probe_accuracy(emb.z_agg.reshape(P * N, -1), y_all, seed=seed)
-    pooled_z = linear_probe_accuracy(emb.z.reshape(P * N * V, D), np.repeat(y_all, V), seed=seed,
-                                     groups=np.repeat(np.arange(P * N), V))
-    # equivariance: consecutive views (v, v+1) of every episode, pooled over probe sets
+    frozen = frozen or {}
+    labels = np.stack([ps.labels["class"].numpy() for ps in probe_sets])  # (P, N)
+    fit = group_sides(image_groups(probe_sets), seed)  # (P, N)
+    out: dict = {k: np.full(P, np.nan) for k in (
+        "acc_agg", "acc_agg_se", "acc_z", "acc_z_se", "seen_acc", "seen_acc_se", "frozen_acc", "frozen_acc_se",
+        "prediction_loss", "prediction_loss_se", "equivariance_r2_set", "equivariance_r2_set_se")}
+    readouts: list[Optional[LinearReadout]] = []
+    zv = emb.z.reshape(P, N * V, D)  # views of an episode share its side
+    for j in range(P):
+        f, t = fit[j], ~fit[j]
+        out["acc_agg"][j], out["acc_agg_se"][j], r = _probe(emb.z_agg[j][f], labels[j][f], emb.z_agg[j][t],
+                                                             labels[j][t])
+        readouts.append(r)
+        fv, tv = np.repeat(f, V), np.repeat(t, V)
+        yv = np.repeat(labels[j], V)
+        out["acc_z"][j], out["acc_z_se"][j], _ = _probe(zv[j][fv], yv[fv], zv[j][tv], yv[tv])
+        # seen so far: one probe over sets 0..j, scored on set j's held-out images
+        fs = fit[: j + 1].reshape(-1)
+        xs, ys = emb.z_agg[: j + 1].reshape((j + 1) * N, -1), labels[: j + 1].reshape(-1)
+        out["seen_acc"][j], out["seen_acc_se"][j], _ = _probe(xs[fs], ys[fs], emb.z_agg[j][t], labels[j][t])
+        if j in frozen and frozen[j] is not None and np.isfinite(emb.z_agg[j]).all():
+            out["frozen_acc"][j], out["frozen_acc_se"][j] = readout_accuracy(frozen[j], emb.z_agg[j][t], labels[j][t])
+        out["prediction_loss"][j], out["prediction_loss_se"][j] = _mean_se(emb.loss_pred[j])
+    L = emb.block_pred.shape[-1]
+    out["block_pred_loss"] = emb.block_pred.mean(1) if N else np.full((P, L), np.nan)  # (P, L)
+    out["readouts"] = readouts
+
+    # pooled over probe sets (every class of the protocol)
+    fa = fit.reshape(-1)
+    xa, ya = emb.z_agg.reshape(P * N, -1), labels.reshape(-1)
+    out["probe_acc_agg"], out["probe_acc_agg_se"], _ = _probe(xa[fa], ya[fa], xa[~fa], ya[~fa])
+    fav, yav = np.repeat(fa, V), np.repeat(ya, V)
+    xz = emb.z.reshape(P * N * V, D)
+    out["probe_acc_z"], out["probe_acc_z_se"], _ = _probe(xz[fav], yav[fav], xz[~fav], yav[~fav])
+
+    # equivariance: consecutive views (v, v+1) of every episode, pooled over probe sets and per set
     acts = np.stack([ps.actions.numpy() for ps in probe_sets])  # (P, N, V, A)
-    za = emb.z[:, :, :-1].reshape(-1, D)
-    zb = emb.z[:, :, 1:].reshape(-1, D)
-    aa = acts[:, :, :-1].reshape(-1, acts.shape[-1])
-    groups = np.repeat(np.arange(P * N), V - 1)
+    A = acts.shape[-1]
+    groups = np.repeat(image_groups(probe_sets).reshape(-1), V - 1)  # (P*N*(V-1),) pairs of an image together
+    za, zb = emb.z[:, :, :-1].reshape(-1, D), emb.z[:, :, 1:].reshape(-1, D)
+    aa = acts[:, :, :-1].reshape(-1, A)
     eq = equivariance_r2(za, zb, aa, probe="linear", seed=seed, groups=groups, names=action_names)
-    r2_dim = np.array([eq["per_dim"].get(n, np.nan) for n in action_names])
-    return {"acc_agg": acc_agg, "acc_z": acc_z, "probe_acc_agg": pooled_agg, "probe_acc_z": pooled_z,
-            "equivariance_r2": eq["r2"], "equivariance_r2_dim": r2_dim, "equivariance_probe": eq["probe"]}
+    out["equivariance_r2"], out["equivariance_r2_se"] = eq["r2"], eq.get("r2_se", float("nan"))
+    out["equivariance_r2_dim"] = np.array([eq["per_dim"].get(n, np.nan) for n in action_names])
+    out["equivariance_r2_dim_se"] = np.array([eq.get("per_dim_se", {}).get(n, np.nan) for n in action_names])
+    out["equivariance_probe"] = eq["probe"]
+    out["equivariance_r2_set_dim"] = np.full((P, A), np.nan)
+    out["equivariance_r2_set_dim_se"] = np.full((P, A), np.nan)
+    per = N * (V - 1)
+    for j in range(P):
+        sl = slice(j * per, (j + 1) * per)
+        e = equivariance_r2(za[sl], zb[sl], aa[sl], probe="linear", seed=seed, groups=groups[sl], names=action_names)
+        out["equivariance_r2_set"][j], out["equivariance_r2_set_se"][j] = e["r2"], e.get("r2_se", float("nan"))
+        out["equivariance_r2_set_dim"][j] = [e["per_dim"].get(n, np.nan) for n in action_names]
+        out["equivariance_r2_set_dim_se"][j] = [e.get("per_dim_se", {}).get(n, np.nan) for n in action_names]
+    return out

@@ -89,20 +89,32 @@ class RunResult(NamedTuple):
     summary: dict
 
 
-def collapse_diagnostics(z: torch.Tensor, prefix: str) -> dict[str, float]:
-    """Per-dim std (min / mean), participation-ratio effective rank, mean pairwise cosine of z (B, D)."""
+def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """Per-dim std (min / mean), effective ranks and mean pairwise cosine of the rows of z (B, D).
+
+    ``valid`` (B,) bool keeps only the rows that hold a representation (z_AGG of the streams with a
+    context). Fewer than 2 rows: every value is NaN (recorded as missing, not as a number no
+    computation produced). ``{prefix}_eff_rank`` = the participation ratio of the centred
+    covariance and ``{prefix}_rankme`` = RankMe of the uncentred singular values — the functions
+    and names :mod:`colsim.analysis.metrics` uses for the same quantities (REFERENCE.md section 5).
+    """
+    from colsim.analysis.metrics import participation_ratio, rankme  # numpy only; analysis never imports torch
+
     z = z.detach().float()
+    if valid is not None:
+        z = z[valid.to(torch.bool)]
+    keys = [f"{prefix}_{k}" for k in ("std_min", "std_mean", "eff_rank", "rankme", "mean_cos")]
     if z.shape[0] < 2:
-        return {}
+        return dict.fromkeys(keys, float("nan"))
     std = z.std(0)
-    s = torch.linalg.svdvals(z - z.mean(0, keepdim=True))
-    pr = float(s.sum() ** 2 / (s ** 2).sum().clamp(min=1e-12))
+    s_c = torch.linalg.svdvals(z - z.mean(0, keepdim=True)).double().cpu().numpy()  # centred
+    s_u = torch.linalg.svdvals(z).double().cpu().numpy()  # uncentred
     zn = torch.nn.functional.normalize(z, dim=-1)
     cos = zn @ zn.T
     B = z.shape[0]
     mean_cos = float((cos.sum() - cos.diagonal().sum()) / (B * B - B))
-    return {f"{prefix}_std_min": float(std.min()), f"{prefix}_std_mean": float(std.mean()),
-            f"{prefix}_eff_rank": pr, f"{prefix}_mean_cos": mean_cos}
+    vals = [float(std.min()), float(std.mean()), participation_ratio(s_c ** 2 / (B - 1)), rankme(s_u), mean_cos]
+    return dict(zip(keys, vals))
 
 
 def apply_update(params: dict, grads: dict, optimizer: torch.optim.Optimizer, rule: Rule, rstate: Any) -> Any:
@@ -162,20 +174,33 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     status = "completed"
     recording = protocol.record.enabled
 
-    def evaluate(phase_name: str) -> None:
+    frozen: dict = {}  # probe set j -> the task read-out fitted right after phase j (re-applied unchanged)
+    if resume is not None and resume.get("frozen_readouts"):
+        frozen = _readouts_from_tensors(resume["frozen_readouts"])
+    eval_seconds = [0.0]
+
+    def evaluate(phase_name: str, phase_end: Optional[int] = None) -> None:
+        te = time.perf_counter()
         emb = embed_probe_sets(column, probe_sets, ev.batch, device)
-        sc = probe_scores(emb, probe_sets, action_names, seed=seed)
+        sc = probe_scores(emb, probe_sets, action_names, seed=seed, frozen=frozen)
+        if phase_end is not None:  # freeze this phase's read-out: its frozen cell is the task probe's
+            frozen[phase_end] = sc["readouts"][phase_end]
+            sc["frozen_acc"][phase_end], sc["frozen_acc_se"][phase_end] = sc["acc_agg"][phase_end], sc["acc_agg_se"][phase_end]
         k = len(evals)
-        evals.append({"phase": phase_name, "step": step, **sc})
+        evals.append({"phase": phase_name, "step": step, **{n: v for n, v in sc.items() if n != "readouts"}})
         coords = {"eval": (("eval",), np.array([k])), "step": (("eval",), np.array([step], dtype=np.int64)),
                   "phase": (("eval",), np.array([phase_name], dtype="<U64")),
                   "probe_set": (("probe_set",), np.array(names, dtype="<U64")),
-                  "action_dim": (("action_dim",), np.array(action_names, dtype="<U64"))}
+                  "action_dim": (("action_dim",), np.array(action_names, dtype="<U64")),
+                  "block": (("block",), np.array([f"block{i}" for i in range(sc["block_pred_loss"].shape[1])],
+                                                 dtype="<U64"))}
         if protocol.record.probe:
             static = {
                 "actions": (("probe_set", "sample", "view", "action_dim"), np.stack([p.actions.numpy() for p in probe_sets])),
                 "label_class": (("probe_set", "sample"), np.stack([p.labels["class"].numpy() for p in probe_sets])),
             }
+            if all("image" in p.labels for p in probe_sets):
+                static["label_image"] = (("probe_set", "sample"), np.stack([p.labels["image"].numpy() for p in probe_sets]))
             for lab, extra in (("angle", ()), ("scale", ()), ("shift", ("xy",))):
                 if lab in probe_sets[0].labels:
                     static[f"label_{lab}"] = (("probe_set", "sample", "view", *extra),
@@ -183,15 +208,19 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
             recorder.record_eval("probe", {
                 "z": (("eval", "probe_set", "sample", "view", "unit"), emb.z[None].astype(np.float32)),
                 "z_agg": (("eval", "probe_set", "sample", "unit_agg"), emb.z_agg[None].astype(np.float32)),
-            }, coords, static)
-        recorder.record_eval("evaluation", {
-            "acc_agg": (("eval", "probe_set"), sc["acc_agg"][None]),
-            "acc_z": (("eval", "probe_set"), sc["acc_z"][None]),
-            "probe_acc_agg": (("eval",), np.array([sc["probe_acc_agg"]])),
-            "probe_acc_z": (("eval",), np.array([sc["probe_acc_z"]])),
-            "equivariance_r2": (("eval",), np.array([sc["equivariance_r2"]])),
-            "equivariance_r2_dim": (("eval", "action_dim"), sc["equivariance_r2_dim"][None]),
-        }, coords)
+            }, {n: c for n, c in coords.items() if n != "block"}, static)
+        data = {}
+        for n in EVAL_SET_KEYS:
+            data[n] = (("eval", "probe_set"), np.asarray(sc[n], dtype=np.float64)[None])
+        for n in EVAL_SCALAR_KEYS:
+            data[n] = (("eval",), np.array([sc[n]], dtype=np.float64))
+        for n in ("equivariance_r2_dim", "equivariance_r2_dim_se"):
+            data[n] = (("eval", "action_dim"), np.asarray(sc[n], dtype=np.float64)[None])
+        for n in ("equivariance_r2_set_dim", "equivariance_r2_set_dim_se"):
+            data[n] = (("eval", "probe_set", "action_dim"), np.asarray(sc[n], dtype=np.float64)[None])
+        data["block_pred_loss"] = (("eval", "probe_set", "block"), np.asarray(sc["block_pred_loss"], np.float64)[None])
+        recorder.record_eval("evaluation", data, coords)
+        eval_seconds[0] += time.perf_counter() - te
 
     try:
         if ev.at_start and resume is None:
@@ -203,7 +232,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
             stream = world.stream(protocol.stream.batch, protocol.stream.episode_length, ph.classes, ph.world)
             sstate = stream.init(_seeded(seed, 11, p_idx))
             cstate = column.init_state(protocol.stream.batch, device)
-            column.train(ph.learn)
+            learn = ph.learn and protocol.learn
+            column.train(learn)
             first = True
             for t in range(ph.steps):
                 ts = time.perf_counter()
@@ -214,7 +244,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 start = st.start.to(device) | first
                 first = False
                 metrics: dict[str, float] = {"phase": float(p_idx)}
-                if ph.learn:
+                if learn:
                     # 2. column forward
                     cstate, trace = column(cstate, obs, action, start, local=local)
                     trace["labels"] = st.labels  # world truth, for rule diagnostics only (replay's class histogram)
@@ -235,17 +265,20 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                         g["lr"] = lr_at(g, step)
                     rstate = apply_update(params, grads, optimizer, rule, rstate)
                     # 6. teacher
-                    column.update_target((step + 1) / total)
+                    column.update_target(step + 1)  # optimizer steps done: an integer, not a fraction of the run
                     metrics["grad_norm"] = gn
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
                 else:
                     with torch.no_grad():
                         cstate, trace = column(cstate, obs, action, start, local=False)
                     metrics["loss"] = float(trace["loss"])
+                if "valid" in trace and not bool(trace["valid"].any()):  # no stream had a context (a phase's first
+                    # tick): the prediction term was not computed, so every loss total is missing, not 0
+                    metrics.update({k: float("nan") for k in metrics if k == "loss" or k.startswith("loss.")})
                 # 7. record
                 if recording and step % protocol.record.metrics_every == 0:
                     metrics.update(collapse_diagnostics(trace["z"], "z"))
-                    metrics.update(collapse_diagnostics(trace["z_agg"], "zagg"))
+                    metrics.update(collapse_diagnostics(trace["z_agg"], "zagg", trace.get("valid")))
                     metrics.update(column.diagnostics())
                     dt = time.perf_counter() - ts
                     rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
@@ -264,21 +297,23 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
             if status != "completed":
                 break
             # 9. rule boundary
-            if rule.boundary is not None and ph.learn:
+            if rule.boundary is not None and learn:
                 rstate = rule.boundary(params, rstate, "phase_end")
             # 10. evaluate
-            evaluate(ph.name)
+            evaluate(ph.name, phase_end=p_idx)
             # 11. checkpoint
             if ckpt_dir is not None:
                 save_checkpoint(ckpt_dir / f"phase{p_idx:02d}-{ph.name}.pt", step=step, phase=p_idx + 1,
                                 model=column.state_dict(), optimizer=optimizer.state_dict(), rule_state=rstate,
                                 torch_rng=torch.get_rng_state(), stream_state=sstate, column_state=cstate,
-                                config=config_yaml)
+                                config=config_yaml, frozen_readouts=_readouts_to_tensors(frozen))
     except KeyboardInterrupt:
         status = "interrupted"
     wall = time.perf_counter() - t0
     summary = make_summary(evals, names, step, wall, status, at_start=ev.at_start)
-    recorder.set_attrs(steps_done=step, wall_s=wall)
+    summary["eval_s"] = round(eval_seconds[0], 3)
+    summary["eval_share"] = round(eval_seconds[0] / wall, 4) if wall > 0 else None
+    recorder.set_attrs(steps_done=step, wall_s=wall, eval_s=eval_seconds[0])
     recorder.close(status)
     return RunResult(status, step, wall, summary)
 
@@ -298,34 +333,93 @@ def _f(x) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, status: str, at_start: bool) -> dict:
-    """summary.json: accuracy matrix rows = evaluations (init first when present), columns = probe sets."""
-    acc = [[_f(v) for v in e["acc_agg"]] for e in evals]
-    phase_rows = [np.array(e["acc_agg"], dtype=float) for e in evals if e["phase"] != "init"]
-    # rows at phase ends only: the last evaluation carrying each phase name
-    ends = {}
+# evaluation-group variables (written every evaluation; see colsim.evaluate)
+EVAL_SET_KEYS = ("acc_agg", "acc_agg_se", "acc_z", "acc_z_se", "seen_acc", "seen_acc_se", "frozen_acc", "frozen_acc_se",
+                 "prediction_loss", "prediction_loss_se", "equivariance_r2_set", "equivariance_r2_set_se")
+EVAL_SCALAR_KEYS = ("probe_acc_agg", "probe_acc_agg_se", "probe_acc_z", "probe_acc_z_se", "equivariance_r2",
+                    "equivariance_r2_se")
+# summary prefix -> (evaluation key, higher is better)
+READOUTS = {"": ("acc_agg", True), "seen_": ("seen_acc", True), "frozen_": ("frozen_acc", True),
+            "prediction_": ("prediction_loss", False)}
+
+
+def _readouts_to_tensors(frozen: dict) -> dict:
+    """Frozen read-outs as plain tensors (checkpoints load with ``weights_only=True``)."""
+    return {str(j): {f: torch.as_tensor(np.asarray(getattr(r, f))) for f in r._fields}
+            for j, r in frozen.items() if r is not None}
+
+
+def _readouts_from_tensors(d: dict) -> dict:
+    from colsim.analysis.probes import LinearReadout
+
+    return {int(j): LinearReadout(**{f: v.cpu().numpy() for f, v in r.items()}) for j, r in d.items()}
+
+
+def _rows(evals: list[dict], key: str) -> list:
+    return [[_f(v) for v in e[key]] for e in evals]
+
+
+def _continual(evals: list[dict], names: list[str], key: str, higher_better: bool, at_start: bool) -> dict:
+    """Forgetting / BWT / FWT (Avalanche's definitions, colsim.analysis.continual) on the phase-end rows of
+    ``key`` (eval x probe_set), with the standard error of the forgetting from the cells' standard errors
+    (cells treated as independent). For a loss (``higher_better=False``) the matrix is negated first, so
+    forgetting > 0 means the loss went up and BWT / FWT > 0 mean it went down."""
+    out: dict[str, Any] = {"forgetting": None, "bwt": None, "fwt": None, "forgetting_se": None}
+    ends: dict[str, dict] = {}
     for e in evals:
         if e["phase"] != "init":
-            ends[e["phase"]] = np.array(e["acc_agg"], dtype=float)
+            ends[e["phase"]] = e  # the last evaluation of a phase closes it
+    P = len(names)
+    if len(ends) != P or P < 2:
+        return out
+    sign = 1.0 if higher_better else -1.0
+    A = sign * np.stack([np.asarray(ends[n][key], dtype=float) for n in names])
+    SE = np.stack([np.asarray(ends[n].get(f"{key}_se", np.full(P, np.nan)), dtype=float) for n in names])
+    out["forgetting"], out["bwt"] = _f(forgetting(A)), _f(bwt(A))
+    out["forgetting_se"] = _f(np.sqrt(sum(SE[k, k] ** 2 + SE[P - 1, k] ** 2 for k in range(P - 1))) / (P - 1))
+    if at_start and evals and evals[0]["phase"] == "init":
+        out["fwt"] = _f(fwt(A, sign * np.asarray(evals[0][key], dtype=float)))
+    return out
+
+
+def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, status: str, at_start: bool) -> dict:
+    """summary.json. Matrices have rows = evaluations (init first when present) and columns = probe
+    sets, each with a ``_se`` twin: ``accuracy_matrix`` (task probe on z_AGG), ``seen_matrix``,
+    ``frozen_matrix``, ``prediction_loss_matrix``. For each read-out, forgetting / BWT / FWT on its
+    phase-end rows: ``forgetting``, ``bwt``, ``fwt`` (task probe), ``seen_*``, ``frozen_*``,
+    ``prediction_*`` (loss: forgetting > 0 = the loss went up), each forgetting with ``_se``.
+    ``gain`` holds every headline metric's change from the step-0 evaluation (positive = better; a
+    loss counts as its decrease) with its standard error."""
     P = len(names)
     out: dict[str, Any] = {
-        "accuracy_matrix": acc,
+        "accuracy_matrix": _rows(evals, "acc_agg"),
+        "accuracy_matrix_se": _rows(evals, "acc_agg_se"),
+        "seen_matrix": _rows(evals, "seen_acc"),
+        "seen_matrix_se": _rows(evals, "seen_acc_se"),
+        "frozen_matrix": _rows(evals, "frozen_acc"),
+        "frozen_matrix_se": _rows(evals, "frozen_acc_se"),
+        "prediction_loss_matrix": _rows(evals, "prediction_loss"),
+        "prediction_loss_matrix_se": _rows(evals, "prediction_loss_se"),
         "evaluations": [{"phase": e["phase"], "step": int(e["step"])} for e in evals],
         "probe_sets": names,
-        "forgetting": None, "bwt": None, "fwt": None,
-        "probe_acc_agg": [_f(e["probe_acc_agg"]) for e in evals],
-        "probe_acc_z": [_f(e["probe_acc_z"]) for e in evals],
-        "equivariance_r2": [_f(e["equivariance_r2"]) for e in evals],
-        "equivariance_probe": "linear",
-        "steps": int(steps),
-        "wall_s": round(float(wall), 3),
-        "status": status,
     }
-    if len(ends) == P and P >= 2:
-        A = np.stack([ends[n] for n in names])
-        out["forgetting"] = _f(forgetting(A))
-        out["bwt"] = _f(bwt(A))
-        if at_start and evals and evals[0]["phase"] == "init":
-            out["fwt"] = _f(fwt(A, np.array(evals[0]["acc_agg"], dtype=float)))
-    del phase_rows
+    for prefix, (key, hb) in READOUTS.items():
+        out.update({f"{prefix}{k}": v for k, v in _continual(evals, names, key, hb, at_start).items()})
+    for key in ("probe_acc_agg", "probe_acc_z", "equivariance_r2"):
+        out[key] = [_f(e[key]) for e in evals]
+        out[f"{key}_se"] = [_f(e[f"{key}_se"]) for e in evals]
+    out["prediction_loss"] = [_f(np.nanmean(e["prediction_loss"])) if np.isfinite(e["prediction_loss"]).any()
+                              else None for e in evals]
+    out["prediction_loss_se"] = [_f(np.sqrt(np.nansum(np.square(e["prediction_loss_se"]))) / P) for e in evals]
+    out["equivariance_probe"] = "linear"
+    gain: dict[str, Any] = {}
+    if at_start and len(evals) >= 2 and evals[0]["phase"] == "init":
+        for key, sign in (("probe_acc_agg", 1), ("probe_acc_z", 1), ("equivariance_r2", 1), ("prediction_loss", -1)):
+            v, se = out[key], out[f"{key}_se"]
+            if v[0] is not None and v[-1] is not None:
+                gain[key] = _f(sign * (v[-1] - v[0]))
+                gain[f"{key}_se"] = _f(math.sqrt((se[-1] or 0.0) ** 2 + (se[0] or 0.0) ** 2)) \
+                    if se[0] is not None and se[-1] is not None else None
+    out["gain"] = gain
+    out.update({"steps": int(steps), "wall_s": round(float(wall), 3), "status": status})
     return out
