@@ -165,6 +165,9 @@ class EvaluationConfig(Strict):
     views: int = Field(4, ge=2)  # views per probe episode
     at_start: bool = True  # evaluate before any training (needed for FWT)
     every: Optional[int] = Field(None, gt=0)  # extra evaluations every N steps (besides phase ends)
+    # which held-out images the probe sets come from: "probe" (reported) or "validation" (for choosing
+    # hyper-parameters; disjoint from the train and probe images; never reported as a result)
+    pool: Literal["probe", "validation"] = "probe"
     batch: int = Field(256, gt=0)
 
 

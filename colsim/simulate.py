@@ -167,7 +167,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     ev = protocol.evaluation
     names = [ph.name for ph in protocol.phases]
     action_names = list(world.spec.action_names)
-    probe_sets = [world.probe_set(ph.classes, ev.probe_samples, ev.views, _seeded(seed, 7, j), ph.world)
+    probe_sets = [world.probe_set(ph.classes, ev.probe_samples, ev.views, _seeded(seed, 7, j), ph.world,
+                                  pool=ev.pool)
                   for j, ph in enumerate(protocol.phases)]
     total = protocol.total_steps
     evals: list[dict] = []
