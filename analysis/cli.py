@@ -23,10 +23,13 @@ try:  # typer metadata only; the functions work without typer
                                                                "(default: current folder)")]
     _Output = Annotated[Optional[str], typer.Option("-o", "--output", help="HTML file to write (default: "
                                                                            "dashboard.html in the first run folder)")]
+    _Metric = Annotated[Optional[list[str]], typer.Option("--metric", help="a summary metric to tabulate "
+                                                                           "(repeatable; default: the key metrics)")]
     _Serve = Annotated[bool, typer.Option("--serve", help="serve with panel on localhost instead of writing a file")]
     _Port = Annotated[int, typer.Option("--port", help="port for --serve")]
 except ImportError:  # pragma: no cover - typer is a core dependency
     _Runs, _By, _Out, _Output, _Serve, _Port = list[str], Optional[list[str]], Optional[str], Optional[str], bool, int
+    _Metric = Optional[list[str]]
 
 
 def _console():
@@ -104,16 +107,19 @@ def analyze(runs: _Runs) -> None:
             console.print("[green]no health alarms[/]")
 
 
-def compare(runs: _Runs, by: _By = None, out: _Out = None) -> None:
+def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = None) -> None:
     """Table of key metrics (mean ± 95 % CI over seeds) grouped by run attributes; saved as CSV and HTML."""
-    from colsim.analysis.compare import compare_runs_to_files
+    from colsim.analysis.compare import KEY_METRICS, compare_runs_to_files
 
     paths = _check(runs)
     by = list(by) if by else ["rule"]
     bad = [b for b in by if b not in ("rule", "model", "protocol", "seed", "status")]
     if bad:
         _fail(f"--by {bad[0]!r}: choose from rule, model, protocol, seed, status")
-    table, csv_path, html_path = compare_runs_to_files(paths, by, out or ".")
+    unknown = [m for m in metric or [] if m not in KEY_METRICS]
+    if unknown:
+        _fail(f"--metric {unknown[0]!r}: unknown metric; choose from {', '.join(KEY_METRICS)}")
+    table, csv_path, html_path = compare_runs_to_files(paths, by, out or ".", metrics=list(metric) if metric else None)
     console = _console()
     console.print(table.to_rich(title=f"colsim compare by {', '.join(by)}"))
     console.print(f"wrote {csv_path} and {html_path}", highlight=False)

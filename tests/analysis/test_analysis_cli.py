@@ -50,6 +50,10 @@ def test_analyze_compare_dashboard_through_typer(app, sweep_runs, tmp_path):
     assert "lpl+metaplastic" in r.output
     r = CliRunner().invoke(app, ["compare", *runs, "--by", "colour"])
     assert r.exit_code == 2 and "colour" in r.output
+    r = CliRunner().invoke(app, ["compare", *runs, "--metric", "forgeting", "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 2 and "--metric 'forgeting'" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["compare", *runs, "--metric", "forgetting", "--out", str(tmp_path / "cmp2")])
+    assert r.exit_code == 0 and "forgetting" in (tmp_path / "cmp2" / "compare.csv").read_text().splitlines()[0]
     out = tmp_path / "d.html"
     r = CliRunner().invoke(app, ["dashboard", *runs[:2], "-o", str(out)])
     assert r.exit_code == 0, r.output
