@@ -12,7 +12,7 @@ read; ``provides`` lists its keys so a rule's ``needs`` are checked before step 
 downstream modules see detached encoder outputs (used by LPL / layerwise / local rules).
 
 ``embed(obs, actions)`` maps held-out episodes (N, V, C, H, W) to the representations the
-evaluation records (``z`` (N, V, D), ``z_agg`` (N, D)). ``update_target(progress)`` moves
+evaluation records (``z`` (N, V, D), ``z_agg`` (N, D)). ``update_target(step)`` moves
 any teacher (EMA) after the optimizer step; ``progress`` in [0, 1] is the fraction of
 training done.
 """
@@ -45,7 +45,7 @@ class AbstractColumn(nn.Module, abc.ABC):
     def embed(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
         ...
 
-    def update_target(self, progress: float) -> None:  # noqa: B027 — optional
+    def update_target(self, step: int) -> None:  # noqa: B027 — optional
         """Move the teacher after an optimizer step (no-op for columns without one)."""
 
     def diagnostics(self) -> dict[str, float]:

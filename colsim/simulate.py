@@ -16,7 +16,7 @@ and every step t of it:
 4. stop with status ``diverged`` if the loss or a rule's loss is NaN / Inf;
 5. optimizer step on the grads (learning-rate warm-up applied) — the only place where
    parameters change; the rule's ``post_step`` may rescale the applied update there;
-6. teacher update (``column.update_target(progress)``, e.g. EMA momentum schedule);
+6. teacher update (``column.update_target(step)``, e.g. EMA momentum schedule);
 7. record metrics every ``record.metrics_every`` steps;
 8. evaluate every ``evaluation.every`` steps when set;
 
@@ -362,7 +362,8 @@ def _rows(evals: list[dict], key: str) -> list:
 
 def _continual(evals: list[dict], names: list[str], key: str, higher_better: bool, at_start: bool) -> dict:
     """Forgetting / BWT / FWT (Avalanche's definitions, colsim.analysis.continual) on the phase-end rows of
-    ``key`` (eval x probe_set), with the standard error of the forgetting from the cells' standard errors
+    ``key`` (eval x probe_set) of the phases completed (a run that stopped early: forgetting and BWT over
+    its completed phases, FWT keeps the next-phase cells it measured), with the standard error of the forgetting from the cells' standard errors
     (cells treated as independent). For a loss (``higher_better=False``) the matrix is negated first, so
     forgetting > 0 means the loss went up and BWT / FWT > 0 mean it went down."""
     out: dict[str, Any] = {"forgetting": None, "bwt": None, "fwt": None, "forgetting_se": None}
@@ -371,15 +372,19 @@ def _continual(evals: list[dict], names: list[str], key: str, higher_better: boo
         if e["phase"] != "init":
             ends[e["phase"]] = e  # the last evaluation of a phase closes it
     P = len(names)
-    if len(ends) != P or P < 2:
+    T = 0  # phases completed (a run that stopped early has fewer)
+    while T < P and names[T] in ends:
+        T += 1
+    if T == 0:
         return out
     sign = 1.0 if higher_better else -1.0
-    A = sign * np.stack([np.asarray(ends[n][key], dtype=float) for n in names])
-    SE = np.stack([np.asarray(ends[n].get(f"{key}_se", np.full(P, np.nan)), dtype=float) for n in names])
-    out["forgetting"], out["bwt"] = _f(forgetting(A)), _f(bwt(A))
-    out["forgetting_se"] = _f(np.sqrt(sum(SE[k, k] ** 2 + SE[P - 1, k] ** 2 for k in range(P - 1))) / (P - 1))
-    if at_start and evals and evals[0]["phase"] == "init":
-        out["fwt"] = _f(fwt(A, sign * np.asarray(evals[0][key], dtype=float)))
+    A = sign * np.stack([np.asarray(ends[n][key], dtype=float) for n in names[:T]])  # (T, P)
+    SE = np.stack([np.asarray(ends[n].get(f"{key}_se", np.full(P, np.nan)), dtype=float) for n in names[:T]])
+    if T >= 2:
+        out["forgetting"], out["bwt"] = _f(forgetting(A[:, :T])), _f(bwt(A[:, :T]))
+        out["forgetting_se"] = _f(np.sqrt(sum(SE[k, k] ** 2 + SE[T - 1, k] ** 2 for k in range(T - 1))) / (T - 1))
+    if at_start and evals and evals[0]["phase"] == "init" and P >= 2:
+        out["fwt"] = _f(fwt(A, sign * np.asarray(evals[0][key], dtype=float)))  # keeps A[T-1, T] when T < P
     return out
 
 

@@ -166,3 +166,15 @@ def test_parse_seeds():
     from colsim.cli import parse_seeds
 
     assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("0-1,7") == [0, 1, 7]
+
+
+def test_summary_of_a_run_stopped_early_keeps_what_it_measured():
+    """Three phases, stopped after two: forgetting/BWT over the two, FWT keeps A[1, 2] (measured)."""
+    nan = float("nan")
+    evals = [_ev("init", [0.5, 0.5, 0.5], [nan] * 3, [1.0] * 3),
+             _ev("a", [0.9, 0.6, 0.55], [0.9, nan, nan], [0.2, 0.8, 0.9]),
+             _ev("b", [0.8, 0.95, 0.7], [0.7, 0.95, nan], [0.3, 0.1, 0.6])]
+    s = make_summary(evals, ["a", "b", "c"], steps=10, wall=1.0, status="interrupted", at_start=True)
+    assert s["forgetting"] == pytest.approx(0.1) and s["frozen_forgetting"] == pytest.approx(0.2)
+    assert s["fwt"] == pytest.approx(((0.6 - 0.5) + (0.7 - 0.5)) / 2)
+    assert s["prediction_forgetting"] == pytest.approx(0.1)
