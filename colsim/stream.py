@@ -73,6 +73,14 @@ class World(abc.ABC):
         ConfigError (``protocol.phases[1].classes: ...``) when the phase leaves the set empty.
         """
 
+    @abc.abstractmethod
+    def check_phase(self, classes: Optional[list[int]], overrides: Optional[dict[str, Any]] = None, *,
+                    pool: str = "probe", where: Optional[str] = None) -> list[int]:
+        """Check, drawing nothing, that a phase gives a non-empty stream and probe set from ``pool``;
+        return its sorted classes. Raise a one-line ConfigError naming ``{where}.classes`` (or
+        ``{where}.world.<key>``) otherwise — so a build step can reject a protocol before step 0.
+        """
+
 
 def rng_state(gen: torch.Generator) -> Tensor:
     return gen.get_state().clone()
