@@ -35,6 +35,8 @@ def build_run(cfg: RunConfig) -> Built:
     """Seed torch with ``cfg.seed``, then build and check world, column, rule and optimizer."""
     torch.manual_seed(cfg.seed)
     world = build_world(cfg)
+    for j, ph in enumerate(cfg.protocol.phases):  # every phase's probe set can be drawn (classes, pool)
+        world.check_phase(ph.classes, ph.world, pool=cfg.protocol.evaluation.pool, where=f"protocol.phases[{j}]")
     column = build_column(cfg, world).to(cfg.device)
     rule = build_rule(cfg.rule, column)
     local = check_rule(cfg.rule, rule, column)
