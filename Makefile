@@ -11,10 +11,10 @@ STAMP  = $(VENV)/.colsim-installed
 
 .PHONY: demo test test-fast bench setup clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,dashboards]"
+	$(BIN)/pip install -q -e ".[dev,dashboards,spiking]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -3,3 +3,4 @@ if __name__ != "colsim.models":  # guard: the folder must not be importable unde
     raise ImportError("import colsim.models, not 'models': the models/ folder installs as colsim.models (pip install -e .)")
 
 from colsim.models import seq_jepa  # noqa: E402,F401  (registers the "seqjepa" model)
+from colsim.models import spiking  # noqa: E402,F401  (registers the "spiking" model; needs the `spiking` extra at build)

@@ -13,7 +13,20 @@ import torch
 
 from colsim import registry
 from colsim.simulate import _seeded
-from _tiny import build_tiny
+from _tiny import TINY, build_tiny
+
+SPIKING_RULES = {"espp"}  # rules that need a spiking column: run on the tiny spiking preset (models/spiking.py)
+
+
+def _build(rule_spec: str, extra=(), seed: int = 0):
+    if rule_spec.split("+")[0] not in SPIKING_RULES:
+        return build_tiny(rule_spec, extra=list(extra), seed=seed)
+    from colsim.build import build_run
+    from colsim.config import resolve_run_config
+
+    cfg = resolve_run_config("nonstationary", rule=rule_spec, model="spiking_cnn",
+                             overrides=TINY + ["model.T=3"] + list(extra), seed=seed)
+    return (cfg, *build_run(cfg))
 
 
 def _spec(name: str) -> str:
@@ -28,7 +41,7 @@ def _steps(rule_spec: str, n: int = 3, lr: float | None = None, seed: int = 0, o
     if lr == 0:
         extra = ["rule.optimizer.lr=1e-30"]
     extra = extra + list(options)  # torch optimizers refuse lr=0 only in validation; see below
-    cfg, world, column, rule, local, opt = build_tiny(rule_spec, extra=extra, seed=seed)
+    cfg, world, column, rule, local, opt = _build(rule_spec, extra=extra, seed=seed)
     if lr == 0:
         for g in opt.param_groups:
             g["initial_lr"] = 0.0
@@ -77,7 +90,7 @@ def test_updates_finite_and_shaped(name):
 
 @pytest.mark.parametrize("name", RULE_NAMES)
 def test_zero_lr_leaves_parameters(name):
-    cfg, world, column, rule, local, opt = build_tiny(_spec(name))
+    cfg, world, column, rule, local, opt = _build(_spec(name))
     before = {k: p.detach().clone() for k, p in column.trainable().items()}
     column2, params, *_ = _steps(_spec(name), lr=0)
     # same seed -> same init; lr 0 -> unchanged
