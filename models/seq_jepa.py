@@ -45,6 +45,15 @@ totals of such a tick as NaN (colsim/simulate.py), and diagnostics not computed 
 non-zero fraction and per-head MSSA coding rate per CRATE layer, TSSA membership entropy per
 ToST layer) and each regulariser's value ``reg.<name>.<on>``.
 
+Batch 1 (``protocols/online.yaml``): one stream has no batch statistics. A BatchNorm layer in
+training would otherwise normalise across whatever stack of views it is given — the c context
+views of the one episode (which subtracts the object they share) or a single view (the action
+embedding then outputs 0) — while the current view used the running statistics. So a training
+forward with B = 1 runs every BatchNorm layer (and the action embedding's) on its running
+statistics, as evaluation does, and leaves them unchanged: the initial mean 0 / variance 1 of a
+fresh column (the parameter-free norms are then the identity) or those of a checkpoint trained
+with batches. Training and evaluation then normalise the same way.
+
 Offline paper-style training is the special case "episodes of length M+1, learn on the last
 step". With ``action_conditioning=False`` (the paper's ablation) e(a) is dropped from the
 tokens and the predictor.
@@ -276,9 +285,28 @@ class SeqJepaColumn(AbstractColumn):
             total = total + term
         return total, terms
 
+    @contextlib.contextmanager
+    def _running_stats(self):
+        """BatchNorm layers and the action embedding normalise with their running statistics (batch 1)."""
+        mods = [m for m in self.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, ActionEmbed))]
+        old = [m.training for m in mods]
+        for m in mods:
+            m.training = False
+        try:
+            yield
+        finally:
+            for m, o in zip(mods, old):
+                m.training = o
+
     # ------------------------------------------------------------------ forward
     def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
         """See the module docstring. obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace)."""
+        if self.training and obs.shape[0] == 1:  # batch 1: no batch statistics (module docstring)
+            with self._running_stats():
+                return self._forward(state, obs, action, start, local)
+        return self._forward(state, obs, action, start, local)
+
+    def _forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
         count = torch.where(start, torch.zeros_like(state["count"]), state["count"])  # (B,)
         valid = count > 0  # (B,) a prediction of obs exists
         B = obs.shape[0]
