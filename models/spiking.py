@@ -40,9 +40,10 @@ re-encode the context views with a graph; ``local=True`` uses the cached embeddi
 window (each view's z as computed when it was the current view) and feeds every block a
 detached input.
 
-Trace, besides the seq-JEPA keys (colsim/types.py): per block l, no graph,
-``spikes`` [(T, B, *shape_l)], ``mem`` [(T, B, *shape_l)] (U after each bin's update),
-``block_in`` [(T, B, *in_l)] its input spikes, ``in_trace`` [(T, B, *in_l)] the input trace
+Trace, besides the seq-JEPA keys (colsim/types.py): per block l, no graph, batch first like every
+per-stream key (so replay can concatenate live and replayed streams),
+``spikes`` [(B, T, *shape_l)], ``mem`` [(B, T, *shape_l)] (U after each bin's update),
+``block_in`` [(B, T, *in_l)] its input spikes, ``in_trace`` [(B, T, *in_l)] the input trace
 ``x~_t = beta x~_{t-1} + x_t`` (beta = the configured mean beta), ``echo`` [(B, N_l)] the
 previous view's spike counts L1-normalised over the layer's N_l neurons (0 where the layer was
 silent), and ``broadcast`` (B,) = +1 when the previous view belongs to the same episode, -1 across
@@ -366,21 +367,24 @@ class SpikingColumn(AbstractColumn):
         trace = Trace(z=z, z_agg=z_agg, z_hat=z_hat, z_target=z_target, valid=valid, loss_pred=loss_pred,
                       loss=loss_jepa, loss_jepa=loss_jepa, loss_reg=loss_jepa.new_zeros(()), reg={}, layers=layers,
                       layers_prev=layers_prev, local=torch.tensor(local),
-                      spikes=spikes, mem=[u.detach() for _, _, u in recs], block_in=[x.detach() for x, _, _ in recs],
-                      in_trace=[input_trace(x.detach(), beta) for x, _, _ in recs], echo=echo, broadcast=broadcast,
+                      spikes=[s.transpose(0, 1) for s in spikes], mem=[u.detach().transpose(0, 1) for _, _, u in recs],
+                      block_in=[x.detach().transpose(0, 1) for x, _, _ in recs],
+                      in_trace=[input_trace(x.detach(), beta).transpose(0, 1) for x, _, _ in recs], echo=echo,
+                      broadcast=broadcast,
                       inputs={"obs_ctx": state["obs"], "act_ctx": state["act"], "count": count, "obs": obs,
-                              "action": action, "seed": state["seed"]})
+                              "action": action, "seed": state["seed"].expand(B).clone()})  # seed per stream (replay)
         return new_state, trace
 
     def forward_inputs(self, inputs: dict, local: bool = False):
         """Re-run a forward from recorded ``trace["inputs"]`` (replay): returns the Trace (no echo: broadcast 0)."""
         B = inputs["count"].shape[0]
         state = self.init_state(B, inputs["obs"].device)
-        state.update(obs=inputs["obs_ctx"], act=inputs["act_ctx"], count=inputs["count"], seed=inputs["seed"])
+        seed = inputs["seed"].reshape(-1)[0].cpu()  # the first item's tick seed
+        state.update(obs=inputs["obs_ctx"], act=inputs["act_ctx"], count=inputs["count"], seed=seed)
         if local:  # no cache of these views: encode the window once without a graph
             with torch.no_grad():
                 state["z_cache"] = self._encode_ctx(inputs["obs_ctx"], inputs["count"],
-                                                    self._gen(inputs["seed"] + 2 ** 61, inputs["obs"].device))
+                                                    self._gen(seed + 2 ** 61, inputs["obs"].device))
         start = torch.zeros_like(inputs["count"], dtype=torch.bool)
         _, trace = self(state, inputs["obs"], inputs["action"], start, local=local)
         return trace

@@ -30,7 +30,7 @@ Which parameters it trains (the column runs with ``local=True``):
 * each LIF block's synaptic weight ``encoder.blocks.<l>.synapse.weight`` (Linear (N, J) or
   Conv2d (C, C_in, k, k), where the sum over positions of a shared kernel is the correlation
   computed by ``torch.nn.grad.conv2d_weight``): the rule above, computed under ``no_grad`` from
-  the Trace's ``spikes``, ``mem``, ``in_trace``, ``block_in``, ``echo`` and ``broadcast``, and
+  the Trace's ``spikes``, ``mem``, ``in_trace``, ``block_in`` (each (B, T, ...)), ``echo`` and ``broadcast``, and
   returned as ``-ΔW`` (descent direction, plain SGD at lr = eta). The update is summed over the
   batch, as the reference sums per-sample updates. Nothing crosses blocks;
 * the action embedding, aggregator and predictor: the seq-JEPA loss on detached encoder outputs
@@ -119,11 +119,12 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
 
     @torch.no_grad()
     def _block(l: int, trace) -> "tuple[Tensor, Tensor, Tensor]":
-        S, U = trace["spikes"][l], trace["mem"][l]  # (T, B, *shape_l)
+        S, U = trace["spikes"][l].transpose(0, 1), trace["mem"][l].transpose(0, 1)  # (T, B, *shape_l)
         T, B = S.shape[:2]
         post, gate, L = espp_post(S.reshape(T, B, -1), U.reshape(T, B, -1), trace["echo"][l], trace["broadcast"],
-                                  cfg.c_pos, cfg.c_neg, cfg.online, trace["block_in"][l], cfg.input_threshold)
-        return espp_dw(post.view(S.shape), trace["in_trace"][l], blocks[l].synapse), gate, L
+                                  cfg.c_pos, cfg.c_neg, cfg.online, trace["block_in"][l].transpose(0, 1),
+                                  cfg.input_threshold)
+        return espp_dw(post.view(S.shape), trace["in_trace"][l].transpose(0, 1), blocks[l].synapse), gate, L
 
     def update(params, state, trace):
         if not trace.get("_retain_graph", False):  # nothing after this rule reads the block-local graphs

@@ -109,7 +109,7 @@ def test_forward_trace_state_and_embed(model):
         assert set(tr) >= set(column.provides) - {"z_hat_rev"}
         assert tr["z"].shape == (B, column.dim) and tr["z_agg"].shape[0] == B and tr["loss_pred"].shape == (B,)
         for s, u, x, xt, e in zip(tr["spikes"], tr["mem"], tr["block_in"], tr["in_trace"], tr["echo"]):
-            assert s.shape[:2] == (T, B) and u.shape == s.shape and xt.shape == x.shape and x.shape[:2] == (T, B)
+            assert s.shape[:2] == (B, T) and u.shape == s.shape and xt.shape == x.shape and x.shape[:2] == (B, T)
             assert e.shape == (B, s[0, 0].numel())
         if t == 0:  # a phase's first tick: no previous view, no broadcast
             assert (tr["broadcast"] == 0).all() and all((e == 0).all() for e in tr["echo"])
@@ -118,7 +118,7 @@ def test_forward_trace_state_and_embed(model):
             for e, c in zip(tr["echo"], prev_counts):  # the previous view's counts, L1-normalised
                 n = c.sum(1, keepdim=True)
                 torch.testing.assert_close(e, torch.where(n > 0, c / n.clamp(min=1), torch.zeros_like(c)))
-        prev_counts = [s.sum(0).flatten(1) for s in tr["spikes"]]
+        prev_counts = [s.sum(1).flatten(1) for s in tr["spikes"]]
     buf = io.BytesIO()
     torch.save(cs, buf)
     buf.seek(0)
@@ -139,8 +139,8 @@ def test_count_readout_and_latency_forward():
     cfg, world, column, *_ = _build("spiking_mlp", extra=["model.readout=count", "model.coding=latency"])
     obs, act, start = next(_ticks(cfg, world, 1))
     cs, tr = column(column.init_state(obs.shape[0], "cpu"), obs, act, start)
-    torch.testing.assert_close(tr["z"], tr["spikes"][-1].sum(0))  # spikes per view of the last block
-    assert (tr["block_in"][0].sum(0) <= 1).all()  # latency: at most one input spike per pixel
+    torch.testing.assert_close(tr["z"], tr["spikes"][-1].sum(1))  # spikes per view of the last block
+    assert (tr["block_in"][0].sum(1) <= 1).all()  # latency: at most one input spike per pixel
 
 
 # --------------------------------------------------------------------------- rules on the column
