@@ -80,7 +80,7 @@ def espp_post(S: Tensor, U: Tensor, e: Tensor, b: Tensor, c_pos: float, c_neg: f
     input spikes (online only) -> post (T, B, N) = b g e psi(U - theta), gate g (T, B) bool, L
     ((B,) per sample, or (T, B) per bin online)."""
     T, B, N = S.shape
-    c = torch.where(b > 0, c_pos, c_neg).to(U.dtype)  # (B,)
+    c = torch.where(b > 0, U.new_tensor(c_pos), U.new_tensor(c_neg))  # (B,) in U's precision: L = 0 is a tie
     overlap = (S * e.unsqueeze(0)).sum(-1)  # (T, B) <S_t, e>
     active = b != 0
     if online:
