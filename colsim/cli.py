@@ -301,9 +301,9 @@ def list_(what: str = typer.Argument(..., help="rules | models | protocols | wor
             ph = d.get("phases") or []
             t.add_row(n, str(len(ph)), str(sum(int(p.get("steps", 0)) for p in ph)), str(d.get("description", "")))
     elif what == "worlds":
-        t.add_column("world"), t.add_column("description")
-        for n, e in sorted(registry.WORLDS.items()):
-            t.add_row(n, e.summary)
+        t.add_column("world"), t.add_column("labels"), t.add_column("action"), t.add_column("description")
+        for n, e in sorted(registry.WORLDS.items()):  # LABELS / ACTION_ENCODING: class attributes of the config
+            t.add_row(n, ", ".join(getattr(e.config, "LABELS", ())), getattr(e.config, "ACTION_ENCODING", ""), e.summary)
     else:
         _fail(f"list: unknown kind {what!r}; valid: rules, models, protocols, worlds")
     console.print(t)

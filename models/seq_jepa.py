@@ -173,6 +173,7 @@ class SeqJepaColumn(AbstractColumn):
         self._stat_modules = [m for m in self.modules() if hasattr(m, "record_stats")]
         self._last: dict[str, Tensor] = {}  # detached scalars of the last training forward (diagnostics)
         self._predicted: Optional[Tensor] = None  # () bool: some stream had a context in the last forward
+        self._norm_modules: Optional[list[nn.Module]] = None  # BatchNorm layers + action embedding (batch 1)
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch: int, device) -> dict:
@@ -288,7 +289,9 @@ class SeqJepaColumn(AbstractColumn):
     @contextlib.contextmanager
     def _running_stats(self):
         """BatchNorm layers and the action embedding normalise with their running statistics (batch 1)."""
-        mods = [m for m in self.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, ActionEmbed))]
+        if self._norm_modules is None:  # found once: walking the module tree costs ~1 ms per tick
+            self._norm_modules = [m for m in self.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, ActionEmbed))]
+        mods = self._norm_modules
         old = [m.training for m in mods]
         for m in mods:
             m.training = False

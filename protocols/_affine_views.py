@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,11 @@ ACTION_NAMES = ("sin_drot", "cos_drot", "dtx", "dty", "dlogscale")
 class AffineViewConfig(Strict):
     """View, pool and appearance fields every affine-view world shares; a world's config subclasses it
     and sets ``name`` (a Literal). Per-phase ``overrides`` are validated against the world's config."""
+
+    # what ``colsim list worlds`` shows (class attributes, not config fields)
+    LABELS: ClassVar[tuple[str, ...]] = ("class", "image", "angle", "shift", "scale", "episode")
+    ACTION_ENCODING: ClassVar[str] = ("relative affine map to the next view, 5-d: (sin dθ, cos dθ, u_x/T, u_y/T, "
+                                      "log ds)")
 
     name: str
     image_size: int = Field(32, ge=8, le=512, description="canvas side S in pixels")

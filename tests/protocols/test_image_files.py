@@ -278,3 +278,21 @@ def test_fashion_protocol_is_nonstationary_on_fashion_mnist():
     assert p["world"]["path"] == imf.FASHION_MNIST
     assert [ph["classes"] for ph in p["phases"]] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert [ph["steps"] for ph in p["phases"]] == [ph["steps"] for ph in base["phases"]]
+
+
+def test_list_worlds_shows_labels_and_action_encoding(tmp_path):
+    from colsim.cli import app
+    from colsim.protocols.affine_digits import AffineDigitsConfig, affine_digits
+
+    x, y = tiny_data(6, 2, size=8)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    for world in (make(tmp_path / "d.npz", image_size=8), affine_digits(AffineDigitsConfig(image_size=8))):
+        s = world.stream(2, 3, None, {})
+        _, st = s.step(s.init(torch.Generator().manual_seed(0)))
+        assert set(st.labels) == set(type(world.cfg).LABELS)  # the listed labels are the ones a Step carries
+        assert len(world.spec.action_names) == 5 and "5-d" in type(world.cfg).ACTION_ENCODING
+    res = CliRunner().invoke(app, ["list", "worlds"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    rows = {ln.split("│")[1].strip(): ln for ln in res.output.splitlines() if ln.count("│") >= 4}
+    for name in ("affine_digits", "image_files"):
+        assert "class, image, angle, shift, scale, episode" in rows[name] and "sin dθ" in rows[name]
