@@ -1,0 +1,132 @@
+"""Speed and memory of the spiking column (models/spiking.py) and of ESPP (rules/espp.py).
+
+Prints, for one training step (column forward, rule update, optimizer step) on the nonstationary
+protocol's stream (batch 32, 32 px affine digits, window M = 3):
+
+1. the spiking column at T bins (default 10) against the non-spiking CNN column of equal widths
+   (seqjepa_cnn with the spiking preset's channels), both under backprop: steps/s and their ratio;
+2. ESPP against surrogate-gradient BPTT (backprop) on the same spiking column: time per step and
+   peak memory, as ratios (issue 12's targets: ESPP <= 0.5x the time and <= 0.3x the peak memory).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed steps; on CPU each variant
+runs in its own subprocess and reports its peak resident set size above the resident size before
+its first step (``ru_maxrss`` minus ``/proc/self/statm`` at the start; glibc may keep freed pages,
+so this is an upper bound of the step's working set).
+
+Measured (2-core shared CPU host, 2026-12-03, batch 32, T = 10, channels [16, 32, 64], 10 timed steps;
+the host is noisy, +-15 % between runs):
+
+* spiking_cnn preset (EMA teacher): CNN 69-78 ms/step, spiking BPTT 277-332 ms/step (4.0-4.3x the
+  CNN), ESPP 149-205 ms/step: ESPP/BPTT time 0.54-0.62x (target 0.5 missed), peak memory 0.20-0.30x
+  (147-176 MiB against 29-53 MiB);
+* ``--set model.teacher.kind=stopgrad`` (ESPP never trains the encoder through the seq-JEPA loss, so
+  the teacher only lags the target; the EMA copy costs a second T-bin pass of the current view):
+  spiking BPTT 282 ms/step (3.3x the CNN), ESPP 118 ms/step: ESPP/BPTT time 0.42x, memory 0.25x.
+
+At batch 32 on CPU the LIF bins are small tensors: per-bin op overhead (snnTorch's Leaky is ~10 ops
+per bin) dominates, so the spiking column's cost is ~ (encoder passes) x T x blocks small updates.
+
+    python benchmarks/bench_spiking.py [--steps 10] [--T 10] [--model spiking_cnn] [--device cpu] [--set KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def one(model: str, rule: str, T: int, steps: int, device: str, channels: str, sets: "list[str]") -> dict:
+    import torch
+
+    import colsim.models  # noqa: F401
+    import colsim.protocols  # noqa: F401
+    import colsim.rules  # noqa: F401
+    from colsim.build import build_run, lr_at
+    from colsim.config import resolve_run_config
+    from colsim.simulate import _seeded, apply_update
+
+    extra = [f"model.encoder.channels={channels}"]
+    if model.startswith("spiking"):
+        extra += [f"model.T={T}", *sets]
+    cfg = resolve_run_config("nonstationary", rule=rule, model=model, overrides=extra, device=device)
+    world, column, rl, local, opt = build_run(cfg)
+    B = cfg.protocol.stream.batch
+    stream = world.stream(B, cfg.protocol.stream.episode_length, [0, 1], {})
+    ss = stream.init(_seeded(0, 1))
+    cs = column.init_state(B, device)
+    params = column.trainable()
+    rs = rl.init(params)
+
+    def step(t):
+        nonlocal ss, cs, rs
+        ss, st = stream.step(ss)
+        cs, tr = column(cs, st.obs.to(device), st.action.to(device), st.start.to(device) | (t == 0), local=local)
+        grads, rs, _ = rl.update(params, rs, tr)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(g, t)
+        rs = apply_update(params, grads, opt, rl, rs)
+        column.update_target(t + 1)
+
+    for t in range(2):  # warm-up: windows fill, allocator settles
+        step(t)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss_bytes()
+    t0 = time.perf_counter()
+    for t in range(2, 2 + steps):
+        step(t)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    dt = (time.perf_counter() - t0) / steps
+    return {"model": model, "rule": rule, "s_per_step": dt, "steps_per_s": 1 / dt, "peak_bytes": max(peak, 0)}
+
+
+def _sub(*args, sets=()) -> dict:
+    cmd = [sys.executable, __file__, "--one", *map(str, args)] + [a for s in sets for a in ("--set", s)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--T", type=int, default=10)
+    ap.add_argument("--model", default="spiking_cnn")
+    ap.add_argument("--channels", default="[16,32,64]")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", action="append", default=[], help="override for the spiking column, e.g. model.coding=latency")
+    ap.add_argument("--one", nargs=6, metavar=("MODEL", "RULE", "T", "STEPS", "DEVICE", "CHANNELS"))
+    a = ap.parse_args()
+    if a.one:
+        m, r, T, n, d, ch = a.one
+        print(json.dumps(one(m, r, int(T), int(n), d, ch, a.set)))
+        return
+    runs = {
+        "cnn/backprop": _sub("seqjepa_cnn", "backprop", a.T, a.steps, a.device, a.channels),
+        "spiking/backprop": _sub(a.model, "backprop", a.T, a.steps, a.device, a.channels, sets=a.set),
+        "spiking/espp": _sub(a.model, "espp", a.T, a.steps, a.device, a.channels, sets=a.set),
+    }
+    for k, v in runs.items():
+        print(f"{k:18s} {v['s_per_step'] * 1e3:9.1f} ms/step  {v['steps_per_s']:7.2f} steps/s  "
+              f"peak {v['peak_bytes'] / 2 ** 20:8.1f} MiB")
+    sp, cnn, es = runs["spiking/backprop"], runs["cnn/backprop"], runs["spiking/espp"]
+    print(f"spiking (T={a.T}) / CNN step time under backprop: {sp['s_per_step'] / cnn['s_per_step']:.2f}x")
+    print(f"ESPP / BPTT step time:   {es['s_per_step'] / sp['s_per_step']:.2f}x   (target <= 0.5)")
+    print(f"ESPP / BPTT peak memory: {es['peak_bytes'] / max(sp['peak_bytes'], 1):.2f}x   (target <= 0.3)")
+
+
+if __name__ == "__main__":
+    main()
