@@ -290,7 +290,8 @@ class SeqJepaColumn(AbstractColumn):
     def _running_stats(self):
         """BatchNorm layers and the action embedding normalise with their running statistics (batch 1)."""
         if self._norm_modules is None:  # found once: walking the module tree costs ~1 ms per tick
-            self._norm_modules = [m for m in self.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, ActionEmbed))]
+            kinds = (nn.modules.batchnorm._BatchNorm, ActionEmbed)
+            self._norm_modules = [m for m in self.modules() if isinstance(m, kinds)]
         mods = self._norm_modules
         old = [m.training for m in mods]
         for m in mods:

@@ -392,7 +392,8 @@ class AffineViewWorld(World):
         S, C = cfg.image_size, images.shape[1]
         src = before_warp(images[img], cfg)[:, None].expand(n, views, C, S, S).reshape(n * views, C, S, S)
         flat = p.reshape(n * views, 4)
-        obs = after_warp(_warp(src, flat[:, 0], flat[:, 1], flat[:, 2:]), cfg, generator).reshape(n, views, C, S, S)
+        obs = after_warp(_warp(src, flat[:, 0], flat[:, 1], flat[:, 2:]), cfg, generator)
+        obs = obs.reshape(n, views, C, S, S)
         actions = torch.zeros(n, views, 5)  # (n, V, 5); the last view's action stays zero
         actions[:, :-1] = _encode(p[:, :-1], p[:, 1:], self.shift_unit)
         return ProbeSet(obs=obs, actions=actions,

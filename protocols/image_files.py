@@ -245,7 +245,7 @@ class ImageFiles(AffineViewWorld):
 
 @register_world("image_files", ImageFilesConfig)
 def image_files(cfg: ImageFilesConfig, split: Optional[str] = None) -> ImageFiles:
-    """Fashion-MNIST (IDX), a class-folder tree or an .npz under random rotation/translation/scale; actions = relative affine maps.
+    """Fashion-MNIST (IDX), class folders or .npz under random rotation/translation/scale; actions = relative affine maps.
 
     ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing
     (the world serves all three pools, as ``affine_digits`` does).
