@@ -317,7 +317,20 @@ class SpikingColumn(AbstractColumn):
 
     # ------------------------------------------------------------------ forward
     def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
-        """obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace); see the module docstring."""
+        """obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace); see the module docstring.
+
+        Batch 1 (protocols/online.yaml): as SeqJepaColumn, the action embedding's BatchNorm runs on its
+        running statistics (one stream has no batch statistics; a lone action would embed to 0)."""
+        emb = self.action_embed
+        if self.training and obs.shape[0] == 1 and emb is not None:
+            emb.train(False)  # BatchNorm on running statistics, left unchanged
+            try:
+                return self._forward(state, obs, action, start, local)
+            finally:
+                emb.train(True)
+        return self._forward(state, obs, action, start, local)
+
+    def _forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
         count = torch.where(start, torch.zeros_like(state["count"]), state["count"])  # (B,)
         valid = count > 0
         B, M = obs.shape[0], self.window

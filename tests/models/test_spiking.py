@@ -208,3 +208,20 @@ def test_direct_factory_and_seeded_init():
     assert isinstance(a, SpikingColumn) and a.dim == 6
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not any(n.startswith("target_encoder.") for n in a.trainable())
+
+
+def test_batch_one_uses_running_statistics():
+    """One stream (protocols/online.yaml): the action embedding is not zeroed and its statistics stay."""
+    cfg, world, column, rule, local, opt = _build("spiking_mlp", "espp", extra=["protocol.stream.batch=1"])
+    column.train()
+    cs = column.init_state(1, "cpu")
+    before = column.action_embed.norm.running_mean.clone()
+    ticks = list(_ticks(cfg, world, 3))
+    for obs, act, start in ticks[:2]:
+        cs, _ = column(cs, obs, act, start, local=True)
+    obs, act, start = ticks[2]
+    _, t1 = column(cs, obs, act, start, local=True)
+    cs2 = dict(cs, act=cs["act"] + 1.0)  # other actions in the window
+    _, t2 = column(cs2, obs, act, start, local=True)
+    assert not torch.equal(t1["z_agg"], t2["z_agg"]), "the actions do not reach z_AGG at batch 1"
+    assert torch.equal(column.action_embed.norm.running_mean, before)
