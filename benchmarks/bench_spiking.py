@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--model", default="spiking_cnn")
     ap.add_argument("--channels", default="[16,32,64]")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--set", action="append", default=[], help="override for the spiking column, e.g. model.coding=latency")
+    ap.add_argument("--set", action="append", default=[],
+                    help="override for the spiking column, e.g. model.coding=latency")
     ap.add_argument("--one", nargs=6, metavar=("MODEL", "RULE", "T", "STEPS", "DEVICE", "CHANNELS"))
     a = ap.parse_args()
     if a.one:
