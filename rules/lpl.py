@@ -33,16 +33,26 @@ between layers.
 Defaults (rules/lpl.yaml; the paper: Adam 1e-3, weight decay 1.5e-6): Adam, encoder blocks at
 lr 3e-3 with weight decay 1.5e-6; aggregator, predictor and action embedding with the shared
 setting of every preset, seq-JEPA's AdamW lr 4e-4, weight decay 1e-3, 20-step warm-up
-(``optimizer.groups``, rules/README.md "Shared modules"; the figures below were measured with
-Adam 4e-4 there, before that change, and the 3e-3 encoder rate was chosen on the reported probe
-sets, not on validation data). Measured on protocols/nonstationary.yaml
-(1000 steps, 400 probe episodes per set, change of the trained phase's z_AGG probe accuracy
-from step 0, mean over the five phases; pooled 10-way z_AGG probe at step 0 -> end):
+(``optimizer.groups``, rules/README.md "Shared modules").
 
-* 1e-3 everywhere: -0.02 (200 probe episodes), pooled 0.44 -> 0.30 after the first phase;
-* encoder 1e-3, rest 4e-4: +0.01, the digits-2/3 phase -0.14; pooled 0.52 -> 0.62;
-* encoder 3e-3, rest 4e-4 (default): +0.06 / +0.10 (seeds 0 / 1), every phase >= -0.03;
-  pooled 0.52 -> 0.70; 1e-2 behaves alike (+0.08), 3e-4 is worse (-0.07).
+How the encoder rate was chosen: on the **validation pool** (``--set
+protocol.evaluation.pool=validation``: probe sets drawn from images disjoint from the training
+and the reported probe pools), protocols/nonstationary.yaml shortened to 500 steps, seeds 0 and
+1, criterion the final pooled 10-way z_AGG accuracy on the validation sets; means over the two
+seeds (the binomial s.e. of one seed's gain over step 0 is about 0.03)::
+
+    encoder lr  pooled z_AGG   gain over step 0   equivariance R²   prediction loss
+    1e-3        0.40           -0.03              0.56              0.66
+    3e-3        0.58           +0.16              0.52              0.70
+    1e-2        0.60           +0.17              0.48              0.70
+
+(``examples/compare_rules.py --protocols nonstationary --rules lpl --seeds 0,1 --steps 500
+--set rule.optimizer.lr=LR --set protocol.evaluation.pool=validation``). 3e-3 and 1e-2 are
+indistinguishable on the criterion at two seeds; 3e-3 is kept, the smaller rate that keeps
+more of the relative-action R². The paper's 1e-3 does not improve on the untrained encoder in
+this horizon. An earlier choice of 3e-3 had been made on the reported probe sets; the
+validation pool confirms it. The other presets' rates were not tuned (they are the papers'
+values, rules/README.md).
 
 At the paper's rate, 200 steps of a two-digit phase move the encoder away from its random
 features (which already separate the digits) without reaching the invariant ones LPL
