@@ -25,8 +25,8 @@ from colsim import registry
 
 __all__ = [
     "ConfigError", "Strict", "OptimizerConfig", "PhaseConfig", "StreamConfig", "EvaluationConfig",
-    "RecordConfig", "ProtocolConfig", "RunConfig", "load_yaml_text", "load_yaml_file", "resolve_run_config",
-    "apply_override", "format_validation_error", "validate_as", "rule_spec_to_config",
+    "RecordConfig", "CheckpointConfig", "ProtocolConfig", "RunConfig", "load_yaml_text", "load_yaml_file",
+    "resolve_run_config", "apply_override", "format_validation_error", "validate_as", "rule_spec_to_config",
 ]
 
 
@@ -178,6 +178,14 @@ class RecordConfig(Strict):
     enabled: bool = True
 
 
+class CheckpointConfig(Strict):
+    """Step-level checkpoints (besides the one at every phase end): every ``every`` steps, the last
+    ``keep`` of them kept (phase-end checkpoints are always kept). ``every: null``: phase ends only."""
+
+    every: Optional[int] = Field(None, gt=0)
+    keep: int = Field(2, ge=1)
+
+
 class ProtocolConfig(Strict):
     name: str
     description: str = ""
@@ -186,6 +194,7 @@ class ProtocolConfig(Strict):
     phases: list[PhaseConfig] = Field(min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     model: str = "seqjepa_cnn"  # default model preset
     rule: str = "backprop"  # default rule spec
     # false: no phase learns (the negative control: forgetting must be 0 within its error), whatever
