@@ -1,6 +1,8 @@
 """Affine view model shared by every world that shows fixed images under random 2-D affine views
-(``affine_digits``, ``image_files``): config fields, pools, geometry, action encoding, streams and
-probe sets. A world supplies only its canonical images and their classes (``AffineViewWorld``).
+(``affine_digits``, ``image_files``): config fields, geometry, action encoding, streams and probe sets,
+on the pools of ``protocols/_pools.py`` (the split, overrides, class checks and item picking every
+source-image world shares). A world supplies only its canonical images and their classes
+(``AffineViewWorld``).
 
 Canonical images and pools
     A world holds N canonical images I0 (N, C, S, S) float32 in [0, 1] (the object in a box
@@ -67,41 +69,41 @@ from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import Tensor
 
-from colsim.config import ConfigError, Strict
+from colsim.config import ConfigError
 from colsim.protocols._appearance import after_warp, before_warp
+from colsim.protocols._pools import (
+    POOL_FIXED, POOLS, PoolConfig, balanced_items, check_classes, class_picker, missing_class, resolve, split,
+)
 from colsim.stream import ProbeSet, Stream, World, generator_from_state, rng_state
 from colsim.types import Step, WorldSpec
 
 __all__ = ["AffineViewConfig", "AffineViewWorld", "FACTORS", "FIXED", "POOLS", "ACTION_NAMES", "place_in_canvas"]
 
 FACTORS = ("rotation", "translation", "scale")
-FIXED = ("name", "image_size", "probe_fraction", "validation_fraction", "split_seed")  # cannot change per phase
-POOLS = ("probe", "validation")  # pools probe sets are drawn from (streams use the train pool)
+FIXED = POOL_FIXED + ("image_size",)  # cannot change per phase
+_split = split  # the shared stratified split (protocols/_pools.py)
 ACTION_NAMES = ("sin_drot", "cos_drot", "dtx", "dty", "dlogscale")
 
 
-class AffineViewConfig(Strict):
-    """View, pool and appearance fields every affine-view world shares; a world's config subclasses it
-    and sets ``name`` (a Literal). Per-phase ``overrides`` are validated against the world's config."""
+class AffineViewConfig(PoolConfig):
+    """View and appearance fields every affine-view world shares, plus the pool fields (``PoolConfig``,
+    protocols/_pools.py); a world's config subclasses it and sets ``name`` (a Literal). Per-phase
+    ``overrides`` are validated against the world's config."""
 
     # what ``colsim list worlds`` shows (class attributes, not config fields)
     LABELS: ClassVar[tuple[str, ...]] = ("class", "image", "angle", "shift", "scale", "episode")
     ACTION_ENCODING: ClassVar[str] = ("relative affine map to the next view, 5-d: (sin dθ, cos dθ, u_x/T, u_y/T, "
                                       "log ds)")
 
-    name: str
     image_size: int = Field(32, ge=8, le=512, description="canvas side S in pixels")
     rotation: float = Field(75.0, ge=0, le=180, description="views' angle ~ U[-rotation, rotation] degrees")
     translation: float = Field(7.0, ge=0, le=28, description="shift range per axis, pixels at 28 px")
     scale: tuple[float, float] = Field((0.5, 1.0), description="(min, max), log-uniform")
     factors: list[Literal["rotation", "translation", "scale"]] = Field(default_factory=lambda: list(FACTORS))
     mode: Literal["affine", "rotation_only"] = "affine"
-    probe_fraction: float = Field(0.3, gt=0, lt=1, description="share of each class held out for probes")
-    validation_fraction: float = Field(0.15, ge=0, lt=1, description="share of each class held out for validation")
-    split_seed: int = Field(0, ge=0)
     appearance: Literal["none", "invert", "blur_noise", "thick", "gamma"] = "none"
     blur_sigma: float = Field(1.0, gt=0, le=8, description="appearance blur_noise: Gaussian blur sigma, pixels")
     noise_std: float = Field(0.1, ge=0, le=1, description="appearance blur_noise: additive noise std")
@@ -122,13 +124,6 @@ class AffineViewConfig(Strict):
         if v % 2 == 0:
             raise ValueError(f"thickness must be odd (a centred window), got {v}")
         return v
-
-    @model_validator(mode="after")
-    def _check_pools(self) -> "AffineViewConfig":
-        if self.probe_fraction + self.validation_fraction >= 1:
-            raise ValueError(f"probe_fraction + validation_fraction must be < 1 (the rest trains), got "
-                             f"{self.probe_fraction} + {self.validation_fraction}")
-        return self
 
     @field_validator("factors")
     @classmethod
@@ -151,28 +146,6 @@ def place_in_canvas(x: Tensor, size: int, box: int) -> Tensor:
     x = F.interpolate(x, size=(bh, bw), mode="bilinear", antialias=True, align_corners=False)
     top, left = (size - bh) // 2, (size - bw) // 2
     return F.pad(x.clamp_(0, 1), (left, size - bw - left, top, size - bh - top))  # (N, C, size, size)
-
-
-def _split(labels: Tensor, num_classes: int, probe_fraction: float, validation_fraction: float,
-           seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Stratified, deterministic (train, validation, probe) dataset indices, each sorted (n,) long.
-
-    Per class (n images, permuted once): probe = the first k = round(probe_fraction n) (>= 1),
-    validation = the next round(validation_fraction n) (>= 1 when the fraction is > 0), train = the
-    rest (>= 1). The probe pool is the same for any validation_fraction.
-    """
-    g = torch.Generator().manual_seed(seed)
-    train, val, probe = [], [], []
-    for c in range(num_classes):
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n = len(idx)
-        k = min(max(1, round(probe_fraction * n)), n - 1)
-        kv = min(max(1, round(validation_fraction * n)) if validation_fraction > 0 else 0, n - k - 1)
-        probe.append(idx[:k])
-        val.append(idx[k:k + kv])
-        train.append(idx[k + kv:])
-    return tuple(torch.cat(x).sort().values for x in (train, val, probe))  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,22 +234,10 @@ class AffineViewWorld(World):
 
     # ---- helpers
     def _resolve(self, overrides: Optional[dict[str, Any]], where: str = "world") -> AffineViewConfig:
-        if not overrides:
-            return self.cfg
-        bad = [k for k in self.fixed if k in overrides and overrides[k] != getattr(self.cfg, k)]
-        if bad:
-            raise ConfigError(f"{where}.{bad[0]}: cannot change per phase (set it in the protocol's world section)")
-        return type(self.cfg).model_validate({**self.cfg.model_dump(), **overrides})
+        return resolve(self.cfg, overrides, self.fixed, where)
 
     def _classes(self, classes: Optional[list[int]], where: str = "classes") -> list[int]:
-        K = self.num_classes
-        if classes is None:
-            return list(range(K))
-        out = sorted({int(c) for c in classes})
-        if not out or out[0] < 0 or out[-1] >= K:
-            raise ConfigError(f"{where}: must be a non-empty subset of the world's classes 0..{K - 1}, "
-                              f"got {list(classes)}")
-        return out
+        return check_classes(classes, self.num_classes, where)
 
     def _pool(self, pool: str) -> tuple[Tensor, Tensor, Tensor]:
         """(dataset rows (n,), canonical images (n, C, S, S), classes (n,)) of a probe-set pool."""
@@ -301,10 +262,9 @@ class AffineViewWorld(World):
         pre = f"{where}." if where else ""
         self._resolve(overrides, f"{pre}world" if where else "world")
         cls = self._classes(classes, f"{pre}classes")
-        labels = self._pool(pool)[2]
-        empty = [c for c in cls if not bool((labels == c).any())]
-        if empty:
-            raise ConfigError(f"{pre}classes: the world's {pool} pool has no image of class {empty[0]} "
+        empty = missing_class(self._pool(pool)[2], cls)
+        if empty is not None:
+            raise ConfigError(f"{pre}classes: the world's {pool} pool has no image of class {empty} "
                               f"(world.{pool}_fraction = {getattr(self.cfg, pool + '_fraction')}); raise "
                               f"world.{pool}_fraction")
         return cls
@@ -321,19 +281,8 @@ class AffineViewWorld(World):
             raise ConfigError(f"stream: batch and episode_length must be >= 1, got {batch}, {episode_length}")
         cfg = self._resolve(overrides)
         ranges, unit, B, L = _ranges(cfg), self.shift_unit, batch, episode_length
-        cls = self._classes(classes)
-        pools = [torch.nonzero(self.train_labels == c).flatten() for c in cls]
-        counts = torch.tensor([len(p) for p in pools])  # (K,)
-        table = torch.zeros(len(cls), int(counts.max()), dtype=torch.long)  # (K, max n): train-pool rows
-        for k, p in enumerate(pools):
-            table[k, : len(p)] = p
-
+        pick = class_picker(self.train_labels, self._classes(classes))  # u (B, 2) -> train-pool rows (B,)
         src: dict[torch.device, Tensor] = {}  # device -> canonical train images after before_warp (n, C, S, S)
-
-        def pick(u: Tensor) -> Tensor:  # u (B, 2) -> train-pool rows (B,)
-            k = (u[:, 0] * len(cls)).long().clamp_(max=len(cls) - 1)
-            j = torch.minimum((u[:, 1] * counts[k]).long(), counts[k] - 1)
-            return table[k, j]
 
         def init(generator: torch.Generator) -> dict[str, Tensor]:
             u = torch.rand(B, 10, generator=generator)
@@ -380,14 +329,7 @@ class AffineViewWorld(World):
         cls = self.check_phase(classes, overrides, pool=pool, where=where)
         cfg = self._resolve(overrides)
         rows, images, labels = self._pool(pool)
-        order = torch.tensor(cls)[torch.arange(n) % len(cls)]
-        order = order[torch.randperm(n, generator=generator)]  # (n,) balanced classes, shuffled
-        img = torch.empty(n, dtype=torch.long)  # (n,) pool rows; a class cycles through all its images before reuse
-        for c in cls:
-            slots = torch.nonzero(order == c).flatten()
-            members = torch.nonzero(labels == c).flatten()
-            members = members[torch.randperm(len(members), generator=generator)]
-            img[slots] = members[torch.arange(len(slots)) % len(members)]
+        img = balanced_items(labels, cls, n, generator)  # (n,) pool rows; a class cycles through all its images
         p = _draw(torch.rand(n, views, 4, generator=generator), _ranges(cfg))  # (n, V, 4)
         S, C = cfg.image_size, images.shape[1]
         src = before_warp(images[img], cfg)[:, None].expand(n, views, C, S, S).reshape(n * views, C, S, S)
