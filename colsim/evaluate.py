@@ -43,7 +43,7 @@ import torch
 from colsim.analysis.probes import LinearReadout, equivariance_r2, fit_readout, group_sides, readout_accuracy
 from colsim.stream import ProbeSet
 
-__all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups"]
+__all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups", "spiking_probe_arrays"]
 
 
 class Embeddings(NamedTuple):
@@ -51,6 +51,9 @@ class Embeddings(NamedTuple):
     z_agg: np.ndarray  # (P, N, Dagg)
     loss_pred: np.ndarray  # (P, N) the column's prediction loss per episode (NaN if the column has none)
     block_pred: np.ndarray  # (P, N, L) per-block local predictive term per episode (L = 0 without blocks)
+    spike_count: tuple = ()  # spiking columns, per block l: (P, N, V, C_l) spikes per unit and view
+    raster: tuple = ()  # spiking columns, per block l: (V, T, K_l) probe set 0's first episode
+    raster_neuron: tuple = ()  # per block l: (K_l,) the raster's neurons (flat index into the block)
 
 
 @torch.no_grad()
@@ -58,12 +61,18 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
     """One column pass over every probe set (eval mode; batches of ``batch`` episodes)."""
     was_training = column.training
     column.eval()
-    zs, aggs, losses, blocks = [], [], [], []
+    zs, aggs, losses, blocks, counts = [], [], [], [], []
+    raster, raster_neuron = (), ()
     try:
         for ps in probe_sets:
-            z_parts, a_parts, l_parts, b_parts = [], [], [], []
+            z_parts, a_parts, l_parts, b_parts, c_parts = [], [], [], [], []
             for i in range(0, ps.obs.shape[0], batch):
                 out = column.embed(ps.obs[i:i + batch].to(device), ps.actions[i:i + batch].to(device))
+                if "spike_count" in out:
+                    c_parts.append([c.float().cpu() for c in out["spike_count"]])
+                    if not raster:  # the first episode of the first probe set
+                        raster = tuple(r.to(torch.uint8).cpu().numpy() for r in out["raster"])
+                        raster_neuron = tuple(n.cpu().numpy() for n in out["raster_neuron"])
                 z = out["z"].float()
                 z_parts.append(z.cpu())
                 a_parts.append(out["z_agg"].float().cpu())
@@ -76,9 +85,32 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
             aggs.append(torch.cat(a_parts).numpy())
             losses.append(torch.cat(l_parts).numpy())
             blocks.append(torch.cat(b_parts).numpy())
+            if c_parts:
+                counts.append([torch.cat(c).numpy() for c in zip(*c_parts)])  # [(N, V, C_l)]
     finally:
         column.train(was_training)
-    return Embeddings(np.stack(zs), np.stack(aggs), np.stack(losses), np.stack(blocks))
+    spike_count = tuple(np.stack(c) for c in zip(*counts)) if counts else ()  # [(P, N, V, C_l)]
+    return Embeddings(np.stack(zs), np.stack(aggs), np.stack(losses), np.stack(blocks), spike_count, raster,
+                      raster_neuron)
+
+
+def spiking_probe_arrays(emb: Embeddings) -> "tuple[dict, dict]":
+    """The store's ``probe`` variables of a spiking column (``({}, {})`` for any other):
+
+    * ``spike_count_l{l}`` (eval, probe_set, sample, view, unit_l{l}) float32 — spikes of each unit in
+      each probe view (a conv block's unit is a channel, its neurons' counts averaged over positions);
+    * ``raster_l{l}`` (eval, view, bin, neuron_l{l}) uint8 — the spikes of probe set 0's first episode,
+      per time bin, for the neurons in the static ``raster_neuron_l{l}`` (neuron_l{l},) (flat indices).
+
+    Returns (per-evaluation data, static data) for ``Recorder.record_eval``.
+    """
+    data, static = {}, {}
+    for l, c in enumerate(emb.spike_count):
+        data[f"spike_count_l{l}"] = (("eval", "probe_set", "sample", "view", f"unit_l{l}"), c[None].astype(np.float32))
+    for l, (r, n) in enumerate(zip(emb.raster, emb.raster_neuron)):
+        data[f"raster_l{l}"] = (("eval", "view", "bin", f"neuron_l{l}"), r[None].astype(np.uint8))
+        static[f"raster_neuron_l{l}"] = ((f"neuron_l{l}",), n.astype(np.int64))
+    return data, static
 
 
 def image_groups(probe_sets: list[ProbeSet]) -> np.ndarray:

@@ -41,7 +41,7 @@ from colsim.analysis.continual import bwt, forgetting, fwt
 from colsim.build import lr_at
 from colsim.checkpoint import save_checkpoint
 from colsim.config import ProtocolConfig
-from colsim.evaluate import embed_probe_sets, probe_scores
+from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.record import Recorder
 from colsim.rule import Rule
 
@@ -206,10 +206,11 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 if lab in probe_sets[0].labels:
                     static[f"label_{lab}"] = (("probe_set", "sample", "view", *extra),
                                               np.stack([p.labels[lab].numpy() for p in probe_sets]))
+            spk, spk_static = spiking_probe_arrays(emb)  # spike counts and a raster (spiking columns only)
             recorder.record_eval("probe", {
                 "z": (("eval", "probe_set", "sample", "view", "unit"), emb.z[None].astype(np.float32)),
-                "z_agg": (("eval", "probe_set", "sample", "unit_agg"), emb.z_agg[None].astype(np.float32)),
-            }, {n: c for n, c in coords.items() if n != "block"}, static)
+                "z_agg": (("eval", "probe_set", "sample", "unit_agg"), emb.z_agg[None].astype(np.float32)), **spk,
+            }, {n: c for n, c in coords.items() if n != "block"}, {**static, **spk_static})
         data = {}
         for n in EVAL_SET_KEYS:
             data[n] = (("eval", "probe_set"), np.asarray(sc[n], dtype=np.float64)[None])

@@ -52,7 +52,7 @@ previous view's spike counts L1-normalised over the layer's N_l neurons (0 where
 silent), and ``broadcast`` (B,) = +1 when the previous view belongs to the same episode, -1 across
 an episode boundary (``start``), 0 when the stream has no previous view yet (first tick of a
 phase). ``diagnostics()``: per block the firing rate, and the fractions of silent (no spike in
-the view) and saturated (a spike in every bin) neurons of the last training forward.
+the view) and saturated (a spike in every bin) neurons of the last forward.
 """
 from __future__ import annotations
 
@@ -266,13 +266,14 @@ class SpikingColumn(AbstractColumn):
                 state["z_cache"] = self._encode_ctx(inputs["obs_ctx"], inputs["count"],
                                                     self._gen(seed + 2 ** 61, inputs["obs"].device))
         start = torch.zeros_like(inputs["count"], dtype=torch.bool)
+        stats = dict(self._stats)
         _, trace = self(state, inputs["obs"], inputs["action"], start, local=local)
+        self._stats = stats  # the metrics describe the live view, not a replayed one
         return trace
 
     @torch.no_grad()
     def _record_stats(self, spikes: "list[Tensor]") -> None:
-        if not self.training:
-            return
+        """spikes [(T, B, *shape_l)] -> per block rate, silent and saturated fractions (``diagnostics``)."""
         for l, s in enumerate(spikes):
             n = s.sum(0)  # (B, *shape) spikes per neuron in the view
             self._stats[f"spiking.l{l}.rate"] = float(s.mean())
@@ -281,7 +282,9 @@ class SpikingColumn(AbstractColumn):
 
     def diagnostics(self) -> dict[str, float]:
         """Per block l: ``spiking.l{l}.rate`` (spikes per neuron and bin), ``.silent`` / ``.saturated``
-        (fraction of neurons with no spike / a spike in every bin) of the last training forward."""
+        (fraction of neurons with no spike / a spike in every bin) over the B streams' views of the last
+        forward (training, or learning off; not ``embed``, not a replayed forward). The simulator puts
+        them in the store's ``metrics`` (step 7)."""
         return dict(self._stats)
 
     # ------------------------------------------------------------------ evaluation
@@ -290,13 +293,23 @@ class SpikingColumn(AbstractColumn):
         """obs (N, V, C, H, W), actions (N, V, A) -> ``z`` (N, V, D), ``z_agg`` (N, D+E) of the first
         c = min(M, V) views, ``loss_pred`` (N,) (view c' = min(M, V-1) predicted from the c' views before
         it; NaN when V < 2), ``layers`` [(N, V, C_l)] — as SeqJepaColumn.embed; rate coding draws from
-        a generator seeded with ``eval_seed``."""
+        a generator seeded with ``eval_seed``. Spiking extras, per block l: ``spike_count`` [(N, V, C_l)]
+        each unit's spikes in the view's T bins (a conv block's unit is a channel: its neurons' counts
+        averaged over positions; = ``layers`` x T), and ``raster`` [(V, T, K_l)] the first episode's
+        spikes of the neurons ``raster_neuron`` [(K_l,)] (:meth:`raster_neurons`)."""
         N, V = obs.shape[:2]
         gen = self._gen(self.cfg.eval_seed, obs.device)
         spikes_in = self.encoder.code(obs.reshape(N * V, *obs.shape[2:]), gen)  # (T, N*V, C, H, W)
-        z, layers = self.encoder.pool(self.encoder.run(spikes_in))
+        recs = self.encoder.run(spikes_in)
+        z, layers = self.encoder.pool(recs)
         z = z.view(N, V, -1)
-        out = {"z": z, "layers": [l.view(N, V, -1) for l in layers]}
+        out = {"z": z, "layers": [l.view(N, V, -1) for l in layers],
+               "spike_count": [l.view(N, V, -1) * self.T for l in layers]}  # [(N, V, C_l)] spikes per view
+        out["raster"], out["raster_neuron"] = [], []
+        for (_, s, _), idx in zip(recs, self.raster_neurons()):
+            s0 = s.view(self.T, N, V, -1)[:, 0]  # (T, V, N_l) the first episode
+            out["raster"].append(s0[:, :, idx.to(s.device)].permute(1, 0, 2))  # (V, T, K_l)
+            out["raster_neuron"].append(idx)
         c = min(self.window, V)
 
         def agg(k: int):
@@ -316,6 +329,21 @@ class SpikingColumn(AbstractColumn):
         else:
             tgt = z[:, cp]
         out["loss_pred"] = 1.0 - F.cosine_similarity(z_hat, tgt, dim=-1)  # (N,)
+        return out
+
+    def raster_neurons(self, k: int = 128) -> "list[Tensor]":
+        """Per block, the flat indices (into the block's (C, H, W) / (N,) neurons) of at most ``k``
+        neurons shown in a raster: a conv block's neuron at the centre position of (evenly spaced)
+        channels, an MLP block's evenly spaced neurons."""
+        out = []
+        for shape in self.block_shapes:
+            C = shape[0]
+            ch = torch.linspace(0, C - 1, min(k, C)).round().long().unique()  # (K,)
+            if len(shape) == 3:
+                _, Hl, Wl = shape
+                out.append(ch * Hl * Wl + (Hl // 2) * Wl + Wl // 2)
+            else:
+                out.append(ch)
         return out
 
     # ------------------------------------------------------------------ teacher
