@@ -5,13 +5,22 @@ engine="zarr")`` opens it directly:
 
 * ``metrics`` — one float32 array per scalar metric over the ``step`` dimension; a metric
   that appears later is NaN before; names use "." as separator (``lpl.l0.hebb``).
-  Buffered in memory and appended every ``flush_every`` records.
+  Buffered in memory and appended every ``flush_every`` records; the simulator also flushes at
+  every evaluation and before every checkpoint, so the store on disk always holds every row up to
+  the latest checkpoint. The most a hard kill (``kill -9``, power loss) can lose is the rows
+  buffered since the last flush: at most ``flush_every`` rows, and never a row a checkpoint covers.
 * ``probe`` / ``evaluation`` — one slice per evaluation along ``eval`` (written with xarray).
-* root attributes — resolved config, seed, versions, git revision, device and ``status``
-  (running / completed / diverged / interrupted).
+* root attributes — resolved config, seed, versions, git revision, device and ``status``. The
+  status is ``interrupted`` from the start until the run ends (a run killed with ``kill -9``
+  cannot rewrite it), then ``completed`` / ``diverged`` / ``interrupted``.
 
-Writes use consolidated=False; ``close()`` consolidates the metadata once. ``MemoryRecorder``
-keeps everything in memory for tests.
+Readable after a kill at any moment: every file write is atomic (zarr's local store writes a
+temporary file and renames it), and after every flush and evaluation the metadata is
+consolidated into the root ``zarr.json`` (one atomic write). ``xr.open_datatree`` reads the
+consolidated metadata, i.e. the store as it was at the last flush, even when a kill landed in
+the middle of an append (arrays of a group then differ in length on disk until ``--resume``
+cuts them back, see :meth:`ZarrRecorder.reopen`). ``MemoryRecorder`` keeps everything in memory
+for tests.
 """
 from __future__ import annotations
 
@@ -44,6 +53,11 @@ class Recorder:
 
     def flush(self) -> None:
         pass
+
+    def position(self) -> dict:
+        """What is recorded so far (call after :meth:`flush`): ``{"rows": metric rows, "evals": {group: n}}``
+        — stored in a checkpoint so a resumed run cuts the store back to it."""
+        return {"rows": 0, "evals": {}}
 
     def close(self, status: str) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -88,25 +102,75 @@ class MemoryRecorder(Recorder):
         self.status = status
         self.attrs["status"] = status
 
+    def position(self) -> dict:
+        return {"rows": len(self.metrics), "evals": {g: len(v) for g, v in self.evals.items()}}
+
     def series(self, name: str) -> np.ndarray:
         return np.array([m.get(name, np.nan) for _, m in self.metrics])
 
 
 class ZarrRecorder(Recorder):
-    def __init__(self, path: str | Path, attrs: dict[str, Any], flush_every: int = 200):
+    def __init__(self, path: str | Path, attrs: Optional[dict[str, Any]], flush_every: int = 200):
         import zarr
 
         self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        self.root.attrs.update(_jsonable(attrs))
-        self.root.attrs["status"] = "running"
-        self.metrics = self.root.create_group("metrics")
-        self.metrics.create_array("step", shape=(0,), chunks=(8192,), dtype="int64", fill_value=-1,
-                                  dimension_names=["step"])
         self.flush_every = flush_every
         self._buf: list[tuple[int, dict[str, float]]] = []
         self._n = 0  # rows written
-        self._eval_groups: set[str] = set()
+        self._evals: dict[str, int] = {}  # group -> evaluations written
+        if attrs is None:  # reopen (ZarrRecorder.reopen)
+            return
+        self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        self.root.attrs.update({**_jsonable(attrs), "status": "interrupted"})  # until close() says otherwise
+        self.metrics = self.root.create_group("metrics")
+        self.metrics.create_array("step", shape=(0,), chunks=(8192,), dtype="int64", fill_value=-1,
+                                  dimension_names=["step"])
+        self._consolidate()
+
+    @classmethod
+    def reopen(cls, path: str | Path, position: dict, flush_every: int = 200, **attrs: Any) -> "ZarrRecorder":
+        """Continue an existing store from a checkpoint's ``position``: every ``metrics`` array is cut
+        back to ``position["rows"]`` rows and every evaluation group to ``position["evals"][group]``
+        evaluations (a group made after the checkpoint is removed), so the resumed run appends with
+        no duplicate and no missing row. ``attrs`` are added to the root attributes; the status is
+        ``interrupted`` again until :meth:`close`. Raises ValueError when the store holds less than
+        the checkpoint says was written (it is not this run's store)."""
+        import zarr
+
+        self = cls(path, None, flush_every)
+        self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3, use_consolidated=False)
+        self.metrics = self.root["metrics"]
+        rows = int(position.get("rows", 0))
+        evals = {str(g): int(n) for g, n in (position.get("evals") or {}).items()}
+        for k, a in self.metrics.arrays():
+            if a.shape[0] < rows:
+                raise ValueError(f"{self.path}: metrics/{k} holds {a.shape[0]} rows, the checkpoint says {rows} were "
+                                 "written; the store is not this checkpoint's")
+            if a.shape[0] != rows:
+                a.resize((rows,))
+        for g, _ in list(self.root.groups()):
+            if g == "metrics":
+                continue
+            n = evals.get(g, 0)
+            if n == 0:
+                del self.root[g]
+                continue
+            for k, a in self.root[g].arrays():
+                dims = a.metadata.dimension_names or ()
+                if dims and dims[0] == "eval":
+                    if a.shape[0] < n:
+                        raise ValueError(f"{self.path}: {g}/{k} holds {a.shape[0]} evaluations, the checkpoint says "
+                                         f"{n}; the store is not this checkpoint's")
+                    if a.shape[0] != n:
+                        a.resize((n, *a.shape[1:]))
+            self._evals[g] = n
+        self._n = rows
+        self.root.attrs.update({**_jsonable(attrs), "status": "interrupted"})
+        self._consolidate()
+        return self
+
+    def position(self) -> dict:
+        return {"rows": self._n + len(self._buf), "evals": dict(self._evals)}
 
     # -------------------------------------------------------------- metrics
     def record(self, step: int, values: dict[str, float]) -> None:
@@ -131,6 +195,15 @@ class ZarrRecorder(Recorder):
             self.metrics[k].append(col)
         self._n += m
         self._buf.clear()
+        self._consolidate()
+
+    def _consolidate(self) -> None:
+        """Snapshot every array's metadata into the root zarr.json (one atomic write): readers see the
+        store as it is now even if a later append is cut short by a kill."""
+        import zarr
+
+        with _quiet():
+            zarr.consolidate_metadata(str(self.path), zarr_format=3)
 
     # -------------------------------------------------------------- evaluations
     def record_eval(self, group: str, data: dict[str, tuple], coords: dict[str, tuple],
@@ -147,7 +220,7 @@ class ZarrRecorder(Recorder):
         for k, (dims, arr) in data.items():
             attrs = {"coordinates": " ".join(c for c in eval_coord_names if c != "eval")} if eval_coord_names else {}
             data_vars[k] = xr.Variable(dims, arr, attrs=attrs)
-        first = group not in self._eval_groups
+        first = group not in self._evals
         if first and static:
             for k, (dims, arr) in static.items():
                 data_vars[k] = xr.Variable(dims, arr)
@@ -156,21 +229,20 @@ class ZarrRecorder(Recorder):
         with _quiet():
             if first:
                 ds.to_zarr(str(self.path), group=group, mode="w", zarr_format=3, consolidated=False)
-                self._eval_groups.add(group)
             else:
                 ds.to_zarr(str(self.path), group=group, mode="a", append_dim="eval", zarr_format=3, consolidated=False)
+        self._evals[group] = self._evals.get(group, 0) + 1
+        self._consolidate()
 
     # -------------------------------------------------------------- attributes / close
     def set_attrs(self, **attrs: Any) -> None:
         self.root.attrs.update(_jsonable(attrs))
+        self._consolidate()  # the update rewrote the root zarr.json without the consolidated metadata
 
     def close(self, status: str) -> None:
-        import zarr
-
         self.flush()
         self.root.attrs["status"] = status
-        with _quiet():
-            zarr.consolidate_metadata(str(self.path), zarr_format=3)
+        self._consolidate()
 
 
 def _quiet():
