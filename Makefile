@@ -14,7 +14,7 @@ STAMP  = $(VENV)/.colsim-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,dashboards,spiking,brainpy]"
+	$(BIN)/pip install -q -e ".[dev,dashboards,spiking,brainpy,distributed]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -4,6 +4,7 @@
                [--device cpu|cuda] [--out DIR]
     colsim validate PROTOCOL [--rule SPEC] [--model NAME] [--set K=V]...
     colsim list rules|models|protocols|worlds
+    colsim sweep SWEEP.yaml [--out DIR] [--steps N] [--scheduler ADDRESS | --cluster local|slurm]
 
 Exit codes: 0 done, 1 run failed (diverged / interrupted), 2 bad input (one line, no traceback).
 Only this module imports everything (core, models, rules, protocols, analysis).
@@ -315,6 +316,35 @@ def _preset_comment(kind: str, name: str) -> str:
     text = (resources.files(registry.PACKAGES[kind]) / f"{name}.yaml").read_text()
     lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
     return " ".join(lines)[:100]
+
+
+@app.command()
+def sweep(
+    sweep_file: str = typer.Argument(..., help="sweep YAML (base, grid/zip, cluster) or a packaged sweep name "
+                                     "(rules_seeds); format in colsim/sweep.py"),
+    out: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default runs/<sweep name>); running the "
+                                       "same sweep again skips finished runs"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="shorten every run to N steps (replaces base.steps)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running dask scheduler, "
+                                            "e.g. tcp://host:8786"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="local | slurm (dask-jobqueue, cluster.slurm in "
+                                          "the sweep YAML); default: the YAML's cluster.kind (local)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster worker processes (default cores // "
+                                          "threads)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per run (default 1)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+):
+    """Run a sweep on dask: one task per run, all under one folder that colsim.analysis opens as one dataset."""
+    from colsim._sweep_dask import sweep_main
+
+    try:
+        code = sweep_main(sweep_file, out, steps, scheduler, cluster, workers, threads, quiet, console,
+                          git_revision=_git_revision())
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    if code:
+        raise typer.Exit(code)
 
 
 def _register_analysis() -> None:

@@ -1,0 +1,181 @@
+"""Run a planned sweep on dask.distributed (colsim.sweep): connect, submit one task per run, one
+rich progress bar over the runs, record what each task returned or why it died.
+
+:func:`sweep_main` is ``colsim sweep``; it returns the exit code (0: every run completed,
+1: some run failed / diverged / was interrupted) and raises ConfigError for bad input (exit 2).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from colsim.config import ConfigError
+from colsim.sweep import (DONE, ClusterConfig, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
+                          load_sweep, local_cluster_size, cores_available, plan_runs, read_status, slurm_cluster)
+
+__all__ = ["sweep_main", "connect"]
+
+SCHEDULER_TIMEOUT_S = 5
+
+
+def connect(cc: ClusterConfig, scheduler: Optional[str] = None, console=None):
+    """-> (client, cluster or None, task resources). ``scheduler``: an existing cluster's address."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError("colsim sweep: needs dask.distributed (pip install 'colsim[distributed]')") from None
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s", set_as_default=False)
+        except Exception as exc:  # noqa: BLE001 — OSError / TimeoutError / ValueError: all bad input
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"--scheduler {scheduler}: cannot connect to a dask scheduler there ({msg[:200]})") \
+                from None
+        return client, None, None
+    if cc.kind == "slurm":
+        cluster = slurm_cluster(cc)
+        cluster.scale(jobs=cc.slurm.jobs)
+        if console is not None:
+            console.print(f"SLURMCluster: {cc.slurm.jobs} job(s) x {cc.slurm.cores} cores, "
+                          f"{cc.slurm.cores // cc.threads} worker(s) per job x {cc.threads} torch thread(s)",
+                          highlight=False)
+        return Client(cluster, set_as_default=False), cluster, {"run": 1}
+    n = local_cluster_size(cc)
+    try:
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=cc.dashboard_address, silence_logs=logging.ERROR)
+    except Exception as exc:  # noqa: BLE001 — e.g. a dashboard address that cannot be bound
+        raise ConfigError(f"sweep.cluster: cannot start a LocalCluster ({type(exc).__name__}: {exc})") from None
+    if console is not None:
+        console.print(f"LocalCluster: {n} worker process(es) x {cc.threads} torch thread(s) "
+                      f"({cores_available()} cores)", highlight=False)
+    return Client(cluster, set_as_default=False), cluster, None
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    from colsim import registry
+
+    for pkg in registry.PACKAGES.values():
+        importlib.import_module(pkg)
+
+
+def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = None, scheduler: Optional[str] = None,
+               cluster: Optional[str] = None, workers: Optional[int] = None, threads: Optional[int] = None,
+               quiet: bool = False, console=None, git_revision: str = "unknown") -> int:
+    from rich.console import Console
+
+    console = console or Console()
+    if scheduler is not None and cluster is not None:
+        raise ConfigError("--scheduler / --cluster: give one (an existing cluster's address, or a cluster to start)")
+    if cluster is not None and cluster not in ("local", "slurm"):
+        raise ConfigError(f"--cluster {cluster}: choose local or slurm")
+    if scheduler is not None and not scheduler.strip():
+        raise ConfigError("--scheduler: empty address; give e.g. tcp://host:8786")
+    sw, src = load_sweep(path, steps)
+    upd = {k: v for k, v in (("kind", cluster), ("workers", workers), ("threads", threads)) if v is not None}
+    for k, v in upd.items():
+        if k != "kind" and v < 1:
+            raise ConfigError(f"--{k}: must be >= 1, got {v}")
+    cc = sw.cluster.model_copy(update=upd)
+    _load_plugins()
+    runs = plan_runs(sw)
+    out = Path(out) if out is not None else Path("runs") / str(sw.name)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the sweep folder ({exc.strerror or exc})") from None
+    with SweepLock(out):
+        return _run_locked(sw, src, cc, runs, out.resolve(), scheduler, quiet, console, git_revision)
+
+
+def _run_locked(sw: SweepConfig, src: Path, cc: ClusterConfig, runs: list[SweepRun], out: Path, scheduler, quiet,
+                console, git_revision) -> int:
+    doc = sw.model_dump(mode="json")
+    doc["coordinates"] = coordinate_names(list(sw.grid) + list(sw.zip))
+    doc["source"], doc["written"] = str(src), _dt.datetime.now().isoformat(timespec="seconds")
+    (out / "sweep.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    todo = [r for r in runs if not is_done(out / "runs" / r.name, r.config)]
+    console.print(f"[bold]colsim sweep[/] {sw.name}: {len(runs)} runs ({len(runs) - len(todo)} already done, "
+                  f"{len(todo)} to run) -> {out}", highlight=False)
+    statuses = {r.name: read_status(out / "runs" / r.name) for r in runs if r not in todo}
+    if todo:
+        statuses.update(_submit(cc, scheduler, todo, len(runs), out, quiet, console, sw, git_revision))
+    return _report(runs, statuses, console)
+
+
+def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -> dict:
+    from distributed import as_completed
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from colsim._sweep_task import execute, write_status
+
+    client, cluster, resources = connect(cc, scheduler, console)
+    statuses: dict[str, dict] = {}
+    futures = {}
+    try:
+        console.print(f"dask dashboard: {client.dashboard_link}", highlight=False)
+        threads = cc.threads
+        for r in todo:
+            prev = read_status(out / "runs" / r.name)
+            spec = {"name": r.name, "point": r.point, "config": r.config, "dir": str(out / "runs" / r.name),
+                    "threads": threads, "attempts": prev.get("attempts", 0),
+                    "attrs": {"git_revision": git_revision, "sweep": str(sw.name)}}
+            fut = client.submit(execute, spec, key=f"colsim-run-{r.name}-{uuid.uuid4().hex[:8]}", pure=False,
+                                resources=resources)
+            futures[fut] = r
+        cols = [TextColumn("[bold blue]sweep {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[bad]} not ok[/]"), TimeElapsedColumn(),
+                TimeRemainingColumn()]
+        with Progress(*cols, console=console, disable=quiet) as prog:
+            task = prog.add_task("sweep", total=total, completed=total - len(todo), name=sw.name, ok=0, bad=0)
+            ok = bad = 0
+            for fut in as_completed(list(futures), loop=client.loop):
+                r = futures[fut]
+                try:
+                    meta = fut.result()
+                except Exception as exc:  # noqa: BLE001 — the task itself died (KilledWorker, lost worker, ...)
+                    meta = read_status(out / "runs" / r.name) or {"name": r.name, "point": r.point, "attempts": 1}
+                    meta.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                    (out / "runs" / r.name).mkdir(parents=True, exist_ok=True)
+                    write_status(out / "runs" / r.name, meta)
+                statuses[r.name] = meta
+                ok, bad = (ok + 1, bad) if meta.get("status") == "completed" else (ok, bad + 1)
+                prog.update(task, advance=1, ok=ok, bad=bad)
+    except KeyboardInterrupt:
+        console.print("[yellow]sweep interrupted[/]: runs not finished are run again by the same command")
+        client.cancel(list(futures))
+        raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return statuses
+
+
+def _report(runs: list[SweepRun], statuses: dict, console) -> int:
+    from rich.table import Table
+
+    counts: dict[str, int] = {}
+    for r in runs:
+        s = statuses.get(r.name, {}).get("status", "missing")
+        counts[s] = counts.get(s, 0) + 1
+    console.print("runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False)
+    bad = [(r, statuses.get(r.name, {})) for r in runs if statuses.get(r.name, {}).get("status") != "completed"]
+    if bad:
+        t = Table(title="runs not completed (run the same command again to retry failed ones)")
+        t.add_column("run"), t.add_column("status"), t.add_column("error")
+        for r, st in bad:
+            t.add_row(r.name, str(st.get("status", "missing")), str(st.get("error") or ""))
+        console.print(t)
+    return 0 if not bad else 1
