@@ -13,11 +13,17 @@ a rule overlaid), one row per view:
 7. Rotation circle (orbits on the top-2 rotation PCs, coloured by angle)
 8. Per-layer sparsity, 9. rule state (metaplastic availability, SI importance, replay
    histogram ...) and 10. block diagnostics (CRATE coding rate, ToST membership entropy)
-   when the run records them (at most 12 curves a panel: summaries and the encoder first).
+   when the run records them (at most 12 curves a panel: summaries and the encoder first);
+   a spiking column's per-block firing rate and silent / saturated fractions join panel 8.
+11. Spike raster of one probe episode (probe set 0's first episode, every view's T bins, at most
+    128 neurons a block, blocks stacked) and 12. firing-rate histogram per block (each unit's
+    spikes per bin, mean over every probe view; seeds of a rule pooled), both at the last
+    evaluation and only when a run of the page is spiking (``probe/raster_l*``, ``spike_count_l*``).
 
 ``serve=True`` serves the same layout with panel on localhost instead of writing a file.
-Reads only ``metrics`` and ``analysis`` (runs without ``analysis`` are analysed first), so
-the page of a 10 GB store costs what its metrics cost.
+Reads ``metrics`` and ``analysis`` (runs without ``analysis`` are analysed first) and, of
+``probe``, only the last evaluation's spiking variables, so the page of a 10 GB store costs what
+its metrics cost.
 """
 from __future__ import annotations
 
@@ -32,13 +38,14 @@ import numpy as np
 from colsim.analysis.analyze import analyze_run, trained_sets
 from colsim.analysis.store import open_run, run_info
 
-__all__ = ["TITLES", "dashboard", "build_layout"]
+__all__ = ["TITLES", "SPIKING_TITLES", "dashboard", "build_layout"]
 
 TITLES = ["Loss components", "Rank monitor", "Accuracy matrix", "Forgetting curves",
           "Equivariance R2 per action dimension", "dz eigenspectrum", "Rotation circle", "Per-layer sparsity",
           "Rule state", "Block diagnostics"]
+SPIKING_TITLES = ["Spike raster (one probe episode)", "Firing-rate histogram"]  # spiking runs only
 _STATE_PREFIXES = ("metaplastic.", "si.", "ewc.", "replay.", "consolidation.")
-_LAYER_RE = re.compile(r"\.l(\d+)\..*(nonzero|sparsity|active)|sparsity")
+_LAYER_RE = re.compile(r"\.l(\d+)\..*(nonzero|sparsity|active)|sparsity|^spiking\.l\d+\.(rate|silent|saturated)$")
 _BLOCK_RE = re.compile(r"coding_rate|membership_entropy|usage")
 H = 230  # frame height of every panel
 FW = 300  # frame width of every panel (legends sit outside, on the right)
@@ -87,6 +94,7 @@ class _Run:
         self.analysis = tree["analysis"].to_dataset().load() if "analysis" in tree.children else None
         s = self.analysis.attrs.get("summary") if self.analysis is not None else None
         self.summary = json.loads(s) if isinstance(s, str) else (s or {})
+        self.spiking = _spiking(tree["probe"].to_dataset()) if "probe" in tree.children else None
         tree.close()
 
     def series(self, name):
@@ -101,6 +109,54 @@ class _Run:
     @property
     def label(self):
         return f"seed {self.info['seed']}"
+
+
+def _spiking(probe) -> "dict | None":
+    """The last evaluation's raster and per-unit firing rates of a spiking run's ``probe`` group:
+    ``{"step", "T", "raster": [(V, T, K_l) uint8], "rate": [(C_l,) spikes per bin, mean over every
+    probe view]}``; None for a non-spiking run."""
+    n_blocks = sum(1 for v in probe.data_vars if re.fullmatch(r"raster_l\d+", str(v)))
+    if not n_blocks or not probe.sizes.get("eval", 0):
+        return None
+    last = probe.isel(eval=-1)
+    T = int(probe.sizes["bin"])
+    raster = [last[f"raster_l{l}"].transpose("view", "bin", ...).values for l in range(n_blocks)]
+    rate = [last[f"spike_count_l{l}"].mean(["probe_set", "sample", "view"]).values / T for l in range(n_blocks)]
+    step = int(probe["step"].values[-1]) if "step" in probe.coords or "step" in probe else -1
+    return {"step": step, "T": T, "raster": raster, "rate": rate}
+
+
+def _raster_panel(hv, runs, title):
+    r = next((r for r in runs if r.spiking is not None), None)
+    if r is None:
+        return _empty(hv, title)
+    sp, els, y0 = r.spiking, [], 0
+    V, T = sp["raster"][0].shape[:2]
+    for l, ras in enumerate(sp["raster"]):  # (V, T, K)
+        v, t, k = np.nonzero(ras)
+        lab = f"block {l}"
+        els.append(hv.Scatter((v * T + t, y0 + k), "time bin (views of T bins)", "neuron (blocks stacked)",
+                              label=lab).opts(marker="square", size=3))
+        y0 += ras.shape[2]
+    els += [hv.VLine(v * T - 0.5).opts(color="gray", line_width=1, line_dash="dotted") for v in range(1, V)]
+    return hv.Overlay(els).opts(title=f"{title} (step {sp['step']})", frame_width=FW, frame_height=H,
+                                legend_position="right", legend_opts=_LEGEND, xlim=(-0.5, V * T - 0.5),
+                                ylim=(-0.5, y0 - 0.5))
+
+
+def _rate_hist_panel(hv, runs, title):
+    sp = [r.spiking for r in runs if r.spiking is not None]
+    if not sp:
+        return _empty(hv, title)
+    edges = np.linspace(0, 1, 21)
+    els = []
+    for l in range(len(sp[0]["rate"])):
+        rates = np.concatenate([s["rate"][l] for s in sp if l < len(s["rate"])])
+        counts, _ = np.histogram(np.clip(rates, 0, 1), edges)
+        els.append(hv.Histogram((edges, counts), kdims=["firing rate (spikes per bin)"], vdims=["units"], label=f"block {l}")
+                   .opts(alpha=0.5))
+    return hv.Overlay(els).opts(title=f"{title} (step {sp[0]['step']})", frame_width=FW, frame_height=H,
+                                legend_position="right", legend_opts=_LEGEND)
 
 
 def _empty(hv, title):
@@ -323,6 +379,9 @@ def build_layout(paths):
             panels = [_layer_panel(hv, by_rule[rule], p, f"{title} - {rule}") for p, rule in zip(panels, rules)]
         if any(p is not None for p in panels):
             rows.append([p if p is not None else _empty(hv, f"{title} - {rule}") for p, rule in zip(panels, rules)])
+    if any(r.spiking is not None for r in runs):  # spiking runs only
+        for fn, title in zip((_raster_panel, _rate_hist_panel), SPIKING_TITLES):
+            rows.append([fn(hv, by_rule[rule], f"{title} - {rule}") for rule in rules])
     return rows, _header(runs), by_rule
 
 
