@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-from colsim.analysis.store import RunStoreError, store_path
+from colsim.analysis.store import RunStoreError, expand_runs, is_sweep, run_point, store_path
 
 __all__ = ["analyze", "compare", "dashboard"]
 
 try:  # typer metadata only; the functions work without typer
     import typer
 
-    _Runs = Annotated[list[str], typer.Argument(help="run folders (or their store.zarr)", show_default=False)]
+    _Runs = Annotated[list[str], typer.Argument(help="run folders (or their store.zarr), or a colsim sweep folder",
+                                                show_default=False)]
     _By = Annotated[Optional[list[str]], typer.Option("--by", help="group by run attribute: rule, model, protocol, "
                                                                     "seed, status (repeatable; default rule)")]
     _Out = Annotated[Optional[str], typer.Option("--out", help="folder for compare.csv / compare.html "
@@ -44,8 +45,16 @@ def _fail(msg: str):
 
 
 def _check(runs) -> list[str]:
+    """Run folders (or stores) as strings; a ``colsim sweep`` folder stands for its runs that hold a store."""
     if not runs:
         _fail("no runs given")
+    try:
+        expanded = expand_runs(runs)
+    except RunStoreError as exc:
+        _fail(str(exc))
+    if not expanded:
+        _fail(f"{', '.join(str(r) for r in runs if is_sweep(r))}: the sweep has no run with a store yet")
+    runs = expanded
     for r in runs:
         try:
             store_path(r)
@@ -113,9 +122,11 @@ def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = Non
 
     paths = _check(runs)
     by = list(by) if by else ["rule"]
-    bad = [b for b in by if b not in ("rule", "model", "protocol", "seed", "status")]
+    swept = sorted({k for p in paths for k in run_point(p)} - {"rule", "model", "protocol", "seed", "status"})
+    bad = [b for b in by if b not in ("rule", "model", "protocol", "seed", "status", *swept)]
     if bad:
-        _fail(f"--by {bad[0]!r}: choose from rule, model, protocol, seed, status")
+        _fail(f"--by {bad[0]!r}: choose from rule, model, protocol, seed, status"
+              + (f" or a swept field ({', '.join(swept)})" if swept else ""))
     unknown = [m for m in metric or [] if m not in KEY_METRICS]
     if unknown:
         _fail(f"--metric {unknown[0]!r}: unknown metric; choose from {', '.join(KEY_METRICS)}")
@@ -127,9 +138,13 @@ def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = Non
 
 def dashboard(runs: _Runs, output: _Output = None, serve: _Serve = False, port: _Port = 5006) -> None:
     """Standalone HTML dashboard of one or more runs (side by side by rule); --serve for a live panel server."""
+    from pathlib import Path
+
     from colsim.analysis.dashboard import dashboard as make
 
     paths = _check(runs)
+    if output is None and len(runs) == 1 and is_sweep(runs[0]):  # a sweep's page lives in the sweep folder
+        output = str(Path(runs[0]) / "dashboard.html")
     console = _console()
     if serve:
         console.print(f"serving the dashboard at http://localhost:{port}/ (Ctrl-C to stop)", highlight=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from colsim.analysis.analyze import analyze_run, summary_from_store
+from colsim.analysis.store import run_point
 
 __all__ = ["KEY_METRICS", "Table", "t_quantile_975", "mean_ci", "compare_runs", "compare_runs_to_files"]
 
@@ -148,12 +149,14 @@ def _summary(path, analyze_missing: bool) -> dict:
     s = summary_from_store(path)
     if s is None:
         s = analyze_run(path, write=analyze_missing)
+    for k, v in run_point(path).items():  # a sweep run's swept fields (lr, batch, ...) can group too
+        s.setdefault(k, v)
     return s
 
 
 def compare_runs(paths, by=("rule",), metrics=None, analyze_missing: bool = True) -> Table:
-    """Group runs by the root attributes named in ``by`` (rule, model, protocol, seed, status)
-    and tabulate ``metrics`` (default :data:`KEY_METRICS`) as mean ± 95 % CI over each group.
+    """Group runs by the root attributes named in ``by`` (rule, model, protocol, seed, status, or a
+    sweep run's swept field such as lr) and tabulate ``metrics`` (default :data:`KEY_METRICS`) as mean ± 95 % CI over each group.
 
     Every row also has ``n_runs`` and ``statuses`` (e.g. "completed:4,diverged:1"). Metrics no
     run of the comparison has are dropped from the table.

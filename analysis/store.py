@@ -5,12 +5,16 @@ A run folder holds ``config.yaml``, ``store.zarr`` (zarr v3 groups ``metrics``, 
 
 * :func:`open_run` — one run as an ``xr.DataTree`` (lazy: nothing large is read).
 * :func:`open_runs` — several runs as one ``xr.Dataset`` with run dimensions
-  ``(rule, model, protocol, seed)`` so a sweep is a data dimension.
+  ``(rule, model, protocol, seed)`` so a sweep is a data dimension; a ``colsim sweep`` folder
+  opens lazily with one ``run`` dimension whose coordinates are the swept fields.
+* :func:`is_sweep`, :func:`sweep_run_dirs`, :func:`run_point`, :func:`expand_runs` — sweep folders.
 * :func:`write_group` — (re)write one group and re-consolidate the store's metadata.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -19,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 __all__ = ["RunStoreError", "RUN_DIMS", "store_path", "open_run", "open_runs", "run_info", "write_group",
-           "quiet_zarr"]
+           "quiet_zarr", "is_sweep", "sweep_run_dirs", "run_point", "expand_runs", "open_sweep"]
 
 RUN_DIMS = ("rule", "model", "protocol", "seed")
 _EVAL_GROUPS = ("evaluation", "analysis")
@@ -148,8 +152,8 @@ def _eval_group(tree: xr.DataTree, group: str) -> xr.Dataset | None:
     return out.drop_vars([c for c in out.coords if c not in out.dims])
 
 
-def open_runs(paths: Iterable, groups: tuple[str, ...] = ("metrics", "evaluation", "analysis"),
-              load: bool = True) -> xr.Dataset:
+def open_runs(paths, groups: tuple[str, ...] = ("metrics", "evaluation", "analysis"),
+              load: bool | None = None) -> xr.Dataset:
     """Open several runs as one ``xr.Dataset`` with dimensions ``rule, model, protocol, seed``.
 
     Each store's root attributes give its coordinates on those four dimensions (so a
@@ -169,7 +173,20 @@ def open_runs(paths: Iterable, groups: tuple[str, ...] = ("metrics", "evaluation
     divergence, a metric its rule does not emit, a run combination not in the sweep) is NaN.
     Integer variables therefore become float. Two stores with the same (rule, model,
     protocol, seed) are an error. ``load=False`` keeps arrays lazy (dask).
+
+    ``paths`` may instead be one ``colsim sweep`` folder (or a list holding only it): see
+    :func:`open_sweep` (lazy unless ``load=True``).
     """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = list(paths)
+    sweeps = [p for p in paths if is_sweep(p)]
+    if sweeps:
+        if len(paths) != 1:
+            raise RunStoreError(f"{sweeps[0]}: a sweep folder opens on its own (open_runs(SWEEP_DIR)); "
+                                "give one sweep folder, or run folders")
+        return open_sweep(paths[0], groups, load=bool(load))
+    load = True if load is None else load
     per_run = []
     seen = {}
     for path in paths:
@@ -180,30 +197,125 @@ def open_runs(paths: Iterable, groups: tuple[str, ...] = ("metrics", "evaluation
             raise RunStoreError(f"{path}: same (rule, model, protocol, seed) = {key} as {seen[key]}; "
                                 "open_runs needs one run per combination")
         seen[key] = str(path)
-        parts = []
-        if "metrics" in groups and "metrics" in tree.children:
-            parts.append(tree["metrics"].to_dataset())
-        for g in groups:
-            if g != "metrics":
-                e = _eval_group(tree, g)
-                if e is not None:
-                    parts.append(e)
-        ds = xr.merge(parts, join="outer", compat="override", combine_attrs="drop") if parts else xr.Dataset()
-        if load:
-            ds = ds.load()
-        ds["status"] = xr.DataArray(info["status"])
-        ds["steps_done"] = xr.DataArray(float(info["steps_done"]) if info["steps_done"] is not None else np.nan)
-        for v in list(ds.data_vars):  # so that missing entries can be NaN
-            if ds[v].dtype.kind in "iub":
-                ds[v] = ds[v].astype(np.float64)
-            elif ds[v].dtype.kind == "U":
-                ds[v] = ds[v].astype(object)
+        ds = _run_dataset(tree, groups, load, info["status"], info["steps_done"])
         per_run.append(ds.expand_dims(run=1).assign_coords({d: ("run", [info[d]]) for d in RUN_DIMS}))
     if not per_run:
         raise RunStoreError("open_runs: no runs given")
-    run = xr.concat(per_run, dim="run", join="outer", data_vars="all", coords="minimal", compat="override",
-                    fill_value=np.nan, combine_attrs="drop")
+    run = _concat(per_run)
     out = run.set_index(run=list(RUN_DIMS)).unstack("run", fill_value=np.nan)
     out = out.transpose(*RUN_DIMS, ...)
     out.attrs["runs"] = list(seen.values())
     return out
+
+
+def _run_dataset(tree, groups, load: bool, status: str, steps_done) -> xr.Dataset:
+    parts = []
+    if tree is not None and "metrics" in groups and "metrics" in tree.children:
+        parts.append(tree["metrics"].to_dataset())
+    for g in groups:
+        if tree is not None and g != "metrics":
+            e = _eval_group(tree, g)
+            if e is not None:
+                parts.append(e)
+    ds = xr.merge(parts, join="outer", compat="override", combine_attrs="drop") if parts else xr.Dataset()
+    if load:
+        ds = ds.load()
+    ds["status"] = xr.DataArray(str(status))
+    ds["steps_done"] = xr.DataArray(float(steps_done) if steps_done is not None else np.nan)
+    for v in list(ds.data_vars):  # so that missing entries can be NaN
+        if ds[v].dtype.kind in "iub":
+            ds[v] = ds[v].astype(np.float64)
+        elif ds[v].dtype.kind == "U":
+            ds[v] = ds[v].astype(object)
+    return ds
+
+
+def _concat(per_run: list[xr.Dataset]) -> xr.Dataset:
+    return xr.concat(per_run, dim="run", join="outer", data_vars="all", coords="minimal", compat="override",
+                     fill_value=np.nan, combine_attrs="drop")
+
+
+# ------------------------------------------------------------------------------------------
+# sweep folders (colsim sweep): DIR/sweep.yaml, DIR/runs/<name>/{sweep_run.json, store.zarr, ...}
+
+def is_sweep(path) -> bool:
+    """True for a folder written by ``colsim sweep`` (``sweep.yaml`` and ``runs/`` inside)."""
+    p = Path(path).expanduser()
+    return (p / "sweep.yaml").is_file() and (p / "runs").is_dir()
+
+
+def _sweep_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "sweep_run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def sweep_run_dirs(path, with_store: bool = False) -> list[Path]:
+    """The run folders of a sweep folder, sorted by name (only those holding a store if ``with_store``)."""
+    p = Path(path).expanduser()
+    if not is_sweep(p):
+        raise RunStoreError(f"{p}: not a colsim sweep folder (no sweep.yaml and runs/ inside)")
+    dirs = sorted(d for d in (p / "runs").iterdir() if d.is_dir() and (d / "sweep_run.json").is_file())
+    return [d for d in dirs if (d / "store.zarr" / "zarr.json").is_file()] if with_store else dirs
+
+
+def run_point(path) -> dict:
+    """A sweep run's swept values (``{"rule": "lpl", "seed": 0, "lr": 0.001}``); {} outside a sweep."""
+    p = Path(path).expanduser()
+    if p.name == "store.zarr":
+        p = p.parent
+    return dict(_sweep_status(p).get("point") or {})
+
+
+def expand_runs(paths) -> list[str]:
+    """Run paths with every sweep folder replaced by its runs that hold a store."""
+    out: list[str] = []
+    for r in paths:
+        out += [str(d) for d in sweep_run_dirs(r, with_store=True)] if is_sweep(r) else [str(r)]
+    return out
+
+
+def open_sweep(path, groups: tuple[str, ...] = ("metrics", "evaluation", "analysis"), load: bool = False) -> xr.Dataset:
+    """A sweep folder as one ``xr.Dataset`` over ``run`` (lazy dask arrays unless ``load``).
+
+    Coordinates on ``run``: the run folder's name (``run``), every swept field under its
+    coordinate name (``rule``, ``seed``, ``lr`` ... in the sweep's order), and the run identity
+    fields not swept (``rule``, ``model``, ``protocol``, ``seed``). ``status`` is the sweep's
+    record of each run (completed, diverged, failed, interrupted, running); a run that failed
+    before writing a store is there with NaN data, so ``ds.where(ds.status == "completed")``
+    selects results. Variables as in :func:`open_runs`, aligned by outer joins.
+    """
+    p = Path(path).expanduser()
+    dirs = sweep_run_dirs(p)
+    if not dirs:
+        raise RunStoreError(f"{p}: the sweep has no run folders yet (run `colsim sweep` on it first)")
+    names: list[str] = []
+    points, per_run = [], []
+    for d in dirs:
+        st = _sweep_status(d)
+        point = dict(st.get("point") or {})
+        for k in point:
+            if k not in names:
+                names.append(k)
+        ident = {k: st.get("identity", {}).get(k) for k in RUN_DIMS}
+        status, steps_done, tree = st.get("status"), st.get("steps"), None
+        if (d / "store.zarr" / "zarr.json").is_file():
+            tree = open_run(d, chunks=None if load else {})
+            info = run_info(tree)
+            ident = {k: info[k] for k in RUN_DIMS}
+            status = status or info["status"]
+            steps_done = info["steps_done"] if info["steps_done"] is not None else steps_done
+        per_run.append(_run_dataset(tree, groups, load, status or "unknown", steps_done))
+        points.append((d.name, point, ident))
+    coords_order = names + [k for k in RUN_DIMS if k not in names]
+    out = []
+    for ds, (name, point, ident) in zip(per_run, points):
+        vals = {k: point.get(k, ident.get(k)) for k in coords_order}
+        out.append(ds.expand_dims(run=1).assign_coords(run=[name], **{k: ("run", [v]) for k, v in vals.items()}))
+    res = _concat(out)
+    for k in coords_order:  # a field missing from some runs (a sweep extended later) is None there
+        if res[k].dtype == object and all(isinstance(v, (int, np.integer)) for v in res[k].values):
+            res = res.assign_coords({k: ("run", res[k].values.astype(np.int64))})
+    res.attrs.update(sweep=str(p), swept=names, runs=[str(d) for d in dirs])
+    return res
