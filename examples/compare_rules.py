@@ -5,7 +5,7 @@
 
 Every run is an ordinary ``colsim run PROTOCOL --rule R --seed S --steps N --quiet --out DIR`` (so any
 of them can be reproduced alone), ``--jobs`` at a time with ``--threads`` torch threads each; a run
-folder that already holds a ``summary.json`` is kept, so an interrupted comparison resumes. The
+folder whose ``summary.json`` says completed (or diverged) is kept, so an interrupted comparison resumes. The
 table is read from each run's ``summary.json`` (the in-run read-outs, colsim.evaluate) and printed
 as markdown: mean ± t-based 95 % CI half-width over seeds (colsim.analysis.compare.mean_ci), the
 numbers ``colsim compare OUT/PROTOCOL/* --by rule`` also shows after analysing the runs.
@@ -42,9 +42,16 @@ def _final(s: dict, key: str):
     return s.get(key)
 
 
+def _finished(d: Path) -> bool:
+    """A run folder whose summary says it ended (completed, or diverged: a result too); an
+    interrupted run (killed, Ctrl-C) is started again."""
+    p = d / "summary.json"
+    return p.exists() and json.loads(p.read_text()).get("status") in ("completed", "diverged")
+
+
 def run_one(protocol: str, rule: str, seed: int, steps: int, out: Path, threads: int, extra: list[str]) -> Path:
     d = out / protocol / f"{rule.replace('+', '_')}-s{seed}"
-    if (d / "summary.json").exists():
+    if _finished(d):
         return d
     if d.exists():  # an interrupted run: start it again
         import shutil
@@ -96,7 +103,7 @@ def main(argv=None) -> int:
     jobs = [(p, r, s) for p in protocols for s in seeds for r in rules]
     with ThreadPoolExecutor(a.jobs) as ex:
         for d in ex.map(lambda j: run_one(*j, a.steps, a.out, a.threads, extra), jobs):
-            ok = (d / "summary.json").exists()
+            ok = _finished(d)
             print(f"{'done  ' if ok else 'FAILED'} {d}", flush=True)
     md = table(a.out, protocols, rules, seeds)
     (a.out / "table.md").write_text(md + "\n")
