@@ -76,7 +76,7 @@ def table(out: Path, protocols: list[str], rules: list[str], seeds: list[int]) -
             sums = []
             for s in seeds:
                 p = out / protocol / f"{rule.replace('+', '_')}-s{s}" / "summary.json"
-                if p.exists():
+                if _finished(p.parent):
                     sums.append(json.loads(p.read_text()))
             cells = []
             for key in COLUMNS:
