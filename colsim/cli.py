@@ -2,18 +2,24 @@
 
     colsim run PROTOCOL [--rule SPEC] [--model NAME] [--set K=V]... [--steps N] [--seed N]
                [--device cpu|cuda] [--out DIR]
+    colsim run --resume RUN_DIR          # continue a stopped run in place, from its latest checkpoint
     colsim validate PROTOCOL [--rule SPEC] [--model NAME] [--set K=V]...
     colsim list rules|models|protocols|worlds
     colsim sweep SWEEP.yaml [--out DIR] [--steps N] [--scheduler ADDRESS | --cluster local|slurm]
 
-Exit codes: 0 done, 1 run failed (diverged / interrupted), 2 bad input (one line, no traceback).
+Exit codes: 0 done, 1 run failed (diverged, or a write failed: disk full), 2 bad input (one line, no
+traceback), 130 / 143 stopped by SIGINT / SIGTERM (checkpointed; the message names the --resume command).
+A run folder is locked (``RUN_DIR/.lock``, ``flock``) for the run's lifetime: a second ``colsim run``
+into it refuses; the lock goes with the process, so a crashed run can be resumed at once.
 Only this module imports everything (core, models, rules, protocols, analysis).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +88,34 @@ def _out_dir(out: Optional[Path], cfg: RunConfig, suffix: str = "") -> Path:
     return out
 
 
+def _lock(run_dir: Path, what: str):
+    """Hold ``run_dir/.lock`` (flock, exclusive) for this process's run; ConfigError when another holds it.
+    Returns the open file (closing it releases the lock; so does the process's death)."""
+    import fcntl
+
+    try:
+        f = open(run_dir / ".lock", "a+")
+    except OSError as exc:
+        raise ConfigError(f"{what} {run_dir}: cannot open its lock file ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise ConfigError(f"{what} {run_dir}: another colsim run is writing this folder ({holder or 'pid unknown'}); "
+                          "wait for it or choose another folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
+
+
 @app.command()
 def run(
-    protocol: str = typer.Argument(..., help="protocol YAML path or packaged name (stationary, nonstationary)"),
+    protocol: Optional[str] = typer.Argument(None, help="protocol YAML path or packaged name (stationary, "
+                                             "nonstationary); not needed with --resume RUN_DIR"),
     rule: Optional[str] = typer.Option(None, "--rule", help="rule spec: lpl, backprop, lpl+metaplastic, ..."),
     model: Optional[str] = typer.Option(None, "--model", help="model preset (seqjepa_cnn, seqjepa_resnet18, ...)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override KEY=VALUE, e.g. rule.optimizer.lr=1e-3"),
@@ -95,10 +126,20 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-<protocol>-<rule>)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="checkpoint (.pt) to continue from: its config is "
-                                          "used (PROTOCOL must name the same protocol); runs the remaining phases"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="RUN_DIR: continue that run in place from its latest "
+                                          "checkpoint (exactly: same numbers as an uninterrupted run on CPU); or a "
+                                          "checkpoint .pt: a new run (--out) continuing from it"),
 ):
     """Run a protocol under a rule; write config.yaml, store.zarr, summary.json, checkpoints/."""
+    if resume is not None and resume.is_dir():
+        given = [n for n, v in (("PROTOCOL", protocol), ("--rule", rule), ("--model", model), ("--set", set_),
+                                ("--steps", steps), ("--seed", seed), ("--seeds", seeds), ("--device", device),
+                                ("--out", out)) if v]
+        if given:
+            _fail(f"--resume {resume}: continues the run as its config.yaml says; drop {', '.join(given)}")
+        return _resume_in_place(resume, quiet)
+    if protocol is None:
+        _fail("PROTOCOL: give a protocol (e.g. nonstationary), or --resume RUN_DIR to continue a run")
     if seeds is None:
         return _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume)
     try:
@@ -155,11 +196,12 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
     try:
         if resume is not None:
             if not resume.is_file():
-                raise ConfigError(f"--resume {resume}: file not found")
+                raise ConfigError(f"--resume {resume}: no such run folder or checkpoint file")
             try:
                 ckpt = load_checkpoint(resume)
             except Exception as exc:  # noqa: BLE001 — any unreadable file is bad input
                 raise ConfigError(f"--resume {resume}: not a colsim checkpoint ({type(exc).__name__})") from None
+            ckpt.pop("evals", None)  # a new run folder: its store and summary start at the checkpoint
             _load_plugins()
             cfg = build_run_config(load_yaml_text(ckpt["config"], str(resume)))
             if Path(protocol).stem != cfg.protocol.name and protocol != cfg.protocol.name:
@@ -176,26 +218,125 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
         if ckpt is not None:
             column.load_state_dict(ckpt["model"])  # in place: the optimizer keeps the same tensors
         out_dir = _out_dir(out, cfg, suffix)
+        lock = _lock(out_dir, "--out")
     except ConfigError as exc:
         _fail(str(exc))
         return
-    resolved = cfg.to_dict()
-    config_yaml = yaml.safe_dump(resolved, sort_keys=False)
-    (out_dir / "config.yaml").write_text(config_yaml)
-    attrs = {"config": resolved, "rule": cfg.rule.name, "model": cfg.protocol.model, "protocol": cfg.protocol.name,
-             "seed": cfg.seed, "device": cfg.device, "colsim_version": __version__, "torch_version": torch.__version__,
-             "git_revision": _git_revision(), "started": _dt.datetime.now().isoformat(timespec="seconds")}
-    recorder = ZarrRecorder(out_dir / "store.zarr", attrs, flush_every=cfg.protocol.record.flush_every)
-    console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
-                  f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> {out_dir}")
-    result = _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir,
-                                config_yaml, quiet, ckpt)
-    (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
+    try:
+        resolved = cfg.to_dict()
+        config_yaml = yaml.safe_dump(resolved, sort_keys=False)
+        try:
+            (out_dir / "config.yaml").write_text(config_yaml)
+            attrs = {"config": resolved, "rule": cfg.rule.name, "model": cfg.protocol.model,
+                     "protocol": cfg.protocol.name, "seed": cfg.seed, "device": cfg.device,
+                     "colsim_version": __version__, "torch_version": torch.__version__,
+                     "git_revision": _git_revision(), "started": _dt.datetime.now().isoformat(timespec="seconds")}
+            recorder = ZarrRecorder(out_dir / "store.zarr", attrs, flush_every=cfg.protocol.record.flush_every)
+        except OSError as exc:
+            _fail(f"--out {out_dir}: cannot write the run folder ({exc.strerror or exc})")
+        console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
+                      f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> {out_dir}")
+        _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet, ckpt)
+    finally:
+        lock.close()
+
+
+def _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet, ckpt):
+    """Run the simulator, write summary.json, print the table; exit 1 (failed), 128 + signal (stopped)."""
+    try:
+        result = _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir,
+                                    config_yaml, quiet, ckpt)
+        (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
+    except OSError as exc:  # a full disk, a vanished folder: the store stays readable up to its last flush
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        _fail(f"run stopped: {what} while writing {exc.filename or out_dir}; everything up to the last flush is "
+              f"readable in {out_dir}, and `colsim run --resume {out_dir}` continues from the last checkpoint once "
+              "there is room", code=1)
+        return
     print_summary(result.summary)
+    if result.signal is not None:
+        name = signal.Signals(result.signal).name
+        where = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
+        err_console.print(f"[bold red]run interrupted[/] by {name} after {result.steps} steps ({where}); continue with: "
+                          f"colsim run --resume {out_dir}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + int(result.signal))
     if result.status != "completed":
         err_console.print(f"[bold red]run {result.status}[/] after {result.steps} steps; everything recorded so far is "
                           f"in {out_dir}")
         raise typer.Exit(1)
+
+
+def _resume_in_place(run_dir: Path, quiet: bool) -> None:
+    """``colsim run --resume RUN_DIR``: the run's config.yaml, its latest checkpoint, its store cut back
+    to that checkpoint (no duplicate, no missing row), then the same step schedule from there."""
+    import torch
+    import zarr
+
+    from colsim.build import build_run
+    from colsim.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from colsim.config import build_run_config, load_yaml_text
+    from colsim.record import ZarrRecorder
+    from colsim.simulate import keep_freed_memory
+    from colsim.simulate import run as simulate
+
+    what = "--resume"
+    try:
+        lock = _lock(run_dir, what)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    try:
+        try:
+            try:
+                config_yaml = (run_dir / "config.yaml").read_text()
+            except OSError:
+                raise ConfigError(f"{what} {run_dir}: no config.yaml; not a colsim run folder") from None
+            _load_plugins()
+            cfg = build_run_config(load_yaml_text(config_yaml, str(run_dir / "config.yaml")))
+            ends = [sum(p.steps for p in cfg.protocol.phases[:k + 1]) for k in range(len(cfg.protocol.phases))]
+            path = latest_checkpoint(run_dir / "checkpoints", ends)
+            if path is None:
+                raise ConfigError(f"{what} {run_dir}: no checkpoint in checkpoints/ (runs are checkpointed at phase ends "
+                                  "and every protocol.checkpoint.every steps); start it again instead")
+            try:
+                ckpt = load_checkpoint(path)
+            except CheckpointError as exc:
+                raise ConfigError(f"{what} {run_dir}: {exc}") from None
+            if "recorder" not in ckpt:
+                raise ConfigError(f"{what} {run_dir}: {path.name} predates in-place resume (no recorder position); "
+                                  f"use --resume {path} --out NEW_DIR")
+            try:
+                status = zarr.open_group(str(run_dir / "store.zarr"), mode="r").attrs.get("status")
+            except Exception as exc:  # noqa: BLE001 — a missing or corrupt store is bad input
+                raise ConfigError(f"{what} {run_dir}: store.zarr cannot be opened ({type(exc).__name__})") from None
+            if status == "completed" or int(ckpt["phase"]) >= len(cfg.protocol.phases):
+                raise ConfigError(f"{what} {run_dir}: the run is {status or 'complete'}; nothing to resume")
+            if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+                raise ConfigError(f"{what} {run_dir}: the run is on {cfg.device}, but CUDA is not available here")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            if cfg.device == "cpu":
+                keep_freed_memory()
+            world, column, rule_obj, local, optimizer = build_run(cfg)
+            try:
+                column.load_state_dict(ckpt["model"])
+            except RuntimeError as exc:
+                raise ConfigError(f"{what} {run_dir}: {path.name} does not fit the run's model "
+                                  f"({str(exc).splitlines()[0]})") from None
+            try:
+                recorder = ZarrRecorder.reopen(run_dir / "store.zarr", ckpt["recorder"],
+                                               flush_every=cfg.protocol.record.flush_every, resumed_from=path.name,
+                                               resumed=_dt.datetime.now().isoformat(timespec="seconds"))
+            except (ValueError, KeyError) as exc:
+                raise ConfigError(f"{what} {run_dir}: store.zarr does not match {path.name} ({exc})") from None
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        console.print(f"[bold]colsim run --resume[/] {run_dir}: {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · "
+                      f"from step {int(ckpt['step'])} of {cfg.protocol.total_steps} ({path.name})")
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, run_dir, config_yaml, quiet, ckpt)
+    finally:
+        lock.close()
 
 
 def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet,

@@ -20,17 +20,33 @@ and every step t of it:
 7. record metrics every ``record.metrics_every`` steps;
 8. evaluate every ``evaluation.every`` steps when set;
 
+9. checkpoint every ``protocol.checkpoint.every`` steps (``checkpoints/stepNNNNNNNN.pt``, the
+   last ``keep`` kept; not at a phase's last step, which step 12 covers);
+10. stop at this step boundary if SIGINT / SIGTERM arrived: flush, checkpoint, status
+    ``interrupted`` (``RunResult.signal`` says which; ``colsim run`` exits 130 / 143);
+
 and at the end of every phase:
 
-9. the rule's ``boundary(..., "phase_end")`` (EWC Fisher, SI Omega);
-10. evaluate on every probe set (this fills row p of the accuracy matrix);
-11. checkpoint (``checkpoints/phaseNN-name.pt``).
+11. the rule's ``boundary(..., "phase_end")`` (EWC Fisher, SI Omega);
+12. evaluate on every probe set (this fills row p of the accuracy matrix);
+13. checkpoint (``checkpoints/phaseNN-name.pt``).
+
+The recorder's metrics are flushed at every evaluation and before every checkpoint, so the store
+on disk always holds everything a checkpoint covers; a hard kill loses at most the metric rows
+since the last flush (``record.flush_every`` steps at most), and ``--resume`` re-runs them.
+
+Resuming (``resume=`` a checkpoint, :mod:`colsim.checkpoint`) is this same schedule started from
+the checkpoint's position: phase ``phase``, its step ``t``, with the stream and column states, the
+rule and optimizer states, the global RNGs and the evaluations so far restored — a resumed run
+gives the uninterrupted run's numbers bit for bit on CPU (``tests/test_fault_tolerance.py``).
 """
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -39,13 +55,14 @@ import torch
 
 from colsim.analysis.continual import bwt, forgetting, fwt
 from colsim.build import lr_at
-from colsim.checkpoint import save_checkpoint
+from colsim.checkpoint import (prune_step_checkpoints, restore_like, rng_states, save_checkpoint, set_rng_states,
+                               step_checkpoint_path)
 from colsim.config import ProtocolConfig
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.record import Recorder
 from colsim.rule import Rule
 
-__all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics", "keep_freed_memory"]
+__all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics", "keep_freed_memory", "grad_norm"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 _heap_kept: Optional[bool] = None
@@ -87,6 +104,8 @@ class RunResult(NamedTuple):
     steps: int
     wall_s: float
     summary: dict
+    signal: Optional[int] = None  # the signal (SIGINT / SIGTERM) that stopped the run
+    checkpoint: Optional[str] = None  # the last checkpoint written
 
 
 def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Tensor] = None) -> dict[str, float]:
@@ -151,19 +170,29 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     """Run ``protocol`` (see the module docstring for the step schedule). Returns a RunResult.
 
     ``resume``: a checkpoint dict (:func:`colsim.checkpoint.load_checkpoint`) whose model
-    parameters are already loaded into ``column``; the run continues with the phase after the
-    checkpoint, restoring optimizer, rule state, step counter and the torch RNG.
+    parameters are already loaded into ``column``; the run continues from the checkpoint's
+    position (phase ``phase``, its step ``t``), restoring optimizer, rule state, stream and column
+    states, the global RNGs and the evaluations so far. The recorder is expected to be cut back to
+    the checkpoint's position already (:meth:`colsim.record.ZarrRecorder.reopen`).
+
+    SIGINT / SIGTERM (when called from the main thread) stop the run at the next step boundary with
+    a checkpoint (``ckpt_dir`` given) and status ``interrupted``; a second signal stops at once.
     """
     t0 = time.perf_counter()
     params = column.trainable()
     rstate = rule.init(params)
-    first_phase = 0
+    first_phase, first_t = 0, 0
     step = 0
+    evals: list[dict] = []
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
-        rstate = _to_device(resume["rule_state"], device)
-        first_phase, step = int(resume["phase"]), int(resume["step"])
-        torch.set_rng_state(resume["torch_rng"])
+        rstate = restore_like(rstate, resume["rule_state"], device)
+        first_phase, step, first_t = int(resume["phase"]), int(resume["step"]), int(resume.get("t", 0))
+        evals = [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in e.items()}
+                 for e in resume.get("evals", [])]
+        if "rng" not in resume:  # a checkpoint from before step-level checkpoints: torch's RNG only
+            torch.set_rng_state(resume["torch_rng"])
+    ck = protocol.checkpoint
     ev = protocol.evaluation
     names = [ph.name for ph in protocol.phases]
     action_names = list(world.spec.action_names)
@@ -171,7 +200,6 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                                   pool=ev.pool)
                   for j, ph in enumerate(protocol.phases)]
     total = protocol.total_steps
-    evals: list[dict] = []
     status = "completed"
     recording = protocol.record.enabled
 
@@ -179,9 +207,23 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     if resume is not None and resume.get("frozen_readouts"):
         frozen = _readouts_from_tensors(resume["frozen_readouts"])
     eval_seconds = [0.0]
+    last_ckpt: list[Optional[str]] = [None]
+    stop = _SignalStop()
+
+    def checkpoint(path, p_next: int, t_next: int, sstate, cstate) -> None:
+        """Flush the metrics, then write everything the schedule reads from here on (atomically)."""
+        if ckpt_dir is None:
+            return
+        recorder.flush()
+        save_checkpoint(path, step=step, phase=p_next, t=t_next, model=column.state_dict(),
+                        optimizer=optimizer.state_dict(), rule_state=rstate, torch_rng=torch.get_rng_state(),
+                        rng=rng_states(), stream_state=sstate, column_state=cstate, config=config_yaml,
+                        frozen_readouts=_readouts_to_tensors(frozen), evals=evals, recorder=recorder.position())
+        last_ckpt[0] = str(path)
 
     def evaluate(phase_name: str, phase_end: Optional[int] = None) -> None:
         te = time.perf_counter()
+        recorder.flush()  # the store holds every metric row up to this evaluation
         emb = embed_probe_sets(column, probe_sets, ev.batch, device)
         sc = probe_scores(emb, probe_sets, action_names, seed=seed, frozen=frozen)
         if phase_end is not None:  # freeze this phase's read-out: its frozen cell is the task probe's
@@ -224,6 +266,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         recorder.record_eval("evaluation", data, coords)
         eval_seconds[0] += time.perf_counter() - te
 
+    stop.install()
     try:
         if ev.at_start and resume is None:
             evaluate("init")
@@ -232,12 +275,20 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
             if p_idx < first_phase:
                 continue
             stream = world.stream(protocol.stream.batch, protocol.stream.episode_length, ph.classes, ph.world)
-            sstate = stream.init(_seeded(seed, 11, p_idx))
-            cstate = column.init_state(protocol.stream.batch, device)
+            t_begin = first_t if (resume is not None and p_idx == first_phase) else 0
+            if resume is not None and p_idx == first_phase and "rng" in resume and t_begin == 0:
+                set_rng_states(resume["rng"])  # before the phase's fresh states, as in the uninterrupted run
+            with _rng_kept(t_begin > 0):  # mid-phase: the fresh states are only templates
+                sstate = stream.init(_seeded(seed, 11, p_idx))
+                cstate = column.init_state(protocol.stream.batch, device)
+            if t_begin > 0:
+                sstate = restore_like(sstate, resume["stream_state"], "cpu")
+                cstate = restore_like(cstate, resume["column_state"], device)
+                set_rng_states(resume["rng"])
             learn = ph.learn and protocol.learn
             column.train(learn)
-            first = True
-            for t in range(ph.steps):
+            first = t_begin == 0
+            for t in range(t_begin, ph.steps):
                 ts = time.perf_counter()
                 # 1. Step
                 sstate, st = stream.step(sstate)
@@ -255,14 +306,14 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     loss = float(trace["loss"].detach())
                     metrics["loss"] = loss
                     metrics.update(rm)
-                    # 4. divergence check
+                    # 4. divergence check: one fused norm over every gradient (non-finite iff some entry is)
+                    gn = grad_norm(grads)
                     bad = [k for k, v in rm.items() if k.startswith("loss") and not math.isfinite(v)]
-                    if not math.isfinite(loss) or bad or not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+                    if not math.isfinite(loss) or bad or (not math.isfinite(gn) and not _all_finite(grads)):
                         status = "diverged"
                         recorder.record(step, {k: v for k, v in metrics.items()})
                         break
                     # 5. optimizer step (the single mutation point)
-                    gn = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values())) if grads else 0.0
                     for g in optimizer.param_groups:
                         g["lr"] = lr_at(g, step)
                     rstate = apply_update(params, grads, optimizer, rule, rstate)
@@ -296,38 +347,100 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 # 8. scheduled evaluation
                 if ev.every and step % ev.every == 0 and t != ph.steps - 1:
                     evaluate(ph.name)
+                # 9. scheduled checkpoint (the phase's last step has its phase-end checkpoint)
+                if t != ph.steps - 1 and ((ck.every and step % ck.every == 0) or stop.signum is not None):
+                    if ckpt_dir is not None:
+                        checkpoint(step_checkpoint_path(ckpt_dir, step), p_idx, t + 1, sstate, cstate)
+                        prune_step_checkpoints(ckpt_dir, ck.keep)
+                    # 10. stop on a signal
+                    if stop.signum is not None:
+                        status = "interrupted"
+                        break
             if status != "completed":
                 break
-            # 9. rule boundary
+            # 11. rule boundary
             if rule.boundary is not None and learn:
                 rstate = rule.boundary(params, rstate, "phase_end")
-            # 10. evaluate
+            # 12. evaluate
             evaluate(ph.name, phase_end=p_idx)
-            # 11. checkpoint
-            if ckpt_dir is not None:
-                save_checkpoint(ckpt_dir / f"phase{p_idx:02d}-{ph.name}.pt", step=step, phase=p_idx + 1,
-                                model=column.state_dict(), optimizer=optimizer.state_dict(), rule_state=rstate,
-                                torch_rng=torch.get_rng_state(), stream_state=sstate, column_state=cstate,
-                                config=config_yaml, frozen_readouts=_readouts_to_tensors(frozen))
-    except KeyboardInterrupt:
+            # 13. checkpoint
+            checkpoint(ckpt_dir / f"phase{p_idx:02d}-{ph.name}.pt" if ckpt_dir is not None else None, p_idx + 1, 0,
+                       sstate, cstate)
+            if stop.signum is not None and p_idx + 1 < len(protocol.phases):
+                status = "interrupted"
+                break
+    except KeyboardInterrupt:  # a second signal, or Ctrl-C outside the main thread's handlers
         status = "interrupted"
+    finally:
+        stop.uninstall()
     wall = time.perf_counter() - t0
     summary = make_summary(evals, names, step, wall, status, at_start=ev.at_start)
     summary["eval_s"] = round(eval_seconds[0], 3)
     summary["eval_share"] = round(eval_seconds[0] / wall, 4) if wall > 0 else None
     recorder.set_attrs(steps_done=step, wall_s=wall, eval_s=eval_seconds[0])
     recorder.close(status)
-    return RunResult(status, step, wall, summary)
+    return RunResult(status, step, wall, summary, stop.signum, last_ckpt[0])
 
 
-def _to_device(tree, device):
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to_device(v, device) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_to_device(v, device) for v in tree]
-    return tree
+def grad_norm(grads: dict) -> float:
+    """The global L2 norm of the gradients in one fused pass (``torch._foreach_norm``): the recorded
+    ``grad_norm`` and the divergence check (NaN / Inf in any gradient makes it non-finite). A finite
+    gradient whose norm overflows float32 is told apart by :func:`_all_finite`, off the hot path."""
+    gs = [g for g in grads.values() if g is not None]
+    if not gs:
+        return 0.0
+    norms = torch._foreach_norm(gs)
+    if len({(n.dtype, n.device) for n in norms}) > 1:
+        norms = [n.double().cpu() for n in norms]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def _all_finite(grads: dict) -> bool:
+    return all(bool(torch.isfinite(g).all()) for g in grads.values() if g is not None)
+
+
+class _SignalStop:
+    """SIGINT / SIGTERM -> ``signum`` set; the simulator stops at the next step boundary. A second
+    signal raises KeyboardInterrupt (stop now). Installed only from the main thread."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except (ValueError, OSError):  # not allowed here (embedded interpreter)
+                pass
+
+    def uninstall(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+
+class _rng_kept:
+    """Context: the global RNGs are the same after the block as before it (when ``on``)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        self.saved = rng_states() if self.on else None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            set_rng_states(self.saved)
+        return False
 
 
 def _f(x) -> Optional[float]:
