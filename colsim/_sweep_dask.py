@@ -19,7 +19,7 @@ from colsim.config import ConfigError
 from colsim.sweep import (DONE, ClusterConfig, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
                           load_sweep, local_cluster_size, cores_available, plan_runs, read_status, slurm_cluster)
 
-__all__ = ["sweep_main", "connect"]
+__all__ = ["sweep_main", "connect", "probe_scheduler"]
 
 SCHEDULER_TIMEOUT_S = 5
 
@@ -58,6 +58,31 @@ def connect(cc: ClusterConfig, scheduler: Optional[str] = None, console=None):
     return Client(cluster, set_as_default=False), cluster, None
 
 
+def probe_scheduler(address: str, timeout: float = 3.0) -> None:
+    """Fail fast (ConfigError naming the address) when nothing listens at a scheduler address."""
+    import socket
+
+    try:
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import parse_host_port
+    except ImportError:
+        raise ConfigError("colsim sweep: needs dask.distributed (pip install 'colsim[distributed]')") from None
+    try:
+        scheme, loc = parse_address(address.strip())
+        if scheme not in ("tcp", "tls"):
+            raise ValueError(f"scheme {scheme!r} is not tcp:// or tls://")
+        host, port = parse_host_port(loc)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--scheduler {address}: not a scheduler address ({exc}); give e.g. tcp://host:8786") \
+            from None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--scheduler {address}: cannot reach a dask scheduler there "
+                          f"({exc.strerror or type(exc).__name__})") from None
+
+
 def _load_plugins() -> None:
     import importlib
 
@@ -80,6 +105,8 @@ def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = Non
     if scheduler is not None and not scheduler.strip():
         raise ConfigError("--scheduler: empty address; give e.g. tcp://host:8786")
     sw, src = load_sweep(path, steps)
+    if scheduler is not None:
+        probe_scheduler(scheduler)
     upd = {k: v for k, v in (("kind", cluster), ("workers", workers), ("threads", threads)) if v is not None}
     for k, v in upd.items():
         if k != "kind" and v < 1:
@@ -100,11 +127,11 @@ def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = Non
 
 def _run_locked(sw: SweepConfig, src: Path, cc: ClusterConfig, runs: list[SweepRun], out: Path, scheduler, quiet,
                 console, git_revision) -> int:
+    todo = [r for r in runs if not is_done(out / "runs" / r.name, r.config)]  # raises for another sweep's runs
     doc = sw.model_dump(mode="json")
     doc["coordinates"] = coordinate_names(list(sw.grid) + list(sw.zip))
     doc["source"], doc["written"] = str(src), _dt.datetime.now().isoformat(timespec="seconds")
     (out / "sweep.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    todo = [r for r in runs if not is_done(out / "runs" / r.name, r.config)]
     console.print(f"[bold]colsim sweep[/] {sw.name}: {len(runs)} runs ({len(runs) - len(todo)} already done, "
                   f"{len(todo)} to run) -> {out}", highlight=False)
     statuses = {r.name: read_status(out / "runs" / r.name) for r in runs if r not in todo}
@@ -128,7 +155,7 @@ def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -
         threads = cc.threads
         for r in todo:
             prev = read_status(out / "runs" / r.name)
-            spec = {"name": r.name, "point": r.point, "config": r.config, "dir": str(out / "runs" / r.name),
+            spec = {"name": r.name, "point": r.point, "identity": r.identity, "config": r.config, "dir": str(out / "runs" / r.name),
                     "threads": threads, "attempts": prev.get("attempts", 0),
                     "attrs": {"git_revision": git_revision, "sweep": str(sw.name)}}
             fut = client.submit(execute, spec, key=f"colsim-run-{r.name}-{uuid.uuid4().hex[:8]}", pure=False,
@@ -145,7 +172,8 @@ def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -
                 try:
                     meta = fut.result()
                 except Exception as exc:  # noqa: BLE001 — the task itself died (KilledWorker, lost worker, ...)
-                    meta = read_status(out / "runs" / r.name) or {"name": r.name, "point": r.point, "attempts": 1}
+                    meta = read_status(out / "runs" / r.name) or {"name": r.name, "point": r.point,
+                                                                  "identity": r.identity, "attempts": 1}
                     meta.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
                     (out / "runs" / r.name).mkdir(parents=True, exist_ok=True)
                     write_status(out / "runs" / r.name, meta)

@@ -32,7 +32,7 @@ def write_status(run_dir: Path, meta: dict) -> None:
 
 
 def execute(spec: dict) -> dict:
-    """Run ``spec`` = {name, point, config, dir, threads, attempts, attrs} in this process -> its status dict
+    """Run ``spec`` = {name, point, identity, config, dir, threads, attempts, attrs} in this process -> its status dict
     (``sweep_run.json``: name, point, identity (rule, model, protocol, seed), status, error, attempts, steps,
     wall_s, host, pid, threads, started, finished).
 
@@ -42,10 +42,8 @@ def execute(spec: dict) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True)
-    c = spec["config"]
-    identity = {"rule": c["rule"]["name"], "model": c["protocol"]["model"], "protocol": c["protocol"]["name"],
-                "seed": c["seed"]}
-    meta = {"name": spec["name"], "point": spec["point"], "identity": identity, "status": "running", "error": None,
+    meta = {"name": spec["name"], "point": spec["point"], "identity": spec.get("identity", {}), "status": "running",
+            "error": None,
             "attempts": int(spec.get("attempts", 0)) + 1, "started": _now(), "host": socket.gethostname(),
             "pid": os.getpid(), "threads": spec["threads"]}
     write_status(run_dir, meta)

@@ -127,6 +127,7 @@ class SweepRun(NamedTuple):
     name: str  # folder name under DIR/runs
     point: dict  # coordinate name -> value (the swept fields)
     config: dict  # resolved RunConfig.to_dict()
+    identity: dict  # rule (full spec name), model, protocol, seed: the run's identity in colsim.analysis
 
 
 # ------------------------------------------------------------------------------------------
@@ -269,7 +270,9 @@ def plan_runs(sw: SweepConfig) -> list[SweepRun]:
                 raise ConfigError(f"sweep: runs {names[name]} and {point} have the same folder name {name!r}; "
                                   "make the swept values distinct")
             names[name] = point
-            runs.append(SweepRun(name, {coord[k]: v for k, v in point.items()}, cfg.to_dict()))
+            ident = {"rule": cfg.rule.name, "model": cfg.protocol.model, "protocol": cfg.protocol.name,
+                     "seed": cfg.seed}
+            runs.append(SweepRun(name, {coord[k]: v for k, v in point.items()}, cfg.to_dict(), ident))
     return runs
 
 
