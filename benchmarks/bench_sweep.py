@@ -1,0 +1,111 @@
+"""Overhead of ``colsim sweep``: N small runs on a 2-core LocalCluster against the same runs back to back.
+
+    python benchmarks/bench_sweep.py                   # N = 6 runs of 40 steps, 2 repeats, interleaved
+    python benchmarks/bench_sweep.py --runs 8 --steps 60 --repeats 3
+
+Both sides do the same work with the same total threads (``--cores``, default 2):
+
+* sweep: ``colsim sweep`` as the CLI runs it (colsim._sweep_dask.sweep_main): plan, lock, start a
+  LocalCluster of ``cores`` worker processes x 1 torch thread, one task per run, close the cluster.
+  Cluster start-up and the workers' imports of torch and colsim are inside the time.
+* back to back: in this process (torch and colsim already imported: the baseline pays no start-up),
+  plan, then each run through the same task function (colsim._sweep_task.execute) with ``cores``
+  torch threads, one after the other.
+
+Runs are the tests' tiny column on ``stationary`` with seeds 0..N-1 (one evaluation, at the end).
+Printed: each repeat's times, the median ratio sweep / back-to-back (target <= 1.1) and the 1-minute
+load average around each measurement: the host may be shared, and a loaded host inflates both sides
+unevenly (the sweep's processes compete with other jobs for the same cores).
+
+Measured (2-core shared VM, 6 runs x 40 steps; see the report of issue 15): figures in the README's
+Sweeps section.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from _tiny import TINY  # noqa: E402
+
+
+def _sweep_doc(n: int, steps: int) -> dict:
+    return {"name": "bench", "base": {"protocol": "stationary", "steps": steps,
+                                      "set": TINY + ["protocol.evaluation.at_start=false"]},
+            "grid": {"seed": list(range(n))}, "cluster": {"dashboard_address": ":0"}}
+
+
+def back_to_back(sweep_file: Path, out: Path, cores: int) -> float:
+    import torch
+
+    from colsim._sweep_dask import _load_plugins
+    from colsim._sweep_task import execute
+    from colsim.sweep import load_sweep, plan_runs
+
+    t0 = time.perf_counter()
+    _load_plugins()
+    runs = plan_runs(load_sweep(str(sweep_file))[0])
+    for r in runs:
+        meta = execute({"name": r.name, "point": r.point, "identity": r.identity, "config": r.config,
+                        "dir": str(out / r.name), "threads": cores})
+        assert meta["status"] == "completed", meta
+    dt = time.perf_counter() - t0
+    torch.set_num_threads(cores)
+    return dt
+
+
+def sweep(sweep_file: Path, out: Path, cores: int) -> float:
+    from rich.console import Console
+
+    from colsim._sweep_dask import sweep_main
+
+    t0 = time.perf_counter()
+    code = sweep_main(str(sweep_file), out, workers=cores, threads=1, quiet=True,
+                      console=Console(file=open(os.devnull, "w")))
+    dt = time.perf_counter() - t0
+    assert code == 0, f"sweep exit {code}: see {out}"
+    return dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_sweep-"))
+    sweep_file = tmp / "bench.yaml"
+    sweep_file.write_text(yaml.safe_dump(_sweep_doc(a.runs, a.steps)))
+    print(f"{a.runs} runs x {a.steps} steps (tiny column, stationary), {a.cores} cores; "
+          f"{os.cpu_count()} CPUs visible", flush=True)
+    ratios = []
+    try:
+        for rep in range(a.repeats):
+            l0 = os.getloadavg()[0]
+            seq = back_to_back(sweep_file, tmp / f"seq{rep}", a.cores)
+            l1 = os.getloadavg()[0]
+            sw = sweep(sweep_file, tmp / f"sweep{rep}", a.cores)
+            l2 = os.getloadavg()[0]
+            ratios.append(sw / seq)
+            print(f"repeat {rep}: back to back {seq:6.1f} s (load {l0:.1f} -> {l1:.1f}) · sweep {sw:6.1f} s "
+                  f"(load {l1:.1f} -> {l2:.1f}) · ratio {sw / seq:.3f}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"sweep / back to back: median {statistics.median(ratios):.3f} (target <= 1.1), "
+          f"range {min(ratios):.3f}-{max(ratios):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
