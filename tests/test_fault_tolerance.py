@@ -1,0 +1,262 @@
+"""Runs survive faults (issue 16): step-level checkpoints, exact resume in place after kill -9,
+signals, a locked run folder, what the store holds after a kill.
+
+The kills are real: ``tests/_kill_driver.py`` runs ``colsim`` in a subprocess that SIGKILLs itself
+in the middle of a metrics flush, half-way through a checkpoint write, or inside a step."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from _tiny import TINY
+from colsim.cli import _lock
+from colsim.config import ConfigError
+from colsim.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_step_checkpoints,
+                               restore_like, save_checkpoint, step_checkpoint_path)
+
+HERE = Path(__file__).parent
+DRIVER = HERE / "_kill_driver.py"
+COLSIM = Path(sys.executable).parent / "colsim"
+# 5 phases x 4 steps; a checkpoint every 3 steps; metrics flushed every 4 rows
+SETS = [a for s in TINY + ["protocol.evaluation.probe_samples=10", "protocol.evaluation.views=2",
+                           "protocol.checkpoint.every=3", "protocol.checkpoint.keep=2",
+                           "protocol.record.flush_every=4"] for a in ("--set", s)]
+RUN = ["run", "nonstationary", "--rule", "backprop+si", "--steps", "20", "--seed", "3", "--quiet", *SETS]
+TIMING = {"wall_s", "eval_s", "eval_share"}  # wall-clock figures: never equal between two runs
+ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+
+
+def _colsim(*args, mode="none", n=0, timeout=300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(DRIVER), mode, str(n), "--", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def _open(run: Path) -> xr.DataTree:
+    return xr.open_datatree(str(run / "store.zarr"), engine="zarr")
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
+    assert sa["status"] == sb["status"] == "completed"
+    assert {k: v for k, v in sa.items() if k not in TIMING} == {k: v for k, v in sb.items() if k not in TIMING}
+    ta, tb = _open(a), _open(b)
+    for g in ("metrics", "evaluation", "probe"):
+        da, db = ta[g].to_dataset(), tb[g].to_dataset()
+        assert set(da.variables) == set(db.variables), g
+        for v in da.variables:
+            if v == "steps_per_s":  # a wall-clock rate
+                continue
+            x, y = da[v].values, db[v].values
+            assert x.shape == y.shape, (g, v)
+            assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (g, v)
+    ma, mb = (torch.load(r / "checkpoints" / "phase04-digits89.pt", weights_only=True)["model"] for r in (a, b))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def _assert_readable_after_kill(run: Path) -> int:
+    """The killed run's store opens with xarray, says interrupted and holds consecutive metric rows."""
+    t = _open(run)
+    assert t.attrs["status"] == "interrupted"
+    steps = t["metrics"]["step"].values
+    assert np.array_equal(steps, np.arange(len(steps)))
+    return len(steps)
+
+
+# ------------------------------------------------------------------------------------------ units
+
+def test_checkpoint_atomic_write_prune_latest(tmp_path):
+    d = tmp_path / "checkpoints"
+    for s in (3, 6, 9):
+        save_checkpoint(step_checkpoint_path(d, s), step=s, phase=0, t=s, model={}, optimizer={}, config="")
+    save_checkpoint(d / "phase00-a.pt", step=4, phase=1, t=0, model={"w": torch.ones(2)}, optimizer={}, config="")
+    (d / ".step00000012.pt.tmp").write_bytes(b"half a checkpoint")  # a write a kill cut short
+    assert latest_checkpoint(d, [4, 8, 12]).name == "step00000009.pt"
+    assert latest_checkpoint(d, [9, 12]).name == "phase00-a.pt"  # same step: the phase end wins
+    gone = prune_step_checkpoints(d, keep=2)
+    assert [p.name for p in gone] == ["step00000003.pt"]
+    assert sorted(p.name for p in d.iterdir()) == ["phase00-a.pt", "step00000006.pt", "step00000009.pt"]
+    ck = load_checkpoint(d / "phase00-a.pt")
+    assert ck["step"] == 4 and torch.equal(ck["model"]["w"], torch.ones(2))
+    (d / "bad.pt").write_bytes((d / "phase00-a.pt").read_bytes()[:40])  # truncated
+    with pytest.raises(CheckpointError, match="not a readable colsim checkpoint"):
+        load_checkpoint(d / "bad.pt")
+
+
+def test_restore_like_rebuilds_named_tuples():
+    from typing import NamedTuple
+
+    class S(NamedTuple):
+        w: torch.Tensor
+        buf: list
+        n: int
+
+    saved = torch.load(_roundtrip(S(torch.arange(3.0), [torch.ones(1)], 5)), weights_only=True)
+    back = restore_like(S(torch.zeros(3), [], 0), saved)
+    assert isinstance(back, S) and torch.equal(back.w, torch.arange(3.0)) and back.n == 5
+    assert len(back.buf) == 1 and torch.equal(back.buf[0], torch.ones(1))
+
+
+def _roundtrip(obj):
+    import io
+
+    from colsim.checkpoint import _plain
+
+    b = io.BytesIO()
+    torch.save(_plain(obj), b)
+    b.seek(0)
+    return b
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+def test_signal_stops_at_a_step_boundary_and_resume_in_place_matches(tmp_path, monkeypatch):
+    """SIGTERM inside step 10 (in process): the run finishes that step, flushes, checkpoints, says
+    interrupted and exits 143 naming the --resume command; `colsim run --resume RUN_DIR` continues
+    mid-phase and ends with the uninterrupted run's summary, store and parameters."""
+    from typer.testing import CliRunner
+
+    import colsim.simulate as S
+    from colsim.cli import app
+
+    runner = CliRunner()
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert runner.invoke(app, [*RUN, "--out", str(full)]).exit_code == 0
+    calls = [0]
+    apply = S.apply_update
+
+    def signalled_apply(*a, **kw):
+        calls[0] += 1
+        if calls[0] == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return apply(*a, **kw)
+
+    monkeypatch.setattr(S, "apply_update", signalled_apply)
+    res = runner.invoke(app, [*RUN, "--out", str(part)])
+    monkeypatch.setattr(S, "apply_update", apply)
+    assert res.exit_code == 143, res.output
+    assert f"colsim run --resume {part}" in " ".join(res.output.split())
+    assert json.loads((part / "summary.json").read_text())["status"] == "interrupted"
+    assert sorted(p.name for p in (part / "checkpoints").glob("step*.pt")) == ["step00000009.pt", "step00000010.pt"]
+    assert _assert_readable_after_kill(part) == _rows_at_latest_checkpoint(part) == 10  # flushed at the checkpoint
+    with _lock(part, "--resume"):  # another process writing the folder: a second run refuses
+        busy = runner.invoke(app, ["run", "--resume", str(part)])
+    assert busy.exit_code == 2 and "another colsim run is writing this folder" in busy.output
+    res = runner.invoke(app, ["run", "--resume", str(part), "--quiet"])
+    assert res.exit_code == 0, res.output
+    _assert_same_run(full, part)
+    again = runner.invoke(app, ["run", "--resume", str(part)])
+    assert again.exit_code == 2 and "nothing to resume" in again.output
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_process_checkpoints_and_resume_in_place_matches(tmp_path):
+    """A real SIGTERM to a `colsim run` process: exit 143, a checkpoint at the step boundary, status
+    interrupted, the message names the --resume command; `colsim run --resume RUN_DIR` then completes it
+    with the uninterrupted run's summary and store. While it runs, its folder is locked."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _colsim(*RUN, "--out", str(full)).returncode == 0
+    proc = subprocess.Popen([sys.executable, str(DRIVER), "none", "0", "--", *RUN, "--out", str(part)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not list((part / "checkpoints").glob("phase01-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)  # let it reach phase 2
+    with pytest.raises(ConfigError, match="another colsim run is writing this folder"):
+        _lock(part, "--resume")  # what a second `colsim run` into the folder meets (exit 2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert f"colsim run --resume {part}" in " ".join(err.split())
+    assert json.loads((part / "summary.json").read_text())["status"] == "interrupted"
+    n = _assert_readable_after_kill(part)
+    ck = latest_checkpoint(part / "checkpoints", [4, 8, 12, 16, 20])
+    assert torch.load(ck, weights_only=True)["recorder"]["rows"] == n  # flushed at the checkpoint
+    res = _colsim("run", "--resume", str(part))
+    assert res.returncode == 0, res.stderr
+    _assert_same_run(full, part)
+
+
+@pytest.mark.slow
+def test_sigkill_three_times_then_resume_is_bit_for_bit(tmp_path):
+    """Killed with SIGKILL three times — mid metrics flush, mid checkpoint write, inside a step — and
+    resumed each time: summary.json, every metric / evaluation / probe array and the final parameters
+    equal the uninterrupted run's. After each kill the store opens with xarray and says interrupted,
+    and `colsim analyze` works on what was recorded (~90 s on 2 shared cores)."""
+    full, run = tmp_path / "full", tmp_path / "killed"
+    assert _colsim(*RUN, "--out", str(full)).returncode == 0
+    # 1. in the 3rd flush that writes rows (the one before the checkpoint at step 6)
+    first = _colsim(*RUN, "--out", str(run), mode="flush", n=3)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    metrics = zarr.open_group(str(run / "store.zarr"), mode="r", use_consolidated=False)["metrics"]
+    assert len({a.shape[0] for _, a in metrics.arrays()}) > 1  # the kill cut an append short: ragged on disk ...
+    assert _assert_readable_after_kill(run) == _rows_at_latest_checkpoint(run) == 4  # ... xarray reads a whole flush
+    ana = subprocess.run([str(COLSIM), "analyze", str(run)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert ana.returncode == 0, ana.stderr
+    # 2. half-way through writing its 2nd checkpoint (phase 1's end): the previous ones are untouched
+    r = _colsim("run", "--resume", str(run), mode="checkpoint", n=2)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert [p.name for p in (run / "checkpoints").glob(".*.tmp")] == [".phase01-digits23.pt.tmp"]
+    assert latest_checkpoint(run / "checkpoints", [4, 8, 12, 16, 20]).name == "step00000006.pt"
+    assert _assert_readable_after_kill(run) >= _rows_at_latest_checkpoint(run)
+    # 3. inside step 9 (its optimizer step), resumed from the checkpoint at step 6
+    r = _colsim("run", "--resume", str(run), mode="step", n=4)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # removed by the checkpoint at step 9
+    assert _assert_readable_after_kill(run) >= _rows_at_latest_checkpoint(run) == 9
+    last = _colsim("run", "--resume", str(run))  # from step 9, mid-phase
+    assert last.returncode == 0, last.stderr
+    assert sorted(p.name for p in (run / "checkpoints").glob("step*.pt")) == ["step00000015.pt", "step00000018.pt"]
+    _assert_same_run(full, run)
+
+
+def _rows_at_latest_checkpoint(run: Path) -> int:
+    return int(load_checkpoint(latest_checkpoint(run / "checkpoints", [4, 8, 12, 16, 20]))["recorder"]["rows"])
+
+
+def test_resume_bad_input_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from colsim.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    assert r.exit_code == 2 and "no config.yaml" in r.output
+    r = runner.invoke(app, ["run", "--resume", str(tmp_path), "--steps", "3"])
+    assert r.exit_code == 2 and "drop --steps" in r.output
+    r = runner.invoke(app, ["run", "nonstationary", "--set", "protocol.checkpoint.every=0"])
+    assert r.exit_code == 2 and "protocol.checkpoint.every" in r.output
+    r = runner.invoke(app, ["run"])
+    assert r.exit_code == 2 and "PROTOCOL" in r.output
+
+
+def test_resume_corrupt_checkpoint_or_store_exits_2(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from colsim.cli import app
+    from colsim.config import resolve_run_config
+
+    runner = CliRunner()
+    cfg = resolve_run_config("nonstationary", overrides=TINY, steps=20)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (tmp_path / "checkpoints").mkdir()
+    r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    assert r.exit_code == 2 and "no checkpoint in checkpoints/" in r.output
+    (tmp_path / "checkpoints" / "step00000003.pt").write_bytes(b"PK\x03\x04 truncated")
+    r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    assert r.exit_code == 2 and "step00000003.pt: not a readable colsim checkpoint" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    save_checkpoint(tmp_path / "checkpoints" / "step00000003.pt", step=3, phase=0, t=3, model={}, optimizer={},
+                    config="", recorder={"rows": 3, "evals": {}})
+    r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    assert r.exit_code == 2 and "store.zarr cannot be opened" in r.output
