@@ -260,3 +260,37 @@ def test_resume_corrupt_checkpoint_or_store_exits_2(tmp_path):
                     config="", recorder={"rows": 3, "evals": {}})
     r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
     assert r.exit_code == 2 and "store.zarr cannot be opened" in r.output
+
+
+def test_full_disk_exits_1_store_readable_then_resume_completes(tmp_path):
+    """The disk fills mid-run (a 1.2 MB tmpfs; needs root, skipped otherwise): one line, exit 1, the store
+    opens at its last flush with status interrupted, the checkpoints load; with room again (remount),
+    `--resume` completes the run with every metric row once."""
+    from typer.testing import CliRunner
+
+    from colsim.cli import app
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        runner = CliRunner()
+        run = disk / "run"
+        r = runner.invoke(app, [*RUN, "--out", str(run)])
+        assert r.exit_code == 1, r.output
+        err = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert len(err) == 1 and "the disk is full" in err[0] and f"colsim run --resume {run}" in err[0]
+        n = _assert_readable_after_kill(run)
+        assert 0 < n < 20
+        for p in (run / "checkpoints").glob("*.pt"):
+            load_checkpoint(p)  # none half-written under a checkpoint's name
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        r = runner.invoke(app, ["run", "--resume", str(run), "--quiet"])
+        assert r.exit_code == 0, r.output
+        t = _open(run)
+        assert t.attrs["status"] == "completed"
+        assert np.array_equal(t["metrics"]["step"].values, np.arange(20))
+        assert json.loads((run / "summary.json").read_text())["steps"] == 20
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
