@@ -3,3 +3,4 @@ if __name__ != "colsim.protocols":  # guard: the folder must not be importable u
     raise ImportError("import colsim.protocols, not 'protocols': the protocols/ folder installs as colsim.protocols (pip install -e .)")
 from colsim.protocols import affine_digits  # noqa: F401,E402  (registers the world)
 from colsim.protocols import image_files  # noqa: F401,E402  (registers the world)
+from colsim.protocols import saccades  # noqa: F401,E402  (registers the world)
