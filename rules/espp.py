@@ -54,7 +54,7 @@ from colsim.config import ConfigError, Strict
 from colsim.registry import register_rule
 from colsim.rule import Rule, loss_grads
 
-__all__ = ["EsppConfig", "espp", "psi", "espp_post", "espp_dw"]
+__all__ = ["EsppConfig", "espp", "psi", "espp_gate", "espp_post", "espp_dw"]
 
 THETA = 1.0
 
@@ -74,24 +74,38 @@ def psi(u: Tensor) -> Tensor:
     return 1.0 / (math.pi * (1.0 + (math.pi * u) ** 2))
 
 
+def _psi_times(U: Tensor, coef: Tensor) -> Tensor:
+    """psi(U - theta) * coef as 1 / (pi + pi³ (U - theta)²) in four passes over U (the hot path:
+    T x B x N elements a block; ``psi`` written out takes eight)."""
+    v = U - THETA
+    out = torch.addcmul(v.new_tensor(math.pi), v, v, value=math.pi ** 3)
+    return out.reciprocal_().mul_(coef)
+
+
+def espp_gate(S: Tensor, e: Tensor, b: Tensor, c_pos: float, c_neg: float, online: bool = False,
+              x: Optional[Tensor] = None, input_threshold: float = 0.05) -> "tuple[Tensor, Tensor]":
+    """The hinge gate. S (T, B, N); e (B, N); b (B,); x (T, B, J) (online only) -> gate (T, B) bool and
+    L ((B,) per sample, or (T, B) per bin online)."""
+    T, B, N = S.shape
+    c = torch.where(b > 0, S.new_tensor(c_pos), S.new_tensor(c_neg))  # (B,) in S's precision: L = 0 is a tie
+    overlap = torch.einsum("tbn,bn->tb", S, e)  # (T, B) <S_t, e>, no (T, B, N) temporary
+    active = b != 0
+    if online:
+        a = x.reshape(T, B, -1).mean(-1)  # (T, B) input activity
+        L = -b * overlap + c * a  # (T, B)
+        return (L > 0) & (a > input_threshold) & active, L
+    L = -b * overlap.sum(0) + c * T * N  # (B,)
+    return ((L > 0) & active).unsqueeze(0).expand(T, B), L
+
+
 def espp_post(S: Tensor, U: Tensor, e: Tensor, b: Tensor, c_pos: float, c_neg: float, online: bool = False,
               x: Optional[Tensor] = None, input_threshold: float = 0.05) -> "tuple[Tensor, Tensor, Tensor]":
     """Postsynaptic factor of ΔW. S, U (T, B, N); e (B, N); b (B,) in {-1, 0, +1}; x (T, B, J) the
     input spikes (online only) -> post (T, B, N) = b g e psi(U - theta), gate g (T, B) bool, L
     ((B,) per sample, or (T, B) per bin online)."""
-    T, B, N = S.shape
-    c = torch.where(b > 0, U.new_tensor(c_pos), U.new_tensor(c_neg))  # (B,) in U's precision: L = 0 is a tie
-    overlap = (S * e.unsqueeze(0)).sum(-1)  # (T, B) <S_t, e>
-    active = b != 0
-    if online:
-        a = x.reshape(T, B, -1).mean(-1)  # (T, B) input activity
-        L = -b * overlap + c * a  # (T, B)
-        gate = (L > 0) & (a > input_threshold) & active
-    else:
-        L = -b * overlap.sum(0) + c * T * N  # (B,)
-        gate = ((L > 0) & active).unsqueeze(0).expand(T, B)
-    post = (b * gate).unsqueeze(-1) * e.unsqueeze(0) * psi(U - THETA)  # (T, B, N)
-    return post, gate, L
+    gate, L = espp_gate(S, e, b, c_pos, c_neg, online, x, input_threshold)
+    g = b * gate if online else (b * gate[0]).unsqueeze(0)  # (T, B) or (1, B): the per-sample gate once
+    return _psi_times(U, g.unsqueeze(-1).to(U.dtype) * e.unsqueeze(0)), gate, L
 
 
 def espp_dw(post: Tensor, x_trace: Tensor, synapse: nn.Module) -> Tensor:
@@ -119,12 +133,22 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
 
     @torch.no_grad()
     def _block(l: int, trace) -> "tuple[Tensor, Tensor, Tensor]":
+        """ΔW / eta of block l, its gate (T, B) and hinge L. Samples whose gate is shut in every bin add
+        nothing to ΔW: only the others go through psi and the weight correlation."""
         S, U = trace["spikes"][l].transpose(0, 1), trace["mem"][l].transpose(0, 1)  # (T, B, *shape_l)
         T, B = S.shape[:2]
-        post, gate, L = espp_post(S.reshape(T, B, -1), U.reshape(T, B, -1), trace["echo"][l], trace["broadcast"],
-                                  cfg.c_pos, cfg.c_neg, cfg.online, trace["block_in"][l].transpose(0, 1),
-                                  cfg.input_threshold)
-        return espp_dw(post.view(S.shape), trace["in_trace"][l].transpose(0, 1), blocks[l].synapse), gate, L
+        x_in = trace["block_in"][l].transpose(0, 1)  # (T, B, *in_l)
+        e, b = trace["echo"][l], trace["broadcast"]
+        gate, L = espp_gate(S.reshape(T, B, -1), e, b, cfg.c_pos, cfg.c_neg, cfg.online, x_in, cfg.input_threshold)
+        syn = blocks[l].synapse
+        keep = gate.any(0).nonzero().squeeze(1)  # (K,) samples that learn in some bin
+        if not len(keep):
+            return torch.zeros_like(syn.weight), gate, L
+        g = (b[keep] * gate[:, keep]).to(U.dtype) if cfg.online else b[keep].to(U.dtype).unsqueeze(0)  # (T|1, K)
+        Uk = U[:, keep]  # (T, K, *shape_l)
+        coef = g.unsqueeze(-1) * e[keep].unsqueeze(0)  # (T|1, K, N_l)
+        post = _psi_times(Uk, coef.view(*coef.shape[:2], *Uk.shape[2:]))  # (T, K, *shape_l)
+        return espp_dw(post, trace["in_trace"][l].transpose(0, 1)[:, keep], syn), gate, L
 
     def update(params, state, trace):
         if not trace.get("_retain_graph", False):  # nothing after this rule reads the block-local graphs
