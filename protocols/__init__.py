@@ -4,3 +4,4 @@ if __name__ != "colsim.protocols":  # guard: the folder must not be importable u
 from colsim.protocols import affine_digits  # noqa: F401,E402  (registers the world)
 from colsim.protocols import image_files  # noqa: F401,E402  (registers the world)
 from colsim.protocols import saccades  # noqa: F401,E402  (registers the world)
+from colsim.protocols import objects3d  # noqa: F401,E402  (registers the world)
