@@ -156,7 +156,8 @@ def _summary(path, analyze_missing: bool) -> dict:
 
 def compare_runs(paths, by=("rule",), metrics=None, analyze_missing: bool = True) -> Table:
     """Group runs by the root attributes named in ``by`` (rule, model, protocol, seed, status, or a
-    sweep run's swept field such as lr) and tabulate ``metrics`` (default :data:`KEY_METRICS`) as mean ± 95 % CI over each group.
+    sweep run's swept field such as lr) and tabulate ``metrics`` (default :data:`KEY_METRICS`) as
+    mean ± 95 % CI over each group.
 
     Every row also has ``n_runs`` and ``statuses`` (e.g. "completed:4,diverged:1"). Metrics no
     run of the comparison has are dropped from the table.

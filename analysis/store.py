@@ -312,6 +312,7 @@ def open_sweep(path, groups: tuple[str, ...] = ("metrics", "evaluation", "analys
     out = []
     for ds, (name, point, ident) in zip(per_run, points):
         vals = {k: point.get(k, ident.get(k)) for k in coords_order}
+        vals = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in vals.items()}  # one label a run
         out.append(ds.expand_dims(run=1).assign_coords(run=[name], **{k: ("run", [v]) for k, v in vals.items()}))
     res = _concat(out)
     for k in coords_order:  # a field missing from some runs (a sweep extended later) is None there

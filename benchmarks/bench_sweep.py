@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--one-thread", action="store_true", help="also time the runs back to back with 1 torch thread: "
+                    "(that time / cores) is a perfectly parallel sweep, so sweep / it is the sweep's own overhead")
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep-"))
     sweep_file = tmp / "bench.yaml"
@@ -100,6 +102,11 @@ def main(argv=None) -> int:
             ratios.append(sw / seq)
             print(f"repeat {rep}: back to back {seq:6.1f} s (load {l0:.1f} -> {l1:.1f}) · sweep {sw:6.1f} s "
                   f"(load {l1:.1f} -> {l2:.1f}) · ratio {sw / seq:.3f}", flush=True)
+            if a.one_thread:
+                one = back_to_back(sweep_file, tmp / f"one{rep}", 1)
+                l3 = os.getloadavg()[0]
+                print(f"          back to back, 1 thread {one:6.1f} s (load {l2:.1f} -> {l3:.1f}) · sweep / "
+                      f"(that / {a.cores}) = {sw / (one / a.cores):.3f} (the sweep's own overhead)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"sweep / back to back: median {statistics.median(ratios):.3f} (target <= 1.1), "

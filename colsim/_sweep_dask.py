@@ -7,7 +7,6 @@ rich progress bar over the runs, record what each task returned or why it died.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import uuid
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Optional
 import yaml
 
 from colsim.config import ConfigError
-from colsim.sweep import (DONE, ClusterConfig, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
+from colsim.sweep import (ClusterConfig, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
                           load_sweep, local_cluster_size, cores_available, plan_runs, read_status, slurm_cluster)
 
 __all__ = ["sweep_main", "connect", "probe_scheduler"]
@@ -122,7 +121,10 @@ def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = Non
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create the sweep folder ({exc.strerror or exc})") from None
     with SweepLock(out):
-        return _run_locked(sw, src, cc, runs, out.resolve(), scheduler, quiet, console, git_revision)
+        try:
+            return _run_locked(sw, src, cc, runs, out.resolve(), scheduler, quiet, console, git_revision)
+        except KeyboardInterrupt:
+            return 130
 
 
 def _run_locked(sw: SweepConfig, src: Path, cc: ClusterConfig, runs: list[SweepRun], out: Path, scheduler, quiet,
@@ -155,7 +157,8 @@ def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -
         threads = cc.threads
         for r in todo:
             prev = read_status(out / "runs" / r.name)
-            spec = {"name": r.name, "point": r.point, "identity": r.identity, "config": r.config, "dir": str(out / "runs" / r.name),
+            spec = {"name": r.name, "point": r.point, "identity": r.identity, "config": r.config,
+                    "dir": str(out / "runs" / r.name),
                     "threads": threads, "attempts": prev.get("attempts", 0),
                     "attrs": {"git_revision": git_revision, "sweep": str(sw.name)}}
             fut = client.submit(execute, spec, key=f"colsim-run-{r.name}-{uuid.uuid4().hex[:8]}", pure=False,

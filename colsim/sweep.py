@@ -119,7 +119,7 @@ class SweepConfig(Strict):
     description: str = ""
     base: SweepBase = Field(default_factory=SweepBase)
     grid: dict[str, Any] = Field(default_factory=dict)
-    zip: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: dict[str, Any] = Field(default_factory=dict)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
@@ -288,7 +288,11 @@ class SweepLock:
         self._fd: Optional[int] = None
 
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"--out {self.path.parent}: cannot write the lock file {self.path.name} "
+                              f"({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from _tiny import TINY
 from colsim.cli import app
 from colsim.config import ConfigError
-from colsim.sweep import SweepLock, coordinate_names, load_sweep, local_cluster_size, plan_runs, slurm_cluster
+from colsim.sweep import (ClusterConfig, SweepLock, coordinate_names, load_sweep, local_cluster_size, plan_runs,
+                          slurm_cluster)
 
 pytest.importorskip("distributed", reason="colsim sweep needs dask.distributed (pip install 'colsim[distributed]')")
 
@@ -46,7 +47,8 @@ def test_packaged_rules_seeds_sweep_plans_the_readme_comparison():
     r = next(r for r in runs if r.point == {"rule": "lpl+replay", "protocol": "action_shift", "seed": 2})
     assert r.name == "rule=lpl+replay__protocol=action_shift__seed=2"
     assert r.identity == {"rule": "lpl+replay", "model": "seqjepa_cnn", "protocol": "action_shift", "seed": 2}
-    assert [w["name"] for w in r.config["rule"]["wrap"]] == ["replay"] and r.config["protocol"]["name"] == "action_shift"
+    assert [w["name"] for w in r.config["rule"]["wrap"]] == ["replay"]
+    assert r.config["protocol"]["name"] == "action_shift"
     assert r.config["seed"] == 2 and r.config["protocol"]["phases"][0]["steps"] == 250  # full length
     assert load_sweep("rules_seeds", steps=40)[0].base.steps == 40  # packaged name; --steps replaces base.steps
 
@@ -80,8 +82,6 @@ def test_coordinate_names_short_unless_ambiguous():
 
 
 def test_local_cluster_sized_to_the_cores():
-    from colsim.sweep import ClusterConfig
-
     assert local_cluster_size(ClusterConfig(), cores=8) == 8
     assert local_cluster_size(ClusterConfig(threads=2), cores=8) == 4
     assert local_cluster_size(ClusterConfig(threads=4), cores=2) == 1
@@ -91,8 +91,10 @@ def test_local_cluster_sized_to_the_cores():
 BAD = [
     ({"grdi": {"seed": [0]}}, "sweep.grdi: unknown key"),
     ({"grid": {"sed": [0, 1]}}, "sweep.grid['sed']: unknown sweep field"),
-    ({"grid": {"rule.optimizer.lrr": [1e-3]}}, "sweep.grid['rule.optimizer.lrr'] = 0.001: rule.optimizer.lrr: unknown key"),
-    ({"grid": {"rule.optimizer.lr": [1e-3, -1]}}, "sweep.grid['rule.optimizer.lr'] = -1: rule.optimizer.lr: must be > 0"),
+    ({"grid": {"rule.optimizer.lrr": [1e-3]}},
+     "sweep.grid['rule.optimizer.lrr'] = 0.001: rule.optimizer.lrr: unknown key"),
+    ({"grid": {"rule.optimizer.lr": [1e-3, -1]}},
+     "sweep.grid['rule.optimizer.lr'] = -1: rule.optimizer.lr: must be > 0"),
     ({"grid": {"seed": []}}, "sweep.grid['seed']: empty list of values"),
     ({"grid": {}}, "sweep.grid: empty grid"),
     ({"grid": {"rule": ["nosuchrule"]}}, "sweep.grid['rule'] = 'nosuchrule': unknown rule 'nosuchrule'"),
