@@ -155,7 +155,8 @@ def restore_like(template: Any, saved: Any, device: str | torch.device = "cpu") 
         t = template if isinstance(template, dict) else {}
         return {k: restore_like(t.get(k), v, device) for k, v in saved.items()}
     if isinstance(saved, list):
-        t = list(template) if isinstance(template, (list, tuple)) and len(template) == len(saved) else [None] * len(saved)
+        same = isinstance(template, (list, tuple)) and len(template) == len(saved)
+        t = list(template) if same else [None] * len(saved)
         out = [restore_like(a, b, device) for a, b in zip(t, saved)]
         return tuple(out) if isinstance(template, tuple) and not hasattr(template, "_fields") else out
     return saved

@@ -235,7 +235,8 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
         except OSError as exc:
             _fail(f"--out {out_dir}: cannot write the run folder ({exc.strerror or exc})")
         console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
-                      f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> {out_dir}")
+                      f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> "
+                      f"{out_dir}")
         _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet, ckpt)
     finally:
         lock.close()
@@ -257,7 +258,8 @@ def _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, 
     if result.signal is not None:
         name = signal.Signals(result.signal).name
         where = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
-        err_console.print(f"[bold red]run interrupted[/] by {name} after {result.steps} steps ({where}); continue with: "
+        err_console.print(f"[bold red]run interrupted[/] by {name} after {result.steps} steps ({where}); "
+                          "continue with: "
                           f"colsim run --resume {out_dir}", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + int(result.signal))
     if result.status != "completed":
@@ -296,8 +298,8 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
             ends = [sum(p.steps for p in cfg.protocol.phases[:k + 1]) for k in range(len(cfg.protocol.phases))]
             path = latest_checkpoint(run_dir / "checkpoints", ends)
             if path is None:
-                raise ConfigError(f"{what} {run_dir}: no checkpoint in checkpoints/ (runs are checkpointed at phase ends "
-                                  "and every protocol.checkpoint.every steps); start it again instead")
+                raise ConfigError(f"{what} {run_dir}: no checkpoint in checkpoints/ (runs are checkpointed at phase "
+                                  "ends and every protocol.checkpoint.every steps); start it again instead")
             try:
                 ckpt = load_checkpoint(path)
             except CheckpointError as exc:
@@ -331,7 +333,8 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
         except ConfigError as exc:
             _fail(str(exc))
             return
-        console.print(f"[bold]colsim run --resume[/] {run_dir}: {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · "
+        console.print(f"[bold]colsim run --resume[/] {run_dir}: {cfg.protocol.name} · rule "
+                      f"[cyan]{cfg.rule.name}[/] · "
                       f"from step {int(ckpt['step'])} of {cfg.protocol.total_steps} ({path.name})")
         (run_dir / "summary.json").unlink(missing_ok=True)
         _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, run_dir, config_yaml, quiet, ckpt)

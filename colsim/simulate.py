@@ -13,7 +13,9 @@ and every step t of it:
    adds the ``phase`` label);
 2. column forward (``local`` when the rule is layer-local) -> (column state, Trace);
 3. rule update -> (grads, rule state, metrics)          [skipped when the phase has learn: false]
-4. stop with status ``diverged`` if the loss or a rule's loss is NaN / Inf;
+4. stop with status ``diverged`` if the loss, a rule's loss or a gradient is NaN / Inf (one fused norm
+   over the gradients); the root attribute and summary entry ``diverged`` name the step, phase and
+   terms (``loss``, ``loss.<rule term>``, ``grads``; ``grad:<parameter>`` when only gradients are);
 5. optimizer step on the grads (learning-rate warm-up applied) — the only place where
    parameters change; the rule's ``post_step`` may rescale the applied update there;
 6. teacher update (``column.update_target(step)``, e.g. EMA momentum schedule);
@@ -179,6 +181,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     a checkpoint (``ckpt_dir`` given) and status ``interrupted``; a second signal stops at once.
     """
     t0 = time.perf_counter()
+    diverged: Optional[dict] = None  # {"step", "phase", "terms"}: what went non-finite where
     params = column.trainable()
     rstate = rule.init(params)
     first_phase, first_t = 0, 0
@@ -311,6 +314,12 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     bad = [k for k, v in rm.items() if k.startswith("loss") and not math.isfinite(v)]
                     if not math.isfinite(loss) or bad or (not math.isfinite(gn) and not _all_finite(grads)):
                         status = "diverged"
+                        terms = (["loss"] if not math.isfinite(loss) else []) + bad
+                        if not math.isfinite(gn):  # the gradients too: named when no loss term says why
+                            nf = [n for n, g in grads.items() if g is not None and not bool(torch.isfinite(g).all())]
+                            terms += [f"grad:{n}" for n in nf[:5]] + ([f"grad:+{len(nf) - 5} more"] if len(nf) > 5
+                                                                        else []) if not terms else ["grads"]
+                        diverged = {"step": step, "phase": ph.name, "terms": terms}
                         recorder.record(step, {k: v for k, v in metrics.items()})
                         break
                     # 5. optimizer step (the single mutation point)
@@ -377,7 +386,10 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     summary = make_summary(evals, names, step, wall, status, at_start=ev.at_start)
     summary["eval_s"] = round(eval_seconds[0], 3)
     summary["eval_share"] = round(eval_seconds[0] / wall, 4) if wall > 0 else None
-    recorder.set_attrs(steps_done=step, wall_s=wall, eval_s=eval_seconds[0])
+    if diverged is not None:
+        summary["diverged"] = diverged
+    recorder.set_attrs(steps_done=step, wall_s=wall, eval_s=eval_seconds[0],
+                       **({"diverged": diverged} if diverged is not None else {}))
     recorder.close(status)
     return RunResult(status, step, wall, summary, stop.signum, last_ckpt[0])
 

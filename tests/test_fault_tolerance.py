@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +23,8 @@ import zarr
 
 from _tiny import TINY
 from colsim.cli import _lock
-from colsim.config import ConfigError
+from colsim.config import ConfigError, Strict
+from colsim.rule import Rule, loss_grads
 from colsim.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, prune_step_checkpoints,
                                restore_like, save_checkpoint, step_checkpoint_path)
 
@@ -46,9 +49,9 @@ def _open(run: Path) -> xr.DataTree:
     return xr.open_datatree(str(run / "store.zarr"), engine="zarr")
 
 
-def _assert_same_run(a: Path, b: Path) -> None:
+def _assert_same_run(a: Path, b: Path, status: str = "completed") -> None:
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
-    assert sa["status"] == sb["status"] == "completed"
+    assert sa["status"] == sb["status"] == status
     assert {k: v for k, v in sa.items() if k not in TIMING} == {k: v for k, v in sb.items() if k not in TIMING}
     ta, tb = _open(a), _open(b)
     for g in ("metrics", "evaluation", "probe"):
@@ -60,6 +63,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
             x, y = da[v].values, db[v].values
             assert x.shape == y.shape, (g, v)
             assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (g, v)
+    if status != "completed":
+        return
     ma, mb = (torch.load(r / "checkpoints" / "phase04-digits89.pt", weights_only=True)["model"] for r in (a, b))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
@@ -294,3 +299,59 @@ def test_full_disk_exits_1_store_readable_then_resume_completes(tmp_path):
         assert json.loads((run / "summary.json").read_text())["steps"] == 20
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+class _NanCfg(Strict):
+    name: Literal["nan_after_8"] = "nan_after_8"
+
+
+def _nan_rule(cfg, column=None):
+    def update(params, state, trace):  # backprop whose loss turns NaN at its 9th update (the count is rule state)
+        n = state["n"] + 1
+        loss = trace["loss"] * (float("nan") if n > 8 else 1.0)
+        return loss_grads(loss, params), {"n": n}, {"loss.total": float(loss.detach())}
+
+    return Rule(lambda p: {"n": 0}, update, frozenset({"loss", "global"}))
+
+
+def test_divergence_after_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    """A run that diverges at step 8, stopped by SIGTERM at step 5 (mid-phase) and resumed: it diverges at
+    the same step (the rule's counter came back with its state), says which terms went non-finite, and
+    keeps every record from before and after the resume — equal to the uninterrupted run's."""
+    from typer.testing import CliRunner
+
+    import colsim.simulate as S
+    from colsim import registry
+    from colsim.cli import app
+
+    registry.register_rule("nan_after_8", _NanCfg)(_nan_rule)
+    try:
+        runner = CliRunner()
+        args = ["run", "nonstationary", "--rule", "nan_after_8", "--steps", "15", "--quiet",
+                *[a for s in TINY + ["protocol.evaluation.probe_samples=10", "protocol.evaluation.views=2",
+                                     "protocol.checkpoint.every=2"] for a in ("--set", s)]]
+        full, part = tmp_path / "full", tmp_path / "part"
+        assert runner.invoke(app, [*args, "--out", str(full)]).exit_code == 1
+        calls, apply = [0], S.apply_update
+
+        def signalled_apply(*a, **kw):
+            calls[0] += 1
+            if calls[0] == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return apply(*a, **kw)
+
+        monkeypatch.setattr(S, "apply_update", signalled_apply)
+        assert runner.invoke(app, [*args, "--out", str(part)]).exit_code == 143
+        monkeypatch.setattr(S, "apply_update", apply)
+        assert latest_checkpoint(part / "checkpoints", [3, 6, 9, 12, 15]).name == "step00000005.pt"
+        res = runner.invoke(app, ["run", "--resume", str(part)])
+        assert res.exit_code == 1 and "run diverged" in res.output
+    finally:
+        registry.RULES.pop("nan_after_8")
+    _assert_same_run(full, part, status="diverged")
+    s = json.loads((part / "summary.json").read_text())
+    assert s["diverged"] == {"step": 8, "phase": "digits45", "terms": ["loss.total", "grads"]}
+    t = _open(part)
+    assert t.attrs["status"] == "diverged" and t.attrs["diverged"]["step"] == 8
+    assert np.array_equal(t["metrics"]["step"].values, np.arange(9))
+    assert len(t["evaluation"]["eval"]) == 3  # init, after phases 0 and 1
