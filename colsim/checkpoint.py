@@ -163,10 +163,12 @@ def restore_like(template: Any, saved: Any, device: str | torch.device = "cpu") 
 
 
 def rng_states() -> dict:
-    """The global RNGs (torch CPU, numpy, python ``random``) as tensors and scalars."""
+    """The global RNGs (torch CPU, and CUDA's when initialised, numpy, python ``random``) as tensors and
+    scalars."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda,
             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
             "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
@@ -175,6 +177,8 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"].cpu())
+    if states.get("cuda") and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
     n = states["numpy"]
     np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
                          float(n["gauss"])))
