@@ -153,8 +153,8 @@ def _rate_hist_panel(hv, runs, title):
     for l in range(len(sp[0]["rate"])):
         rates = np.concatenate([s["rate"][l] for s in sp if l < len(s["rate"])])
         counts, _ = np.histogram(np.clip(rates, 0, 1), edges)
-        els.append(hv.Histogram((edges, counts), kdims=["firing rate (spikes per bin)"], vdims=["units"], label=f"block {l}")
-                   .opts(alpha=0.5))
+        els.append(hv.Histogram((edges, counts), kdims=["firing rate (spikes per bin)"], vdims=["units"],
+                                label=f"block {l}").opts(alpha=0.5))
     return hv.Overlay(els).opts(title=f"{title} (step {sp[0]['step']})", frame_width=FW, frame_height=H,
                                 legend_position="right", legend_opts=_LEGEND)
 

@@ -79,7 +79,8 @@ def test_probe_spike_counts_and_raster_by_hand(tmp_path):
 
 
 TINY_RUN = ["--model", "spiking_mlp", "--rule", "espp", "--steps", "4", "--quiet",
-            "--set", "model.encoder.hidden=[24,12]", "--set", "model.action_embed=4", "--set", "model.aggregator.layers=1",
+            "--set", "model.encoder.hidden=[24,12]", "--set", "model.action_embed=4",
+            "--set", "model.aggregator.layers=1",
             "--set", "model.aggregator.heads=2", "--set", "model.predictor.hidden=8", "--set", "model.T=5",
             "--set", "protocol.world.image_size=16", "--set", "protocol.stream.batch=4",
             "--set", "protocol.stream.episode_length=3", "--set", "protocol.evaluation.probe_samples=12",
