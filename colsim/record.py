@@ -188,12 +188,16 @@ class ZarrRecorder(Recorder):
                 self.metrics.create_array(k, shape=(self._n,), chunks=(8192,), dtype="float32",
                                           fill_value=float("nan"), dimension_names=["step"])
                 existing.add(k)
-        m = len(self._buf)
-        self.metrics["step"].append(np.array([s for s, _ in self._buf], dtype=np.int64))
-        for k in existing - {"step"}:
-            col = np.array([v.get(k, np.nan) for _, v in self._buf], dtype=np.float32)
-            self.metrics[k].append(col)
-        self._n += m
+        n0, n1 = self._n, self._n + len(self._buf)
+        cols = {"step": np.array([s for s, _ in self._buf], dtype=np.int64)}
+        cols.update({k: np.array([v.get(k, np.nan) for _, v in self._buf], dtype=np.float32)
+                     for k in sorted(existing - {"step"})})
+        for k, col in cols.items():  # rows n0:n1 of every array: a flush cut short and retried writes the same
+            a = self.metrics[k]
+            if a.shape[0] != n1:
+                a.resize((n1,))
+            a[n0:n1] = col
+        self._n = n1
         self._buf.clear()
         self._consolidate()
 

@@ -2,7 +2,7 @@
 
     python tests/_kill_driver.py MODE N -- colsim arguments...
 
-MODE: ``flush`` — in the N-th metrics flush that writes rows, right after its second array append
+MODE: ``flush`` — in the N-th metrics flush that writes rows, right after its second array write
 (the ``metrics`` arrays then differ in length on disk); ``checkpoint`` — in the N-th checkpoint
 write, after half of the file's bytes are written; ``step`` — in the N-th optimizer step, before
 the parameters change. ``none`` runs to the end.
@@ -24,28 +24,28 @@ def _die() -> None:
 def main() -> None:
     mode, n = sys.argv[1], int(sys.argv[2])
     args = sys.argv[sys.argv.index("--") + 1:]
-    calls = {"n": 0, "append": 0}
+    calls = {"n": 0, "write": 0}
     if mode == "flush":
         import zarr
 
         import colsim.record as R
 
-        flush, append = R.ZarrRecorder.flush, zarr.Array.append
+        flush, setitem = R.ZarrRecorder.flush, zarr.Array.__setitem__
 
         def counted_flush(self):
             if self._buf:
                 calls["n"] += 1
             return flush(self)
 
-        def dying_append(self, data, *a, **kw):
-            out = append(self, data, *a, **kw)
+        def dying_setitem(self, key, value):
+            out = setitem(self, key, value)
             if calls["n"] == n:
-                calls["append"] += 1
-                if calls["append"] == 2:
+                calls["write"] += 1
+                if calls["write"] == 2:
                     _die()
             return out
 
-        R.ZarrRecorder.flush, zarr.Array.append = counted_flush, dying_append
+        R.ZarrRecorder.flush, zarr.Array.__setitem__ = counted_flush, dying_setitem
     elif mode == "checkpoint":
         import torch
 

@@ -203,7 +203,7 @@ def test_sigkill_three_times_then_resume_is_bit_for_bit(tmp_path):
     first = _colsim(*RUN, "--out", str(run), mode="flush", n=3)
     assert first.returncode == -signal.SIGKILL, first.stderr
     metrics = zarr.open_group(str(run / "store.zarr"), mode="r", use_consolidated=False)["metrics"]
-    assert len({a.shape[0] for _, a in metrics.arrays()}) > 1  # the kill cut an append short: ragged on disk ...
+    assert len({a.shape[0] for _, a in metrics.arrays()}) > 1  # the kill cut a flush short: ragged on disk ...
     assert _assert_readable_after_kill(run) == _rows_at_latest_checkpoint(run) == 4  # ... xarray reads a whole flush
     ana = subprocess.run([str(COLSIM), "analyze", str(run)], capture_output=True, text=True, env=ENV, timeout=300)
     assert ana.returncode == 0, ana.stderr
