@@ -3,22 +3,24 @@
     python benchmarks/bench_sweep.py                   # N = 6 runs of 40 steps, 2 repeats, interleaved
     python benchmarks/bench_sweep.py --runs 8 --steps 60 --repeats 3
 
-Both sides do the same work with the same total threads (``--cores``, default 2):
+Both sides do the same work with the same total threads (``--cores``, default 2), each as a fresh
+process timed from start to exit (imports, planning and start-up included on both sides):
 
-* sweep: ``colsim sweep`` as the CLI runs it (colsim._sweep_dask.sweep_main): plan, lock, start a
-  LocalCluster of ``cores`` worker processes x 1 torch thread, one task per run, close the cluster.
-  Cluster start-up and the workers' imports of torch and colsim are inside the time.
-* back to back: in this process (torch and colsim already imported: the baseline pays no start-up),
-  plan, then each run through the same task function (colsim._sweep_task.execute) with ``cores``
-  torch threads, one after the other.
+* sweep: ``colsim sweep FILE --workers cores --threads 1 --quiet``: plan, lock, start a LocalCluster of
+  ``cores`` worker processes x 1 torch thread (each imports torch and colsim), one task per run,
+  close the cluster.
+* back to back: one process that plans the same sweep and runs each run through the same task
+  function (colsim._sweep_task.execute) with ``cores`` torch threads, one after the other.
+* ``--one-thread`` adds back to back with 1 torch thread: (its time / cores) is what a perfectly
+  parallel sweep without start-up would take, so sweep / that is the sweep's own overhead.
 
 Runs are the tests' tiny column on ``stationary`` with seeds 0..N-1 (one evaluation, at the end).
 Printed: each repeat's times, the median ratio sweep / back-to-back (target <= 1.1) and the 1-minute
 load average around each measurement: the host may be shared, and a loaded host inflates both sides
-unevenly (the sweep's processes compete with other jobs for the same cores).
+unevenly (the sweep's processes compete with other jobs for the same cores; several torch threads of
+one process wait on each other when the cores are oversubscribed).
 
-Measured (2-core shared VM, 6 runs x 40 steps; see the report of issue 15): figures in the README's
-Sweeps section.
+Measured figures: README, section Sweeps.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,39 +48,41 @@ def _sweep_doc(n: int, steps: int) -> dict:
             "grid": {"seed": list(range(n))}, "cluster": {"dashboard_address": ":0"}}
 
 
-def back_to_back(sweep_file: Path, out: Path, cores: int) -> float:
-    import torch
-
+def _back_to_back_here(sweep_file: str, out: str, threads: int) -> None:
     from colsim._sweep_dask import _load_plugins
     from colsim._sweep_task import execute
     from colsim.sweep import load_sweep, plan_runs
 
-    t0 = time.perf_counter()
     _load_plugins()
-    runs = plan_runs(load_sweep(str(sweep_file))[0])
-    for r in runs:
+    for r in plan_runs(load_sweep(sweep_file)[0]):
         meta = execute({"name": r.name, "point": r.point, "identity": r.identity, "config": r.config,
-                        "dir": str(out / r.name), "threads": cores})
+                        "dir": str(Path(out) / r.name), "threads": threads})
         assert meta["status"] == "completed", meta
+
+
+def _timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
-    torch.set_num_threads(cores)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
     return dt
+
+
+def back_to_back(sweep_file: Path, out: Path, threads: int) -> float:
+    return _timed([sys.executable, __file__, "--back-to-back", str(sweep_file), str(out), str(threads)])
 
 
 def sweep(sweep_file: Path, out: Path, cores: int) -> float:
-    from rich.console import Console
-
-    from colsim._sweep_dask import sweep_main
-
-    t0 = time.perf_counter()
-    code = sweep_main(str(sweep_file), out, workers=cores, threads=1, quiet=True,
-                      console=Console(file=open(os.devnull, "w")))
-    dt = time.perf_counter() - t0
-    assert code == 0, f"sweep exit {code}: see {out}"
-    return dt
+    return _timed([sys.executable, "-m", "colsim.cli", "sweep", str(sweep_file), "--out", str(out), "--workers",
+                   str(cores), "--threads", "1", "--quiet"])
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--back-to-back"]:  # the timed child process of back_to_back()
+        _back_to_back_here(argv[1], argv[2], int(argv[3]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--steps", type=int, default=40)

@@ -46,6 +46,7 @@ def connect(cc: ClusterConfig, scheduler: Optional[str] = None, console=None):
                           highlight=False)
         return Client(cluster, set_as_default=False), cluster, {"run": 1}
     n = local_cluster_size(cc)
+    _forkserver_with_colsim()
     try:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                dashboard_address=cc.dashboard_address, silence_logs=logging.ERROR)
@@ -55,6 +56,28 @@ def connect(cc: ClusterConfig, scheduler: Optional[str] = None, console=None):
         console.print(f"LocalCluster: {n} worker process(es) x {cc.threads} torch thread(s) "
                       f"({cores_available()} cores)", highlight=False)
     return Client(cluster, set_as_default=False), cluster, None
+
+
+def _forkserver_with_colsim() -> None:
+    """Start LocalCluster workers from a forkserver that has imported torch and colsim's plugins once.
+
+    With dask's default (spawn) every worker process imports torch and the plugins itself at start-up,
+    all at once; forked from one server that imported them, a worker starts with them loaded (no torch
+    op has run there, so no thread pool is forked). Linux and macOS only; elsewhere spawn stays.
+    """
+    import multiprocessing
+
+    import dask
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    from colsim import registry
+
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    from distributed.utils import get_mp_context
+
+    get_mp_context().set_forkserver_preload(["distributed", "torch", "colsim._sweep_task",
+                                             *registry.PACKAGES.values()])
 
 
 def probe_scheduler(address: str, timeout: float = 3.0) -> None:
