@@ -9,6 +9,9 @@ folder whose ``summary.json`` says completed (or diverged) is kept, so an interr
 table is read from each run's ``summary.json`` (the in-run read-outs, colsim.evaluate) and printed
 as markdown: mean ± t-based 95 % CI half-width over seeds (colsim.analysis.compare.mean_ci), the
 numbers ``colsim compare OUT/PROTOCOL/* --by rule`` also shows after analysing the runs.
+
+The same runs as one dask sweep (one dataset, resumable): ``colsim sweep protocols/sweeps/rules_seeds.yaml``
+then ``colsim compare runs/rules_seeds --by rule --by protocol``.
 """
 from __future__ import annotations
 
