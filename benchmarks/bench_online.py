@@ -24,12 +24,12 @@ Reference (2 shared cores under load ~17, 1 thread, 2026-12-03, seqjepa_cnn 0.79
 =========================  =======================  =============================
 per tick (median)          AdamW foreach (default)  ``rule.optimizer.fused=true``
 =========================  =======================  =============================
-tick                       74 ms                  67 ms
-forward / backward         26 / 20 ms             32 / 17 ms
-overhead                   21 ms                  11 ms
-  optimizer.step           11.4 ms                0.95 ms
+tick                       51-74 ms               67 ms
+forward / backward         21-26 / 13-20 ms       32 / 17 ms
+overhead                   17-21 ms               11 ms
+  optimizer.step           11.1-11.4 ms           0.95 ms
   stream.step (world)      0.83 ms                0.71 ms
-  divergence check + norm  0.36 ms                0.30 ms
+  divergence check + norm  0.35-0.36 ms           0.30 ms
   teacher EMA              0.30 ms                0.24 ms
   diagnostics              0.15 ms                0.11 ms
   recorder                 0.01 ms                0.01 ms
@@ -37,7 +37,7 @@ overhead                   21 ms                  11 ms
 =========================  =======================  =============================
 
 The divergence check was ~10 ms per tick in the run before (one ``isfinite`` per gradient tensor
-plus a python sum of squares; re-timed here 1.9-18 ms depending on the load); it is now ~0.3 ms.
+plus a python sum of squares; re-timed here 1.9-18 ms depending on the load, two runs); it is now ~0.3 ms.
 With the fused optimizer the parts sum to ~2.8 ms, of which the simulator's own (check, diagnostics,
 recorder, rest) ~0.9 ms; the median overhead (11 ms) is larger than that sum because on this loaded
 host preemption lands in the untimed gaps of a tick — the <= 1 ms target is met by the simulator's
