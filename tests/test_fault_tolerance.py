@@ -196,7 +196,7 @@ def test_sigkill_three_times_then_resume_is_bit_for_bit(tmp_path):
     """Killed with SIGKILL three times — mid metrics flush, mid checkpoint write, inside a step — and
     resumed each time: summary.json, every metric / evaluation / probe array and the final parameters
     equal the uninterrupted run's. After each kill the store opens with xarray and says interrupted,
-    and `colsim analyze` works on what was recorded (~90 s on 2 shared cores)."""
+    and `colsim analyze` works on what was recorded (~165 s on 2 shared cores at load ~18)."""
     full, run = tmp_path / "full", tmp_path / "killed"
     assert _colsim(*RUN, "--out", str(full)).returncode == 0
     # 1. in the 3rd flush that writes rows (the one before the checkpoint at step 6)
@@ -363,7 +363,7 @@ def test_divergence_after_resume_matches_uninterrupted(tmp_path, monkeypatch):
 def test_stateful_rules_resume_mid_phase_bit_for_bit(tmp_path, monkeypatch, spec, at):
     """Every rule's state survives a mid-phase stop and in-place resume: LPL's running statistics,
     metaplastic availabilities, SI / EWC accumulators, replay buffers and their RNG, layerwise's
-    predictors — the resumed run equals the uninterrupted one (~40 s each on 2 shared cores)."""
+    predictors — the resumed run equals the uninterrupted one (~40 s each, 2 shared cores at load ~18)."""
     from typer.testing import CliRunner
 
     import colsim.simulate as S
