@@ -15,7 +15,7 @@ from typing import Optional
 import yaml
 
 from colsim.config import ConfigError
-from colsim.sweep import (ClusterConfig, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
+from colsim.sweep import (ClusterConfig, check_slurm, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
                           load_sweep, local_cluster_size, cores_available, plan_runs, read_status, slurm_cluster)
 
 __all__ = ["sweep_main", "connect", "probe_scheduler"]
@@ -134,6 +134,8 @@ def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = Non
         if k != "kind" and v < 1:
             raise ConfigError(f"--{k}: must be >= 1, got {v}")
     cc = sw.cluster.model_copy(update=upd)
+    if scheduler is None and cc.kind == "slurm":
+        check_slurm(cc)
     _load_plugins()
     runs = plan_runs(sw)
     out = Path(out) if out is not None else Path("runs") / str(sw.name)

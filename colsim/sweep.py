@@ -62,7 +62,8 @@ from pydantic import Field, field_validator
 from colsim.config import ConfigError, Strict, load_yaml_file, resolve_run_config, validate_as
 
 __all__ = ["SweepBase", "SlurmConfig", "ClusterConfig", "SweepConfig", "SweepRun", "SIMPLE_FIELDS", "DONE",
-           "load_sweep", "plan_runs", "SweepLock", "slurm_cluster", "cores_available", "local_cluster_size"]
+           "load_sweep", "plan_runs", "SweepLock", "check_slurm", "slurm_cluster", "cores_available",
+           "local_cluster_size", "coordinate_names", "sweep_file", "read_status", "is_done"]
 
 SIMPLE_FIELDS = ("protocol", "rule", "model", "seed", "device", "steps")
 DONE = ("completed", "diverged")  # statuses a re-run skips
@@ -355,8 +356,8 @@ def local_cluster_size(cc: ClusterConfig, cores: Optional[int] = None) -> int:
     return cc.workers or max(1, (cores or cores_available()) // cc.threads)
 
 
-def slurm_cluster(cc: ClusterConfig):
-    """A dask-jobqueue SLURMCluster from the sweep's ``cluster.slurm`` (starts a scheduler; submits no job)."""
+def check_slurm(cc: ClusterConfig) -> None:
+    """ConfigError unless ``cluster.slurm`` is there, fits ``threads`` and dask-jobqueue is installed."""
     sc = cc.slurm
     if sc is None:
         raise ConfigError("sweep.cluster.slurm: required for --cluster slurm (queue, cores, memory, walltime)")
@@ -364,10 +365,19 @@ def slurm_cluster(cc: ClusterConfig):
         raise ConfigError(f"sweep.cluster.slurm.cores: {sc.cores} cores per job is fewer than cluster.threads = "
                           f"{cc.threads} torch threads per run")
     try:
-        from dask_jobqueue import SLURMCluster
+        import dask_jobqueue  # noqa: F401
     except ImportError:
         raise ConfigError("--cluster slurm: needs dask-jobqueue (pip install 'colsim[distributed]')") from None
+
+
+def slurm_cluster(cc: ClusterConfig):
+    """A dask-jobqueue SLURMCluster from the sweep's ``cluster.slurm`` (starts a scheduler; submits no job)."""
     import sys
+
+    check_slurm(cc)
+    from dask_jobqueue import SLURMCluster
+
+    sc = cc.slurm
 
     return SLURMCluster(
         queue=sc.queue, account=sc.account, cores=sc.cores, processes=sc.cores // cc.threads, memory=sc.memory,

@@ -129,6 +129,7 @@ def test_bad_cluster_options_exit_2_fast(tmp_path, args, msg):
     assert res.exit_code == 2, res.output
     assert res.output.count("error:") == 1 and msg in res.output, res.output
     assert time.perf_counter() - t0 < 15  # an unreachable scheduler does not hang
+    assert not (tmp_path / "o").exists()  # checked before the sweep folder is made
 
 
 def test_slurm_without_dask_jobqueue_exit_2(tmp_path, monkeypatch):
@@ -136,6 +137,7 @@ def test_slurm_without_dask_jobqueue_exit_2(tmp_path, monkeypatch):
     p = _write(tmp_path, {"base": _base(), "grid": {"seed": [0]}, "cluster": {"slurm": {"queue": "q"}}})
     res = runner.invoke(app, ["sweep", str(p), "--out", str(tmp_path / "o"), "--cluster", "slurm"])
     assert res.exit_code == 2 and "--cluster slurm: needs dask-jobqueue" in res.output, res.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_slurm_job_script_from_the_sweep_yaml(tmp_path):
