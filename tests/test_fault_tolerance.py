@@ -358,19 +358,22 @@ def test_divergence_after_resume_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec,at", [("lpl+metaplastic+replay", 7), ("layerwise+ewc", 14),
-                                     ("backprop+metaplastic+si+replay", 11)])
-def test_stateful_rules_resume_mid_phase_bit_for_bit(tmp_path, monkeypatch, spec, at):
+@pytest.mark.parametrize("spec,at,extra", [("lpl+metaplastic+replay", 7, []), ("layerwise+ewc", 14, []),
+                                           ("backprop+metaplastic+si+replay", 11, []),
+                                           ("espp", 6, ["--model", "spiking_cnn", "--set", "model.T=3"])],
+                         ids=["lpl+metaplastic+replay", "layerwise+ewc", "backprop+metaplastic+si+replay", "espp-spiking"])
+def test_stateful_rules_resume_mid_phase_bit_for_bit(tmp_path, monkeypatch, spec, at, extra):
     """Every rule's state survives a mid-phase stop and in-place resume: LPL's running statistics,
     metaplastic availabilities, SI / EWC accumulators, replay buffers and their RNG, layerwise's
-    predictors — the resumed run equals the uninterrupted one (~40 s each, 2 shared cores at load ~18)."""
+    predictors, the spiking column's state (rate-coding seeds) under ESPP — the resumed run equals
+    the uninterrupted one (~40 s each, 2 shared cores at load ~18)."""
     from typer.testing import CliRunner
 
     import colsim.simulate as S
     from colsim.cli import app
 
     runner = CliRunner()
-    args = [*RUN[:2], "--rule", spec, *RUN[4:]]
+    args = [*RUN[:2], "--rule", spec, *RUN[4:], *extra]
     full, part = tmp_path / "full", tmp_path / "part"
     assert runner.invoke(app, [*args, "--out", str(full)]).exit_code == 0
     calls, apply = [0], S.apply_update
