@@ -20,7 +20,13 @@ load average around each measurement: the host may be shared, and a loaded host 
 unevenly (the sweep's processes compete with other jobs for the same cores; several torch threads of
 one process wait on each other when the cores are oversubscribed).
 
-Measured figures: README, section Sweeps.
+Measured (2-core VM shared with other jobs; README, section Sweeps), 6 runs x 40 steps, --one-thread:
+
+    load 16-13: back to back 214.6 s · sweep 57.3 s · ratio 0.267 · 1 thread 33.1 s (sweep / (that / 2) = 3.46)
+    load 13-12: back to back 174.4 s · sweep 30.7 s · ratio 0.176 · 1 thread 18.6 s (sweep / (that / 2) = 3.29)
+
+Before the sweep's workers forked from a preloaded forkserver (dask's spawn: each worker imported torch
+itself), at load 18-25: sweep 87.0 s, back to back 355.9 s (0.244), 1 thread 48.5 s (3.58).
 """
 from __future__ import annotations
 
