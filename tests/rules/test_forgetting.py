@@ -15,8 +15,9 @@ Two claims, each over the three seeds with a t-based 95 % CI (colsim.analysis.co
 Measured on the reference machine (README "Measuring forgetting"): backprop 0.379 / 0.341 /
 0.302 = 0.341 ± 0.095 (mean 3.6 CI half-widths above 0, the README's item-7 figure; the test
 asks only for a CI that excludes 0, since another CPU's floats give other runs), backprop+replay
-0.105 / 0.091 / 0.150 = 0.115 ± 0.077, difference +0.225 ± 0.161. The control is the untrained network: with ``protocol.learn=false``
-every forgetting is exactly 0 (tests/test_evaluate.py). About 6 x 60-100 s on 2 cores.
+0.105 / 0.091 / 0.150 = 0.115 ± 0.077, difference +0.225 ± 0.161. The control is the
+untrained network: with ``protocol.learn=false`` every forgetting is exactly 0
+(tests/test_evaluate.py). About 6 x 60-100 s on 2 cores.
 """
 from __future__ import annotations
 
