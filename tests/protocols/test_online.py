@@ -15,7 +15,10 @@ ONLINE = ["protocol.stream.batch=1"]
 def test_online_protocol_shape():
     p, stationary = load_protocol("online"), load_protocol("stationary")
     assert p["stream"]["batch"] == 1 and len(p["phases"]) == 1
-    assert p["world"] == stationary["world"] and p["evaluation"] == stationary["evaluation"]
+    assert p["world"] == stationary["world"]
+    # the same evaluation except its size (stationary's 500 episodes resolve trained vs untrained)
+    assert {**p["evaluation"], "probe_samples": 0} == {**stationary["evaluation"], "probe_samples": 0}
+    assert p["evaluation"]["probe_samples"] == 200
     assert p["phases"][0]["classes"] == list(range(10))
     cfg = resolve_run_config("online")
     assert cfg.rule.name == "backprop" and not cfg.rule.wrap and cfg.rule.partition is None  # no replay
