@@ -32,10 +32,10 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
-from colsim.config import ConfigError
 from colsim.protocols._affine_views import (  # noqa: F401  (geometry re-exported for tests and callers)
     AffineViewConfig, AffineViewWorld, _base_grid, _draw, _encode, _ranges, _warp, place_in_canvas,
 )
+from colsim.protocols._pools import check_world_split
 from colsim.registry import register_world
 from colsim.stream import generator_from_state  # noqa: F401  (re-exported: tests replay a stream's generator)
 
@@ -79,6 +79,5 @@ def affine_digits(cfg: AffineDigitsConfig, split: Optional[str] = None) -> Affin
     the world serves all three pools (streams: train pool; probe sets: ``probe_set(..., pool=...)``
     from the probe or the validation pool).
     """
-    if split not in (None, "train", "validation", "probe"):
-        raise ConfigError(f"affine_digits: split must be 'train', 'validation' or 'probe', got {split!r}")
+    check_world_split("affine_digits", split)
     return AffineDigits(cfg)

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from colsim.config import ConfigError
 from colsim.protocols._affine_views import FIXED, AffineViewConfig, AffineViewWorld, place_in_canvas
+from colsim.protocols._pools import check_world_split
 from colsim.registry import register_world
 
 __all__ = ["ImageFilesConfig", "ImageFiles", "image_files", "read_idx", "read_images", "FASHION_MNIST",
@@ -250,6 +251,5 @@ def image_files(cfg: ImageFilesConfig, split: Optional[str] = None) -> ImageFile
     ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing
     (the world serves all three pools, as ``affine_digits`` does).
     """
-    if split not in (None, "train", "validation", "probe"):
-        raise ConfigError(f"image_files: split must be 'train', 'validation' or 'probe', got {split!r}")
+    check_world_split("image_files", split)
     return ImageFiles(cfg)

@@ -60,6 +60,7 @@ from torch import Tensor
 from colsim.config import ConfigError
 from colsim.protocols._object_family import FAMILIES, OBJECT_NAMES, build_family
 from colsim.protocols._pools import (
+    check_world_split,
     POOL_FIXED, POOLS, PoolConfig, balanced_items, check_classes, class_picker, missing_class, resolve,
 )
 from colsim.protocols._pools import split as split_pools
@@ -277,6 +278,5 @@ def objects3d(cfg: Objects3DConfig, split: Optional[str] = None) -> Objects3D:
     ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing
     (the world serves all three pools, as ``affine_digits`` does).
     """
-    if split not in (None, "train", "validation", "probe"):
-        raise ConfigError(f"objects3d: split must be 'train', 'validation' or 'probe', got {split!r}")
+    check_world_split("objects3d", split)
     return Objects3D(cfg)

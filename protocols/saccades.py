@@ -62,6 +62,7 @@ from colsim.config import ConfigError
 from colsim.protocols import affine_digits, image_files
 from colsim.protocols._foveate import draw_positions, fixation_of, glimpse, salient_cdf
 from colsim.protocols._pools import (
+    check_world_split,
     POOL_FIXED, POOLS, PoolConfig, balanced_items, check_classes, class_picker, missing_class, resolve, split,
 )
 from colsim.registry import register_world
@@ -328,6 +329,5 @@ def saccades(cfg: SaccadesConfig, split: Optional[str] = None) -> Saccades:
     ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing
     (the world serves all three pools, as ``affine_digits`` does).
     """
-    if split not in (None, "train", "validation", "probe"):
-        raise ConfigError(f"saccades: split must be 'train', 'validation' or 'probe', got {split!r}")
+    check_world_split("saccades", split)
     return Saccades(cfg)
