@@ -63,14 +63,13 @@ def _run(spec: dict, run_dir: Path):
     import torch
     import yaml
 
-    from colsim import __version__, registry
+    from colsim import registry
     from colsim.config import ConfigError, build_run_config
 
     for pkg in registry.PACKAGES.values():  # the plugin packages register their worlds, models and rules
         importlib.import_module(pkg)
-    from colsim.build import build_run
     from colsim.record import ZarrRecorder
-    from colsim.simulate import keep_freed_memory
+    from colsim.simulate import build_for_run, run_attrs
     from colsim.simulate import run as simulate
 
     torch.set_num_threads(int(spec["threads"]))
@@ -80,13 +79,8 @@ def _run(spec: dict, run_dir: Path):
     (run_dir / "config.yaml").write_text(config_yaml)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device}: CUDA is not available on this worker ({socket.gethostname()})")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if cfg.device == "cpu":
-        keep_freed_memory()
-    world, column, rule_obj, local, optimizer = build_run(cfg)
-    attrs = {"config": resolved, "rule": cfg.rule.name, "model": cfg.protocol.model, "protocol": cfg.protocol.name,
-             "seed": cfg.seed, "device": cfg.device, "colsim_version": __version__, "torch_version": torch.__version__,
-             "started": _now(), "sweep_point": spec["point"], **spec.get("attrs", {})}
+    world, column, rule_obj, local, optimizer = build_for_run(cfg)
+    attrs = run_attrs(cfg, resolved, sweep_point=spec["point"], **spec.get("attrs", {}))
     recorder = ZarrRecorder(run_dir / "store.zarr", attrs, flush_every=cfg.protocol.record.flush_every)
     try:
         result = simulate(column, rule_obj, cfg.protocol, recorder, world=world, optimizer=optimizer, seed=cfg.seed,

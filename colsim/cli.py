@@ -30,7 +30,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from colsim import __version__, registry
+from colsim import registry
 from colsim.config import ConfigError, RunConfig, resolve_run_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -185,11 +185,10 @@ def parse_seeds(text: str) -> list[int]:
 def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume, suffix: str = ""):
     import torch
 
-    from colsim.build import build_run
     from colsim.checkpoint import load_checkpoint
     from colsim.config import build_run_config, load_yaml_text
     from colsim.record import ZarrRecorder
-    from colsim.simulate import keep_freed_memory
+    from colsim.simulate import build_for_run, run_attrs
     from colsim.simulate import run as simulate
 
     ckpt = None
@@ -210,11 +209,8 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
             cfg = _resolve(protocol, rule, model, set_, seed, device, steps)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg.device == "cpu":
-            keep_freed_memory()  # reuse activation memory between steps (see its docstring)
         # the rule is built first: it may attach parameters (layerwise's predictors) the checkpoint holds
-        world, column, rule_obj, local, optimizer = build_run(cfg)
+        world, column, rule_obj, local, optimizer = build_for_run(cfg)
         if ckpt is not None:
             column.load_state_dict(ckpt["model"])  # in place: the optimizer keeps the same tensors
         out_dir = _out_dir(out, cfg, suffix)
@@ -227,11 +223,8 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
         config_yaml = yaml.safe_dump(resolved, sort_keys=False)
         try:
             (out_dir / "config.yaml").write_text(config_yaml)
-            attrs = {"config": resolved, "rule": cfg.rule.name, "model": cfg.protocol.model,
-                     "protocol": cfg.protocol.name, "seed": cfg.seed, "device": cfg.device,
-                     "colsim_version": __version__, "torch_version": torch.__version__,
-                     "git_revision": _git_revision(), "started": _dt.datetime.now().isoformat(timespec="seconds")}
-            recorder = ZarrRecorder(out_dir / "store.zarr", attrs, flush_every=cfg.protocol.record.flush_every)
+            recorder = ZarrRecorder(out_dir / "store.zarr", run_attrs(cfg, resolved, git_revision=_git_revision()),
+                                    flush_every=cfg.protocol.record.flush_every)
         except OSError as exc:
             _fail(f"--out {out_dir}: cannot write the run folder ({exc.strerror or exc})")
         console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
@@ -274,11 +267,10 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
     import torch
     import zarr
 
-    from colsim.build import build_run
     from colsim.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
     from colsim.config import build_run_config, load_yaml_text
     from colsim.record import ZarrRecorder
-    from colsim.simulate import keep_freed_memory
+    from colsim.simulate import build_for_run
     from colsim.simulate import run as simulate
 
     what = "--resume"
@@ -315,10 +307,7 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
                 raise ConfigError(f"{what} {run_dir}: the run is {status or 'complete'}; nothing to resume")
             if cfg.device.startswith("cuda") and not torch.cuda.is_available():
                 raise ConfigError(f"{what} {run_dir}: the run is on {cfg.device}, but CUDA is not available here")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            if cfg.device == "cpu":
-                keep_freed_memory()
-            world, column, rule_obj, local, optimizer = build_run(cfg)
+            world, column, rule_obj, local, optimizer = build_for_run(cfg)
             try:
                 column.load_state_dict(ckpt["model"])
             except RuntimeError as exc:

@@ -64,10 +64,35 @@ from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.record import Recorder
 from colsim.rule import Rule
 
-__all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics", "keep_freed_memory", "grad_norm"]
+__all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics", "keep_freed_memory", "grad_norm", "build_for_run",
+           "run_attrs"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 _heap_kept: Optional[bool] = None
+
+
+def build_for_run(cfg):
+    """What every run does before its first step (``colsim run``, ``--resume``, a sweep task):
+    deterministic algorithms (warn only), :func:`keep_freed_memory` on CPU, then
+    ``colsim.build.build_run(cfg)`` -> (world, column, rule, local, optimizer)."""
+    from colsim.build import build_run
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.device == "cpu":
+        keep_freed_memory()  # reuse activation memory between steps (see its docstring)
+    return build_run(cfg)
+
+
+def run_attrs(cfg, resolved: dict, **extra) -> dict:
+    """The run store's root attributes (DESIGN.md, the run store): the resolved config, the run's
+    identity (rule, model, protocol, seed, device), versions and start time, then ``extra``."""
+    import datetime as _dt
+
+    from colsim import __version__
+
+    return {"config": resolved, "rule": cfg.rule.name, "model": cfg.protocol.model, "protocol": cfg.protocol.name,
+            "seed": cfg.seed, "device": cfg.device, "colsim_version": __version__, "torch_version": torch.__version__,
+            "started": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
 
 
 def keep_freed_memory() -> bool:
