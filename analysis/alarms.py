@@ -209,8 +209,23 @@ def health_alarms(metrics: xr.Dataset | None, rule: str = "", eval_series: dict 
     loss components (:func:`loss_components`); ``eval_series``: ``{name: (kind, steps, values)}``
     extra per-evaluation series (the analysis' ranks and unit usage); ``components`` overrides
     the loss components watched for ``rising_component``. In-run rank / usage series need at
-    least 20 points (a smoke run's first steps are not judged).
+    least 20 points (a smoke run's first steps are not judged). A circuit's metrics with a
+    ``column`` dimension are watched column by column (with its circuit-wide series), an alarm on a
+    per-column series naming it ``name[column]``.
     """
+    if metrics is not None and "column" in metrics.dims:
+        kw = dict(rule=rule, rel_rise=rel_rise, spike_factor=spike_factor, collapse_frac=collapse_frac, smooth=smooth,
+                  components=components)
+        per = {str(v) for v in metrics.data_vars if "column" in metrics[v].dims}
+        found: dict = {}
+        names = metrics["column"].values if "column" in metrics.coords else range(metrics.sizes["column"])
+        for i, c in enumerate(names):
+            for a in health_alarms(metrics.isel(column=i, drop=True), **kw):
+                if a["variable"] in per:
+                    a = {**a, "variable": f"{a['variable']}[{c}]"}
+                found.setdefault((a["kind"], a["variable"], a["step"]), a)  # circuit-wide alarms once
+        out = list(found.values()) + health_alarms(None, eval_series=eval_series, collapse_frac=collapse_frac)
+        return sorted(out, key=lambda a: (a["step"], a["kind"]))
     out: list[dict] = []
     if metrics is not None and "step" in metrics.dims and metrics.sizes["step"] > 0:
         step = metrics["step"].values

@@ -29,6 +29,11 @@ The ``analysis`` group (idempotent: re-running replaces it):
   evaluation; ``unit_std`` (eval, probe_set, unit);
 * ``layer_sparsity`` (eval, layer) when the store has the optional ``layers`` group;
 * alarms (alarm,): ``alarm_kind``, ``alarm_variable``, ``alarm_step``, ``alarm_detail``;
+* a circuit (``probe`` with a ``column`` dimension): ``circuit_*`` over ``column`` (the columns,
+  then "vote"), ``column_other``, ``n_columns``, ``tick``, ``scored``
+  (:func:`colsim.analysis.circuits.circuit_analysis`); every variable above then scores the vote's
+  recorded output (``probe`` / ``evaluation`` at ``column="vote"``), and alarms watch each column's
+  metrics (``loss[c0]``);
 * attrs ``summary`` (the returned dict, JSON) and ``settings``.
 """
 from __future__ import annotations
@@ -44,11 +49,12 @@ import xarray as xr
 from colsim.analysis import metrics as M
 from colsim.analysis._stream import accumulate_slice, factor_covariance
 from colsim.analysis.alarms import health_alarms
-from colsim.analysis.store import open_run, run_info, store_path, write_group
+from colsim.analysis.circuits import VOTE, circuit_analysis, circuit_config
+from colsim.analysis.store import RunStoreError, open_run, run_info, store_path, write_group
 
 __all__ = ["analyze_run", "summary_from_store", "trained_sets", "ANALYSIS_VERSION"]
 
-ANALYSIS_VERSION = 3  # 2: equivariance_r2_pooled, CV ridge penalty; 3: eff_rank = centred participation ratio, acc_z on all views, pose leakage over the context views
+ANALYSIS_VERSION = 4  # 2: equivariance_r2_pooled, CV ridge penalty; 3: eff_rank = centred participation ratio, acc_z on all views, pose leakage over the context views; 4: circuit_* variables
 REGRESSORS = ["linear", "mlp"]
 N_ORBITS = 32
 
@@ -125,6 +131,12 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
     evaluation = tree["evaluation"].to_dataset() if "evaluation" in tree.children else None
     if probe is not None and ("z" not in probe or probe.sizes.get("eval", 0) == 0):
         probe = None
+    circuit = None
+    if probe is not None and "column" in probe.dims:  # a circuit: its analyses, then the vote's as a column's
+        circuit = circuit_analysis(probe, seed=seed, max_samples=max_probe_samples,
+                                   vote_kind=circuit_config(tree.attrs).get("vote"))
+        probe = _vote(probe)
+    evaluation = _vote(evaluation) if evaluation is not None else None
     out: dict = {}
     coords: dict = {}
     summary: dict = {"run": str(sp.parent if sp.name == "store.zarr" else sp), **info,
@@ -152,6 +164,14 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
     else:
         acc = None
         summary["acc_source"] = None
+
+    if circuit is not None:
+        cds, csum = circuit
+        out.update({k: (v.dims, v.values) for k, v in cds.data_vars.items()})
+        coords.update({k: cds[k].values for k in cds.coords if k != "eval"})
+        summary.update(csum)
+        summary["circuit_note"] = ("acc_agg, ranks, equivariance ... score the vote's recorded output; "
+                                   "circuit_* score the columns and the vote")
 
     if "layers" in tree.children:
         ls = _layer_sparsity(tree["layers"].to_dataset(), max_probe_samples)
@@ -187,7 +207,8 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
     summary["n_alarms"] = len(alarms)
     summary["n_evals"] = int(len(coords.get("eval", [])))
     if metrics is not None and "loss" in metrics and metrics.sizes.get("step", 0):
-        loss = metrics["loss"].values.astype(np.float64)
+        loss = metrics["loss"]
+        loss = (loss.mean("column") if "column" in loss.dims else loss).values.astype(np.float64)
         fin = loss[np.isfinite(loss)]
         summary["loss_final"] = float(np.mean(fin[-max(1, len(fin) // 20):])) if len(fin) else float("nan")
     summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -239,6 +260,18 @@ def readout_summary(evaluation: xr.Dataset) -> dict:
         if phases and phases[0] == "init" and len(vals) > 1:
             out[f"gain_{key}"] = float(sign * (vals[-1] - vals[0]))
     return out
+
+
+def _vote(ds: xr.Dataset) -> xr.Dataset:
+    """A circuit's group with only the vote's entry of ``column`` (dropped), so the single-column analyses
+    score the circuit's output; unchanged without a ``column`` dimension."""
+    if "column" not in ds.dims:
+        return ds
+    names = [str(c) for c in ds["column"].values]
+    if VOTE not in names:
+        raise RunStoreError(f"the store's 'column' coordinate {names} has no {VOTE!r} entry; a circuit run records "
+                         "its vote's output next to the columns'")
+    return ds.sel(column=VOTE, drop=True)
 
 
 def _rowmean(x: np.ndarray) -> np.ndarray:

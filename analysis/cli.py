@@ -84,6 +84,27 @@ def _acc_table(acc, names=None):
     return t
 
 
+def _circuit_table(s: dict):
+    """A circuit's numbers at the last evaluation (colsim.analysis.circuits)."""
+    from rich.table import Table
+
+    def pm(k):
+        return f"{_fmt(s.get(k))} ± {_fmt(s.get(k + '_se'))}"
+
+    t = Table(title=f"circuit of {len(s['circuit_columns'])} columns (in-run vote: {s.get('circuit_vote') or '?'})",
+              show_header=False)
+    t.add_row("class accuracy from z_AGG", ", ".join(f"{c} {_fmt(v)}" for c, v in s["circuit_acc_agg"].items()))
+    for v in ("mean", "evidence"):
+        t.add_row(f"accuracy vs number of columns ({v} vote)", ", ".join(_fmt(x) for x in
+                                                                          s.get(f"circuit_acc_vs_columns_{v}") or []))
+    t.add_row("steps to recognition: evidence vote", f"{pm('steps_vote')} (recognised {_fmt(s.get('recognized_vote'))})")
+    t.add_row("steps to recognition: single column", f"{pm('steps_single')} "
+                                                     f"(recognised {_fmt(s.get('recognized_single'))})")
+    t.add_row("steps saved by voting (paired)", pm("steps_gain"))
+    t.add_row("linear CKA between columns (mean)", _fmt(s.get("cka_columns_mean")))
+    return t
+
+
 def analyze(runs: _Runs) -> None:
     """Compute a run's metrics and write them into its store (group `analysis`); print a summary."""
     from rich.table import Table
@@ -109,6 +130,8 @@ def analyze(runs: _Runs) -> None:
         console.print(t)
         if s.get("acc_matrix"):
             console.print(_acc_table(s["acc_matrix"], s.get("probe_sets")))
+        if s.get("circuit_columns"):
+            console.print(_circuit_table(s))
         for a in s.get("alarms") or []:
             console.print(f"[yellow]alarm[/] step {a['step']}: {a['kind']} ({a['variable']}) — {a['detail']}",
                           highlight=False)
