@@ -19,6 +19,9 @@ a rule overlaid), one row per view:
     128 neurons a block, blocks stacked) and 12. firing-rate histogram per block (each unit's
     spikes per bin, mean over every probe view; seeds of a rule pooled), both at the last
     evaluation and only when a run of the page is spiking (``probe/raster_l*``, ``spike_count_l*``).
+13.-16. Circuits only (runs of many columns, :mod:`._circuit_panels`): per-column vs voted accuracy,
+   accuracy vs number of columns, steps to recognition (vote vs single) and the columns' CKA matrix
+   over training. A circuit's per-column metrics enter panels 1-10 as their mean over columns.
 
 ``serve=True`` serves the same layout with panel on localhost instead of writing a file.
 Reads ``metrics`` and ``analysis`` (runs without ``analysis`` are analysed first) and, of
@@ -35,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from colsim.analysis._circuit_panels import CIRCUIT_TITLES, circuit_rows, column_mean
 from colsim.analysis.analyze import analyze_run, trained_sets
 from colsim.analysis.store import open_run, run_info
 
-__all__ = ["TITLES", "SPIKING_TITLES", "dashboard", "build_layout"]
+__all__ = ["TITLES", "SPIKING_TITLES", "CIRCUIT_TITLES", "dashboard", "build_layout"]
 
 TITLES = ["Loss components", "Rank monitor", "Accuracy matrix", "Forgetting curves",
           "Equivariance R2 per action dimension", "dz eigenspectrum", "Rotation circle", "Per-layer sparsity",
@@ -90,7 +94,7 @@ class _Run:
             tree = open_run(path)
         self.path = str(path)
         self.info = run_info(tree)
-        self.metrics = tree["metrics"].to_dataset().load() if "metrics" in tree.children else None
+        self.metrics = column_mean(tree["metrics"].to_dataset().load()) if "metrics" in tree.children else None
         self.analysis = tree["analysis"].to_dataset().load() if "analysis" in tree.children else None
         s = self.analysis.attrs.get("summary") if self.analysis is not None else None
         self.summary = json.loads(s) if isinstance(s, str) else (s or {})
@@ -382,6 +386,8 @@ def build_layout(paths):
     if any(r.spiking is not None for r in runs):  # spiking runs only
         for fn, title in zip((_raster_panel, _rate_hist_panel), SPIKING_TITLES):
             rows.append([fn(hv, by_rule[rule], f"{title} - {rule}") for rule in rules])
+    rows += circuit_rows(hv, by_rule, _empty, {"frame_width": FW, "frame_height": H, "legend_position": "right",
+                                               "legend_opts": _LEGEND})
     return rows, _header(runs), by_rule
 
 

@@ -224,3 +224,26 @@ def test_cli_analyze_prints_the_circuit_table(tmp_path, capsys):
     analyze([str(p)])
     out = capsys.readouterr().out
     assert "circuit" in out and "steps to recognition" in out and "vote" in out
+
+
+# ------------------------------------------------------------------ dashboard
+
+def test_dashboard_has_the_circuit_panels_only_for_circuits(tmp_path):
+    from types import SimpleNamespace
+
+    from colsim.analysis._circuit_panels import CIRCUIT_TITLES, circuit_rows, column_mean
+    from colsim.analysis.dashboard import _empty, _hv, build_layout, dashboard
+
+    p = write_synthetic_circuit_run(tmp_path / "run", n_columns=2, n_samples=60, n_evals=3, with_actions=False)
+    text = dashboard([p], tmp_path / "d.html").read_text(encoding="utf-8")
+    for title in CIRCUIT_TITLES:
+        assert f"{title} - backprop" in text, title
+    assert "step: 0" in text and "step: 300" in text  # the CKA matrix at the first and last evaluation
+    rows = build_layout([p])[0][-len(CIRCUIT_TITLES):]
+    assert not any(isinstance(panel, _hv().Text) for row in rows for panel in row)  # all four have data
+    plain = SimpleNamespace(analysis=xr.Dataset({"acc_agg": ("eval", [0.5])}))  # a single-column run
+    assert circuit_rows(_hv(), {"lpl": [plain]}, _empty, {}) == []
+    m = open_run(p)["metrics"].to_dataset()
+    mm = column_mean(m)
+    assert mm["loss"].dims == ("step",) and mm["grad_norm"].dims == ("step",)
+    np.testing.assert_allclose(mm["loss"].values, m["loss"].values.mean(1), rtol=1e-6)
