@@ -47,6 +47,15 @@ KEY_METRICS = {
     "radius_cv": "circle radius CV (lower better)",
     "loss_final": "final loss",
     "n_alarms": "alarms",
+    # circuits of many columns only (colsim.analysis.circuits; dropped for other runs)
+    "circuit_acc_vote": "circuit: acc z_AGG, vote",
+    "circuit_acc_single": "circuit: acc z_AGG, single column (mean)",
+    "steps_vote": "circuit: views to recognition, evidence vote (lower better)",
+    "steps_single": "circuit: views to recognition, single column (lower better)",
+    "steps_gain": "circuit: views saved by voting (paired)",
+    "recognized_vote": "circuit: recognised, evidence vote",
+    "recognized_single": "circuit: recognised, single column",
+    "cka_columns_mean": "circuit: linear CKA between columns",
 }
 
 # two-sided 95 % Student t quantiles t_{0.975, df}, df = 1..30

@@ -124,15 +124,13 @@ class LinearReadout(NamedTuple):
         """Class log-probabilities (N, len(classes)) of ``x`` (N, D), ordered as ``classes``: the
         multinomial softmax of the scores (sklearn's ``predict_log_proba``; a binary read-out's one
         score s gives ``[log sigmoid(-s), log sigmoid(s)]``; one class seen in training: 0)."""
-        from scipy.special import log_softmax
-
         x = (np.asarray(x, np.float64).reshape(len(x), -1) - self.mu) / self.sd
         if self.coef.shape[0] == 0:
             return np.zeros((len(x), len(self.classes)))
         s = x @ self.coef.T + self.intercept  # (N, K), or (N, 1) for two classes
         if s.shape[1] == 1:
             s = np.concatenate([np.zeros_like(s), s], axis=1)
-        return log_softmax(s, axis=1)
+        return s - np.logaddexp.reduce(s, axis=1, keepdims=True)  # log softmax
 
 
 def fit_readout(x: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 500) -> LinearReadout:

@@ -234,7 +234,10 @@ def test_dashboard_has_the_circuit_panels_only_for_circuits(tmp_path):
     from colsim.analysis._circuit_panels import CIRCUIT_TITLES, circuit_rows, column_mean
     from colsim.analysis.dashboard import _empty, _hv, build_layout, dashboard
 
+    from colsim.analysis.analyze import analyze_run
+
     p = write_synthetic_circuit_run(tmp_path / "run", n_columns=2, n_samples=60, n_evals=3, with_actions=False)
+    analyze_run(p, mlp="none")
     text = dashboard([p], tmp_path / "d.html").read_text(encoding="utf-8")
     for title in CIRCUIT_TITLES:
         assert f"{title} - backprop" in text, title
@@ -247,3 +250,20 @@ def test_dashboard_has_the_circuit_panels_only_for_circuits(tmp_path):
     mm = column_mean(m)
     assert mm["loss"].dims == ("step",) and mm["grad_norm"].dims == ("step",)
     np.testing.assert_allclose(mm["loss"].values, m["loss"].values.mean(1), rtol=1e-6)
+
+
+def test_compare_tabulates_voting_against_single_columns_over_seeds(tmp_path):
+    from colsim.analysis.compare import compare_runs
+
+    ps = [write_synthetic_circuit_run(tmp_path / f"s{s}", seed=s, n_columns=2, n_samples=80, n_evals=1,
+                                      column_noise=(1.0, 1.0), with_actions=False) for s in (0, 1)]
+    t = compare_runs(ps, ["rule"], metrics=["acc_agg", "circuit_acc_vote", "steps_vote", "steps_single",
+                                            "cka_columns_mean"])
+    assert t.metrics == ["acc_agg", "circuit_acc_vote", "steps_vote", "steps_single", "cka_columns_mean"]
+    row = t.rows[0]
+    assert row["n_runs"] == 2
+    from colsim.analysis.analyze import summary_from_store
+
+    vote = [summary_from_store(p)["circuit_acc_vote"] for p in ps]
+    assert row["circuit_acc_vote"] == pytest.approx(np.mean(vote))
+    assert row["acc_agg"] == pytest.approx(np.mean(vote))  # a circuit's acc_agg is its vote's
