@@ -7,7 +7,8 @@ two or more runs, else the run's own s.e.):
 2. Accuracy vs number of columns — the mean-z_AGG vote and the evidence vote over the first k
    columns, last evaluation.
 3. Steps to recognition — evidence accumulated over views: each column, the columns' mean per
-   episode ("single") and the evidence vote, last evaluation (mean ± s.e. over recognised episodes).
+   episode ("single") and the evidence vote, last evaluation (mean ± s.e. over recognised episodes;
+   the fraction recognised in brackets).
 4. Column CKA over training — linear CKA between every pair of columns (and the vote) at up to four
    evaluations from the first to the last.
 
@@ -104,7 +105,8 @@ def _steps_panel(hv, runs, title, o):
     single = _stack(runs, "circuit_steps_single")
     if m is None or not m.sizes.get("eval", 0):
         return None
-    names = [str(c) for c in m["column"].values]
+    rec = _stack(runs, "circuit_recognized").mean("run", skipna=True).isel(eval=-1).values
+    names = [f"{c} ({100 * r:.0f} %)" for c, r in zip(m["column"].values, rec)]  # + the fraction recognised
     y, e = list(m.isel(eval=-1).values), list(err.isel(eval=-1).values)
     if single is not None:  # per episode, the columns' mean; pooled over the runs' episodes
         s = single.isel(eval=-1).values.ravel()

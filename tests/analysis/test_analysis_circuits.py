@@ -140,6 +140,10 @@ def test_voting_beats_every_single_column_on_aligned_columns(aligned):
     mean = ds["circuit_acc_vs_columns_mean"].isel(eval=-1).values
     assert mean[0] == float(acc.sel(column="c0"))
     assert mean[-1] == pytest.approx(float(acc.sel(column="vote")), abs=0.011)
+    # the evidence curve's ends are the accumulated argmax after the last view of column c0 and of the vote
+    tick = ds["circuit_acc_tick"].isel(eval=-1, tick=-1)
+    ev = ds["circuit_acc_vs_columns_evidence"].isel(eval=-1).values
+    assert (ev[0], ev[-1]) == (float(tick.sel(column="c0")), float(tick.sel(column="vote")))
     # steps to recognition: the evidence vote recognises more episodes, sooner
     assert s["recognized_vote"] > s["recognized_single"] + 0.05
     assert s["steps_vote"] < s["steps_single"]
@@ -241,7 +245,7 @@ def test_dashboard_has_the_circuit_panels_only_for_circuits(tmp_path):
     text = dashboard([p], tmp_path / "d.html").read_text(encoding="utf-8")
     for title in CIRCUIT_TITLES:
         assert f"{title} - backprop" in text, title
-    assert "step: 0" in text and "step: 300" in text  # the CKA matrix at the first and last evaluation
+    assert "step: 0" in text and "step: 300" in text and "single (mean)" in text  # the CKA matrix at the first and last evaluation
     rows = build_layout([p])[0][-len(CIRCUIT_TITLES):]
     assert not any(isinstance(panel, _hv().Text) for row in rows for panel in row)  # all four have data
     plain = SimpleNamespace(analysis=xr.Dataset({"acc_agg": ("eval", [0.5])}))  # a single-column run
