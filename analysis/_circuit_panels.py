@@ -118,7 +118,7 @@ def _steps_panel(hv, runs, title, o):
     bars = hv.Bars(rows, "column", "views to recognition").opts(tools=["hover"], color="#4c72b0")
     errs = hv.ErrorBars([(n, float(v), float(np.nan_to_num(x))) for n, v, x in zip(names, y, e)], "column",
                         ["views to recognition", "err"])
-    return (bars * errs).opts(title=f"{title} (last evaluation)", **o)
+    return (bars * errs).opts(title=f"{title} (last evaluation)", xrotation=30, **o)
 
 
 def _cka_panel(hv, runs, title, o):
