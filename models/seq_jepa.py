@@ -397,6 +397,8 @@ class SeqJepaColumn(AbstractColumn):
         """obs (N, V, C, H, W), actions (N, V, A) -> one encoder pass over all views, then
 
         * ``z`` (N, V, D) and ``z_agg`` (N, D+E) of the first c = min(M, V) views;
+        * ``z_hat_next`` (N, D): the prediction h(z_AGG, e(a_{c-1})) of the embedding of the view after
+          those c views, under the last one's action (``colsim.load_column``'s ``prediction``);
         * ``loss_pred`` (N,): the column's own objective on held-out episodes — the last view x_c'
           (c' = min(M, V-1)) predicted from the c' views before it and the action a_{c'-1},
           ``1 - cos(z_hat, sg(z~))`` with the training target (EMA teacher, else the encoder);
@@ -412,7 +414,8 @@ class SeqJepaColumn(AbstractColumn):
         tokens, pad, a_last = self._tokens(z[:, :c], self._action_emb(actions[:, :c], count), count)
         with self._quiet():
             z_agg = self.aggregator(tokens, pad)
-        out = {"z": z, "z_agg": z_agg, "layers": [l.view(N, V, -1) for l in layers]}
+            z_hat_next = self.predictor(z_agg, a_last)  # (N, D) prediction of view c under a_{c-1}
+        out = {"z": z, "z_agg": z_agg, "z_hat_next": z_hat_next, "layers": [l.view(N, V, -1) for l in layers]}
         cp = min(self.window, V - 1)
         if cp < 1:
             out["loss_pred"] = torch.full((N,), float("nan"), device=obs.device)
