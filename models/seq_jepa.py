@@ -107,11 +107,21 @@ class SeqJepaConfig(Strict):
     regularizers: list[RegularizerConfig] = Field(default_factory=list)
     window: int = Field(3, ge=1)  # M: context views aggregated
     action_conditioning: bool = True
-    channels_last: bool = False  # NHWC memory format for conv encoders (faster convolutions on CPU / GPU)
+    # NHWC memory format for conv encoders (faster convolutions on CPU / GPU); unset: true on CUDA for the
+    # cnn / resnet18 encoders, false on CPU (colsim.device, device_defaults below)
+    channels_last: Optional[bool] = None
+    # mixed precision of forward + rule update (colsim.device); unset: bf16 on CUDA, none on CPU
+    autocast: Optional[Literal["bf16", "fp16", "none"]] = None
     local_context: Literal["cache", "recompute"] = "cache"  # local=True: reuse window embeddings (see docstring)
     # torch.compile (inductor, static shapes) on the online and target encoders: ~5 % faster ResNet-18
     # steps on CPU after a one-off compilation (benchmarks/bench_step.py --compile); needs a C++ compiler
     compile: bool = False
+
+    def device_defaults(self, device: str) -> dict:
+        """The values of the device-dependent fields when left unset (filled by colsim.device)."""
+        cuda = str(device).startswith("cuda")
+        return {"autocast": "bf16" if cuda else "none",
+                "channels_last": cuda and self.encoder.kind in ("cnn", "resnet18")}
 
     @model_validator(mode="after")
     def _widths(self):
@@ -192,7 +202,7 @@ class SeqJepaColumn(AbstractColumn):
         rolled = torch.where(full, torch.roll(buf, -1, dims=1), buf)
         pos = count.clamp(max=M - 1)
         out = rolled.clone()
-        out[torch.arange(buf.shape[0], device=buf.device), pos] = item
+        out[torch.arange(buf.shape[0], device=buf.device), pos] = item.to(out.dtype)  # a bf16 z under autocast
         return out
 
     # ------------------------------------------------------------------ pieces
