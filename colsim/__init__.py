@@ -1,7 +1,7 @@
 """colsim — cortical-column learning modules under pluggable plasticity rules.
 
 Core package: types, config, registry, stream, column, rule (+ combinators), record,
-simulate, checkpoint, embed, cli. It knows no concrete model, rule or world; ``colsim.models``,
+simulate, checkpoint, device, embed, cli. It knows no concrete model, rule or world; ``colsim.models``,
 ``colsim.rules`` and ``colsim.protocols`` register theirs when imported.
 
 ``colsim.load_column(RUN_DIR)`` (:mod:`colsim.embed`) loads a trained column to step from Python;
