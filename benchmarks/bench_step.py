@@ -100,8 +100,8 @@ def part_device(steps: int, resnet_steps: int) -> list[dict]:
     """CPU and CUDA steps/s of the same runs in this process (CUDA with its defaults, then in float32)."""
     cases = [("seqjepa_cnn", "backprop", "nonstationary", (), steps, 5),
              ("seqjepa_cnn", "lpl", "nonstationary", (), steps, 5),
-             ("seqjepa_resnet18", "backprop", "stationary", ("protocol.stream.batch=64", "protocol.stream.episode_length=4"),
-              resnet_steps, 2)]
+             ("seqjepa_resnet18", "backprop", "stationary",
+              ("protocol.stream.batch=64", "protocol.stream.episode_length=4"), resnet_steps, 2)]
     rows = []
     for model, rule, proto, extra, n, warm in cases:
         n = max(n, warm + 3)
@@ -301,7 +301,8 @@ def main() -> None:
     if a.device == "cuda":
         print(f"\n5. CPU vs {torch.cuda.get_device_name()} (simulator loop, same process; cuda = bf16 autocast + "
               "channels-last + pinned transfers, cuda fp32 = model.autocast=none)")
-        print(f"{'model':<18}{'rule':<10}{'CPU steps/s':>12}{'cuda':>10}{'speed-up':>10}{'cuda fp32':>11}{'speed-up':>10}")
+        print(f"{'model':<18}{'rule':<10}{'CPU steps/s':>12}{'cuda':>10}{'speed-up':>10}{'cuda fp32':>11}"
+              f"{'speed-up':>10}")
         for r in part_device(a.steps, max(a.resnet_steps, 6)):
             print(f"{r['model']:<18}{r['rule']:<10}{r['cpu']:>12.2f}{r['cuda']:>10.2f}{r['speedup']:>9.1f}x"
                   f"{r['cuda_fp32']:>11.2f}{r['speedup_fp32']:>9.1f}x")

@@ -29,6 +29,10 @@ z_AGG aggregate ``evaluation.views`` views (at most M), so the hypotheses are ca
 episodes of that length; the held-out accuracy of the same kind of read-out is the store's
 ``evaluation.probe_acc_agg`` at that evaluation (``EmbeddedColumn.probe_accuracy``).
 
+The column runs in float32 on its device (no autocast). A spiking column (``models/spiking.py``) steps
+too, but its rate coding draws spikes from a generator seeded afresh at every ``embed`` call, so its
+stepped z are other draws than a batch embedding of the same episode (the same distribution).
+
 Loading does not touch the caller's global RNG (the build seeds torch; it runs under
 ``torch.random.fork_rng``) nor process-wide settings (``colsim run``'s deterministic algorithms and
 malloc tuning are not applied). Circuit runs (several columns) are refused with a one-line error.
@@ -96,8 +100,9 @@ class EmbeddedColumn:
     def _tensor(self, x: Any, shape: tuple, name: str) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x)
         if tuple(t.shape) != shape:
+            what = "(C, H, W)" if name == "observation" else "(A,): " + ", ".join(self.action_names)
             raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {shape}; give one {name} of the column's "
-                             f"world ({'(C, H, W)' if name == 'observation' else '(A,): ' + ', '.join(self.action_names)})")
+                             f"world ({what})")
         return t.detach().to(self.device, torch.float32)
 
     @torch.no_grad()
@@ -108,7 +113,8 @@ class EmbeddedColumn:
                else self._tensor(action, (self.action_dim,), "action"))
         self._obs = (self._obs + [obs])[-self.window:]
         self._act = (self._act + [act])[-self.window:]
-        out = self.column.embed(torch.stack(self._obs)[None], torch.stack(self._act)[None])  # (1, c, C, H, W), (1, c, A)
+        # one episode of the window's c views: (1, c, C, H, W), (1, c, A)
+        out = self.column.embed(torch.stack(self._obs)[None], torch.stack(self._act)[None])
         z = out["z"][0, -1].float().cpu().numpy()  # (D,)
         z_agg = out["z_agg"][0].float().cpu().numpy()  # (D+E,)
         prediction = out["z_hat_next"][0].float().cpu().numpy()  # (D,)

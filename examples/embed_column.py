@@ -43,7 +43,8 @@ def main(argv=None) -> None:
             r = col.step(obs, action)
             top = int(np.argmax(r.hypotheses))
             print(f"episode {n} (class {label}) view {v}: top hypothesis {col.classes[top]} "
-                  f"p={r.hypotheses[top]:.2f}  |z|={np.linalg.norm(r.z):.2f}  |prediction|={np.linalg.norm(r.prediction):.2f}")
+                  f"p={r.hypotheses[top]:.2f}  |z|={np.linalg.norm(r.z):.2f}  "
+                  f"|prediction|={np.linalg.norm(r.prediction):.2f}")
         right += int(col.classes[top] == label)
     print(f"last-view top hypothesis right in {right} of {args.episodes} episodes")
 

@@ -291,7 +291,8 @@ class SpikingColumn(AbstractColumn):
     @torch.no_grad()
     def embed(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
         """obs (N, V, C, H, W), actions (N, V, A) -> ``z`` (N, V, D), ``z_agg`` (N, D+E) of the first
-        c = min(M, V) views, ``z_hat_next`` (N, D) the prediction of the view after them under a_{c-1}, ``loss_pred`` (N,) (view c' = min(M, V-1) predicted from the c' views before
+        c = min(M, V) views, ``z_hat_next`` (N, D) the prediction of the view after them under a_{c-1},
+        ``loss_pred`` (N,) (view c' = min(M, V-1) predicted from the c' views before
         it; NaN when V < 2), ``layers`` [(N, V, C_l)] — as SeqJepaColumn.embed; rate coding draws from
         a generator seeded with ``eval_seed``. Spiking extras, per block l: ``spike_count`` [(N, V, C_l)]
         each unit's spikes in the view's T bins (a conv block's unit is a channel: its neurons' counts

@@ -31,7 +31,8 @@ def test_device_defaults_are_resolved_into_the_config():
     gpu = resolve_run_config("nonstationary", rule="backprop", overrides=TINY, device="cuda")
     assert (gpu.model.autocast, gpu.model.channels_last) == ("bf16", True)
     assert gpu.to_dict()["model"]["autocast"] == "bf16"  # config.yaml records what ran
-    mlp = resolve_run_config("nonstationary", rule="backprop", overrides=TINY + ["model.encoder.kind=mlp"], device="cuda")
+    mlp = resolve_run_config("nonstationary", rule="backprop", overrides=TINY + ["model.encoder.kind=mlp"],
+                             device="cuda")
     assert mlp.model.channels_last is False  # not a conv encoder
     given = resolve_run_config("nonstationary", rule="backprop", device="cuda",
                                overrides=TINY + ["model.autocast=fp16", "model.channels_last=false"])
