@@ -33,8 +33,15 @@ Prints figures, and ratios against baselines measured in the same run:
    2026-11-24 host (matmul 171-186 GFLOP/s, before keep_freed_memory): NCHW 0.69,
    channels-last 0.76-0.81, +compile 0.79-0.81.
 
+5. with ``--device cuda``: steps/s through the simulator loop of the default column (backprop, lpl)
+   and of seqjepa_resnet18 (stationary, batch 64) on the CPU and on the GPU, measured in the same
+   process, and the speed-up GPU / CPU; the GPU runs with the device defaults (bf16 autocast,
+   channels-last, pinned transfers; colsim/device.py) and once more in float32 (``model.autocast=none``).
+   Not yet measured: no GPU was available when this part was written (README, "The GPU path").
+   Without CUDA, ``--device cuda`` exits 2 with one line.
+
     python benchmarks/bench_step.py [--steps 80] [--full] [--skip-default] [--skip-resnet] [--resnet-steps 3]
-                                    [--compile] [--variants channels_last,nchw,...]
+                                    [--compile] [--variants channels_last,nchw,...] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -51,7 +58,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonstationary"):
+def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonstationary", device: str = "cpu"):
     import colsim.models  # noqa: F401
     import colsim.protocols  # noqa: F401
     import colsim.rules  # noqa: F401
@@ -60,19 +67,20 @@ def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonsta
     from colsim.simulate import keep_freed_memory
 
     keep_freed_memory()  # as `colsim run` does on CPU (COLSIM_KEEP_FREED_MEMORY=0 turns it off)
-    cfg = resolve_run_config(protocol, rule=rule, model=model, overrides=list(overrides))
+    cfg = resolve_run_config(protocol, rule=rule, model=model, overrides=list(overrides), device=device)
     return (cfg, *build_run(cfg))
 
 
-def sim_rate(rule: str, steps: int, record: bool) -> float:
-    """Steps/s of the simulator loop (no evaluations) with recording on or off."""
+def sim_rate(rule: str, steps: int, record: bool, device: str = "cpu", model: str = "seqjepa_cnn", extra=(),
+             protocol: str = "nonstationary", warm: int = 5) -> float:
+    """Steps/s of the simulator loop (no evaluations) with recording on or off, on ``device``."""
     from colsim.record import NullRecorder, ZarrRecorder
     from colsim.simulate import run
 
-    cfg, world, col, r, local, opt = _setup(rule, overrides=[
+    cfg, world, col, r, local, opt = _setup(rule, model, overrides=[
         f"protocol.phases=[{{name: p, steps: {steps}, classes: [0,1,2,3,4,5,6,7,8,9]}}]",
         "protocol.evaluation.at_start=false", "protocol.record.probe=false",
-        f"protocol.record.enabled={'true' if record else 'false'}"])
+        f"protocol.record.enabled={'true' if record else 'false'}", *extra], protocol=protocol, device=device)
     proto = cfg.protocol
     with tempfile.TemporaryDirectory() as d:
         rec = ZarrRecorder(Path(d) / "s.zarr", {"bench": True}, flush_every=proto.record.flush_every) if record \
@@ -83,9 +91,26 @@ def sim_rate(rule: str, steps: int, record: bool) -> float:
             times.append(time.perf_counter())
 
         # the end-of-phase evaluation is excluded: time from the first to the last step
-        run(col, r, proto, rec, world=world, optimizer=opt, local=local, on_step=on_step)
-    warm = 5
+        run(col, r, proto, rec, world=world, optimizer=opt, local=local, on_step=on_step, device=cfg.device,
+            autocast=getattr(cfg.model, "autocast", None))
     return (len(times) - 1 - warm) / (times[-1] - times[warm])
+
+
+def part_device(steps: int, resnet_steps: int) -> list[dict]:
+    """CPU and CUDA steps/s of the same runs in this process (CUDA with its defaults, then in float32)."""
+    cases = [("seqjepa_cnn", "backprop", "nonstationary", (), steps, 5),
+             ("seqjepa_cnn", "lpl", "nonstationary", (), steps, 5),
+             ("seqjepa_resnet18", "backprop", "stationary",
+              ("protocol.stream.batch=64", "protocol.stream.episode_length=4"), resnet_steps, 2)]
+    rows = []
+    for model, rule, proto, extra, n, warm in cases:
+        n = max(n, warm + 3)
+        cpu = sim_rate(rule, n, False, "cpu", model, extra, proto, warm)
+        gpu = sim_rate(rule, max(n, 40), False, "cuda", model, extra, proto, warm)
+        gpu32 = sim_rate(rule, max(n, 40), False, "cuda", model, (*extra, "model.autocast=none"), proto, warm)
+        rows.append({"model": model, "rule": rule, "cpu": cpu, "cuda": gpu, "cuda_fp32": gpu32, "speedup": gpu / cpu,
+                     "speedup_fp32": gpu32 / cpu})
+    return rows
 
 
 def part_default(steps: int, reps: int = 3) -> dict:
@@ -225,7 +250,14 @@ def main() -> None:
     ap.add_argument("--variants", default=None,
                     help="comma-separated ResNet variants to run (default: all; --compile adds the compiled ones)")
     ap.add_argument("--resnet-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: also compare CPU and GPU steps/s in this run (part 5)")
     a = ap.parse_args()
+    if a.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.exit(2, "error: --device cuda: CUDA is not available on this machine; use --device cpu\n")
     only = a.variants.split(",") if a.variants else None
     unknown = [v for v in only or [] if v not in ALL_VARIANTS]
     if unknown:
@@ -266,6 +298,14 @@ def main() -> None:
             best = max(rows, key=lambda r: r["fraction"])
             print(f"best: {best['variant']} at {best['fraction']:.2f} of the matmul rate  "
                   f"{'PASS' if best['fraction'] >= 0.8 else 'FAIL'} (target >= 0.80)")
+    if a.device == "cuda":
+        print(f"\n5. CPU vs {torch.cuda.get_device_name()} (simulator loop, same process; cuda = bf16 autocast + "
+              "channels-last + pinned transfers, cuda fp32 = model.autocast=none)")
+        print(f"{'model':<18}{'rule':<10}{'CPU steps/s':>12}{'cuda':>10}{'speed-up':>10}{'cuda fp32':>11}"
+              f"{'speed-up':>10}")
+        for r in part_device(a.steps, max(a.resnet_steps, 6)):
+            print(f"{r['model']:<18}{r['rule']:<10}{r['cpu']:>12.2f}{r['cuda']:>10.2f}{r['speedup']:>9.1f}x"
+                  f"{r['cuda_fp32']:>11.2f}{r['speedup_fp32']:>9.1f}x")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def _run(spec: dict, run_dir: Path):
     recorder = ZarrRecorder(run_dir / "store.zarr", attrs, flush_every=cfg.protocol.record.flush_every)
     try:
         result = simulate(column, rule_obj, cfg.protocol, recorder, world=world, optimizer=optimizer, seed=cfg.seed,
-                          device=cfg.device, local=local, ckpt_dir=run_dir / "checkpoints", config_yaml=config_yaml)
+                          device=cfg.device, local=local, ckpt_dir=run_dir / "checkpoints", config_yaml=config_yaml,
+                          autocast=getattr(cfg.model, "autocast", None))
     except Exception:
         try:
             recorder.close("failed")

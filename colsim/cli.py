@@ -336,7 +336,8 @@ def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimiz
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     kw = dict(world=world, optimizer=optimizer, seed=cfg.seed, device=cfg.device, local=local,
-              ckpt_dir=out_dir / "checkpoints", config_yaml=config_yaml, resume=ckpt)
+              ckpt_dir=out_dir / "checkpoints", config_yaml=config_yaml, resume=ckpt,
+              autocast=getattr(cfg.model, "autocast", None))
     if quiet:
         return simulate(column, rule_obj, cfg.protocol, recorder, **kw)
     cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),

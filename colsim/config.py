@@ -445,6 +445,9 @@ def build_run_config(doc: dict, steps: Optional[int] = None) -> RunConfig:
     device = doc.get("device", "cpu")
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"device: must be cpu, cuda or cuda:N, got {device!r}")
+    from colsim.device import resolve_device_defaults  # (colsim.device imports this module)
+
+    model_cfg = resolve_device_defaults(model_cfg, device)  # autocast / channels-last left unset: per device
     return RunConfig(protocol=proto, model=model_cfg, rule=rule_cfg, seed=seed, device=device)
 
 

@@ -67,7 +67,8 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
         for ps in probe_sets:
             z_parts, a_parts, l_parts, b_parts, c_parts = [], [], [], [], []
             for i in range(0, ps.obs.shape[0], batch):
-                out = column.embed(ps.obs[i:i + batch].to(device), ps.actions[i:i + batch].to(device))
+                out = column.embed(ps.obs[i:i + batch].to(device, non_blocking=True),  # pinned when bound for CUDA
+                                   ps.actions[i:i + batch].to(device, non_blocking=True))
                 if "spike_count" in out:
                     c_parts.append([c.float().cpu() for c in out["spike_count"]])
                     if not raster:  # the first episode of the first probe set

@@ -13,6 +13,8 @@ and every step t of it:
    adds the ``phase`` label);
 2. column forward (``local`` when the rule is layer-local) -> (column state, Trace);
 3. rule update -> (grads, rule state, metrics)          [skipped when the phase has learn: false]
+   (2-3 and the evaluations' embedding run under ``autocast`` — ``model.autocast``, :mod:`colsim.device`:
+   bf16 by default on CUDA, nothing on CPU; the grads are cast to their parameters' float32);
 4. stop with status ``diverged`` if the loss, a rule's loss or a gradient is NaN / Inf (one fused norm
    over the gradients); the root attribute and summary entry ``diverged`` name the step, phase and
    terms (``loss``, ``loss.<rule term>``, ``grads``; ``grad:<parameter>`` when only gradients are);
@@ -44,6 +46,7 @@ gives the uninterrupted run's numbers bit for bit on CPU (``tests/test_fault_tol
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -60,6 +63,7 @@ from colsim.build import lr_at
 from colsim.checkpoint import (prune_step_checkpoints, restore_like, rng_states, save_checkpoint, set_rng_states,
                                step_checkpoint_path)
 from colsim.config import ProtocolConfig
+from colsim.device import autocast_context, host_to_device, pin_probe_set
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.record import Recorder
 from colsim.rule import Rule
@@ -193,7 +197,8 @@ def _seeded(seed: int, *salt: int) -> torch.Generator:
 
 def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, world, optimizer: torch.optim.Optimizer,
         seed: int = 0, device: str = "cpu", local: bool = False, ckpt_dir=None, config_yaml: str = "",
-        on_step: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None) -> RunResult:
+        on_step: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
+        autocast: Optional[str] = None) -> RunResult:
     """Run ``protocol`` (see the module docstring for the step schedule). Returns a RunResult.
 
     ``resume``: a checkpoint dict (:func:`colsim.checkpoint.load_checkpoint`) whose model
@@ -204,6 +209,9 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
 
     SIGINT / SIGTERM (when called from the main thread) stop the run at the next step boundary with
     a checkpoint (``ckpt_dir`` given) and status ``interrupted``; a second signal stops at once.
+
+    ``autocast``: ``bf16`` | ``fp16`` | ``none`` / None (the run config's ``model.autocast``,
+    :mod:`colsim.device`); stream batches go to a CUDA ``device`` through pinned memory.
     """
     t0 = time.perf_counter()
     diverged: Optional[dict] = None  # {"step", "phase", "terms"}: what went non-finite where
@@ -224,9 +232,11 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     ev = protocol.evaluation
     names = [ph.name for ph in protocol.phases]
     action_names = list(world.spec.action_names)
-    probe_sets = [world.probe_set(ph.classes, ev.probe_samples, ev.views, _seeded(seed, 7, j), ph.world,
-                                  pool=ev.pool)
+    probe_sets = [pin_probe_set(world.probe_set(ph.classes, ev.probe_samples, ev.views, _seeded(seed, 7, j), ph.world,
+                                                pool=ev.pool), device)
                   for j, ph in enumerate(protocol.phases)]
+    amp = autocast_context(device, autocast)  # a null context without autocast: float32 as ever
+    cast_grads = amp is not contextlib.nullcontext
     total = protocol.total_steps
     status = "completed"
     recording = protocol.record.enabled
@@ -252,7 +262,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     def evaluate(phase_name: str, phase_end: Optional[int] = None) -> None:
         te = time.perf_counter()
         recorder.flush()  # the store holds every metric row up to this evaluation
-        emb = embed_probe_sets(column, probe_sets, ev.batch, device)
+        with amp():
+            emb = embed_probe_sets(column, probe_sets, ev.batch, device)
         sc = probe_scores(emb, probe_sets, action_names, seed=seed, frozen=frozen)
         if phase_end is not None:  # freeze this phase's read-out: its frozen cell is the task probe's
             frozen[phase_end] = sc["readouts"][phase_end]
@@ -321,16 +332,20 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 # 1. Step
                 sstate, st = stream.step(sstate)
                 st.labels["phase"] = torch.full_like(st.labels["class"], p_idx)  # (B,) phase id
-                obs, action = st.obs.to(device, non_blocking=True), st.action.to(device, non_blocking=True)
+                obs, action = host_to_device(st.obs, device), host_to_device(st.action, device)  # pinned to CUDA
                 start = st.start.to(device) | first
                 first = False
                 metrics: dict[str, float] = {"phase": float(p_idx)}
                 if learn:
-                    # 2. column forward
-                    cstate, trace = column(cstate, obs, action, start, local=local)
-                    trace["labels"] = st.labels  # world truth, for rule diagnostics only (replay's class histogram)
-                    # 3. rule update
-                    grads, rstate, rm = rule.update(params, rstate, trace)
+                    with amp():
+                        # 2. column forward
+                        cstate, trace = column(cstate, obs, action, start, local=local)
+                        trace["labels"] = st.labels  # world truth, for rule diagnostics only (replay's class histogram)
+                        # 3. rule update
+                        grads, rstate, rm = rule.update(params, rstate, trace)
+                    if cast_grads:  # a local rule's -dW computed in bf16 / fp16: the optimizer steps in float32
+                        grads = {n: g if g is None or g.dtype == params[n].dtype else g.to(params[n].dtype)
+                                 for n, g in grads.items()}
                     loss = float(trace["loss"].detach())
                     metrics["loss"] = loss
                     metrics.update(rm)
@@ -356,7 +371,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     metrics["grad_norm"] = gn
                     metrics["lr"] = optimizer.param_groups[0]["lr"]
                 else:
-                    with torch.no_grad():
+                    with torch.no_grad(), amp():
                         cstate, trace = column(cstate, obs, action, start, local=False)
                     metrics["loss"] = float(trace["loss"])
                 if "valid" in trace and not bool(trace["valid"].any()):  # no stream had a context (a phase's first

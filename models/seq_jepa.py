@@ -107,11 +107,21 @@ class SeqJepaConfig(Strict):
     regularizers: list[RegularizerConfig] = Field(default_factory=list)
     window: int = Field(3, ge=1)  # M: context views aggregated
     action_conditioning: bool = True
-    channels_last: bool = False  # NHWC memory format for conv encoders (faster convolutions on CPU / GPU)
+    # NHWC memory format for conv encoders (faster convolutions on CPU / GPU); unset: true on CUDA for the
+    # cnn / resnet18 encoders, false on CPU (colsim.device, device_defaults below)
+    channels_last: Optional[bool] = None
+    # mixed precision of forward + rule update (colsim.device); unset: bf16 on CUDA, none on CPU
+    autocast: Optional[Literal["bf16", "fp16", "none"]] = None
     local_context: Literal["cache", "recompute"] = "cache"  # local=True: reuse window embeddings (see docstring)
     # torch.compile (inductor, static shapes) on the online and target encoders: ~5 % faster ResNet-18
     # steps on CPU after a one-off compilation (benchmarks/bench_step.py --compile); needs a C++ compiler
     compile: bool = False
+
+    def device_defaults(self, device: str) -> dict:
+        """The values of the device-dependent fields when left unset (filled by colsim.device)."""
+        cuda = str(device).startswith("cuda")
+        return {"autocast": "bf16" if cuda else "none",
+                "channels_last": cuda and self.encoder.kind in ("cnn", "resnet18")}
 
     @model_validator(mode="after")
     def _widths(self):
@@ -192,7 +202,7 @@ class SeqJepaColumn(AbstractColumn):
         rolled = torch.where(full, torch.roll(buf, -1, dims=1), buf)
         pos = count.clamp(max=M - 1)
         out = rolled.clone()
-        out[torch.arange(buf.shape[0], device=buf.device), pos] = item
+        out[torch.arange(buf.shape[0], device=buf.device), pos] = item.to(out.dtype)  # a bf16 z under autocast
         return out
 
     # ------------------------------------------------------------------ pieces
@@ -397,6 +407,8 @@ class SeqJepaColumn(AbstractColumn):
         """obs (N, V, C, H, W), actions (N, V, A) -> one encoder pass over all views, then
 
         * ``z`` (N, V, D) and ``z_agg`` (N, D+E) of the first c = min(M, V) views;
+        * ``z_hat_next`` (N, D): the prediction h(z_AGG, e(a_{c-1})) of the embedding of the view after
+          those c views, under the last one's action (``colsim.load_column``'s ``prediction``);
         * ``loss_pred`` (N,): the column's own objective on held-out episodes — the last view x_c'
           (c' = min(M, V-1)) predicted from the c' views before it and the action a_{c'-1},
           ``1 - cos(z_hat, sg(z~))`` with the training target (EMA teacher, else the encoder);
@@ -412,7 +424,8 @@ class SeqJepaColumn(AbstractColumn):
         tokens, pad, a_last = self._tokens(z[:, :c], self._action_emb(actions[:, :c], count), count)
         with self._quiet():
             z_agg = self.aggregator(tokens, pad)
-        out = {"z": z, "z_agg": z_agg, "layers": [l.view(N, V, -1) for l in layers]}
+            z_hat_next = self.predictor(z_agg, a_last)  # (N, D) prediction of view c under a_{c-1}
+        out = {"z": z, "z_agg": z_agg, "z_hat_next": z_hat_next, "layers": [l.view(N, V, -1) for l in layers]}
         cp = min(self.window, V - 1)
         if cp < 1:
             out["loss_pred"] = torch.full((N,), float("nan"), device=obs.device)

@@ -291,7 +291,8 @@ class SpikingColumn(AbstractColumn):
     @torch.no_grad()
     def embed(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
         """obs (N, V, C, H, W), actions (N, V, A) -> ``z`` (N, V, D), ``z_agg`` (N, D+E) of the first
-        c = min(M, V) views, ``loss_pred`` (N,) (view c' = min(M, V-1) predicted from the c' views before
+        c = min(M, V) views, ``z_hat_next`` (N, D) the prediction of the view after them under a_{c-1},
+        ``loss_pred`` (N,) (view c' = min(M, V-1) predicted from the c' views before
         it; NaN when V < 2), ``layers`` [(N, V, C_l)] — as SeqJepaColumn.embed; rate coding draws from
         a generator seeded with ``eval_seed``. Spiking extras, per block l: ``spike_count`` [(N, V, C_l)]
         each unit's spikes in the view's T bins (a conv block's unit is a channel: its neurons' counts
@@ -317,7 +318,8 @@ class SpikingColumn(AbstractColumn):
             tokens, pad, a_last = SeqJepaColumn._tokens(z[:, :k], self._emb(actions[:, :k], cnt), cnt)
             return self.aggregator(tokens, pad), a_last
 
-        out["z_agg"], _ = agg(c)
+        out["z_agg"], a_c = agg(c)
+        out["z_hat_next"] = self.predictor(out["z_agg"], a_c)  # (N, D) the view after the c views, under a_{c-1}
         cp = min(self.window, V - 1)
         if cp < 1:
             out["loss_pred"] = torch.full((N,), float("nan"), device=obs.device)
