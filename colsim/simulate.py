@@ -146,10 +146,12 @@ def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Ten
     """
     from colsim.analysis.metrics import participation_ratio, rankme  # numpy only; analysis never imports torch
 
+    keys = [f"{prefix}_{k}" for k in ("std_min", "std_mean", "eff_rank", "rankme", "mean_cos")]
+    if z.shape[0] < 2:  # B = 1 (the online protocol): no tensor work, no host sync
+        return dict.fromkeys(keys, float("nan"))
     z = z.detach().float()
     if valid is not None:
         z = z[valid.to(torch.bool)]
-    keys = [f"{prefix}_{k}" for k in ("std_min", "std_mean", "eff_rank", "rankme", "mean_cos")]
     if z.shape[0] < 2:
         return dict.fromkeys(keys, float("nan"))
     std = z.std(0)
