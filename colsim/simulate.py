@@ -11,7 +11,8 @@ and every step t of it:
 
 1. take the Step from the stream (``stream.step``: obs, action, start, labels; the simulator
    adds the ``phase`` label);
-2. column forward (``local`` when the rule is layer-local) -> (column state, Trace);
+2. column forward (``local`` when the rule is layer-local; ``encoder_graph=False`` when the rule reads no
+   graph of the encoder's pass, ``Rule.encoder_graph``) -> (column state, Trace);
 3. rule update -> (grads, rule state, metrics)          [skipped when the phase has learn: false]
 4. stop with status ``diverged`` if the loss, a rule's loss or a gradient is NaN / Inf (one fused norm
    over the gradients); the root attribute and summary entry ``diverged`` name the step, phase and
@@ -296,6 +297,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         recorder.record_eval("evaluation", data, coords)
         eval_seconds[0] += time.perf_counter() - te
 
+    # a rule that reads no graph of the encoder's pass (ESPP, sparse coding): the column skips building it
+    graph_kw = {} if rule.encoder_graph or not local else {"encoder_graph": False}
     stop.install()
     try:
         if ev.at_start and resume is None:
@@ -329,7 +332,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 metrics: dict[str, float] = {"phase": float(p_idx)}
                 if learn:
                     # 2. column forward
-                    cstate, trace = column(cstate, obs, action, start, local=local)
+                    cstate, trace = column(cstate, obs, action, start, local=local, **graph_kw)
                     trace["labels"] = st.labels  # world truth, for rule diagnostics only (replay's class histogram)
                     # 3. rule update
                     grads, rstate, rm = rule.update(params, rstate, trace)
