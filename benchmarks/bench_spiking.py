@@ -40,6 +40,16 @@ block graph (ESPP) from one that does (LPL, layerwise): about 30 % of that pass;
 ~10 ops per bin. At batch 32 on CPU the LIF bins are small tensors, so per-bin op overhead
 dominates and a step costs ~ (encoder passes) x T x blocks small updates.
 
+Since ``Rule.encoder_graph`` (ESPP declares False: the simulator runs the current view's encoder pass
+under no_grad, the updates bit-identical), the benchmark also runs ESPP with that pass under autograd
+as before (``espp:graph``) and counts the tensors saved for backward in one step (saved-tensor hooks;
+the graph's memory, independent of the load). Same host, load 7-9, 2026-12-03: saved per step ESPP
+3.3 MiB, ESPP with the encoder graph 28.8 MiB, BPTT 60.5 MiB; interleaved medians of 10 steps, two
+runs: ESPP / ESPP-with-graph 0.74x (1716 / 2326 ms) and 0.92x (4851 / 5257 ms), ESPP / BPTT 0.21x and
+0.38x. (Before the change, same load range: ESPP/BPTT interleaved 0.38x.) The resident-set peaks of
+the separate processes (13 MiB without, 5 MiB with the graph in one run) are below this host's noise
+for these sizes: glibc keeps and reuses freed pages, and a process's peak may predate the timed steps.
+
     python benchmarks/bench_spiking.py [--steps 10] [--T 10] [--model spiking_cnn] [--device cpu] [--set KEY=VALUE ...]
 """
 from __future__ import annotations
