@@ -64,6 +64,7 @@ from colsim.config import ProtocolConfig
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.record import Recorder
 from colsim.rule import Rule
+from colsim.stream import label_dims
 
 __all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics", "keep_freed_memory", "grad_norm", "build_for_run",
            "run_attrs"]
@@ -271,14 +272,11 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         if protocol.record.probe:
             static = {
                 "actions": (("probe_set", "sample", "view", "action_dim"), np.stack([p.actions.numpy() for p in probe_sets])),
-                "label_class": (("probe_set", "sample"), np.stack([p.labels["class"].numpy() for p in probe_sets])),
             }
-            if all("image" in p.labels for p in probe_sets):
-                static["label_image"] = (("probe_set", "sample"), np.stack([p.labels["image"].numpy() for p in probe_sets]))
-            for lab, extra in (("angle", ()), ("scale", ()), ("shift", ("xy",))):
-                if lab in probe_sets[0].labels:
-                    static[f"label_{lab}"] = (("probe_set", "sample", "view", *extra),
-                                              np.stack([p.labels[lab].numpy() for p in probe_sets]))
+            for lab in probe_sets[0].labels:  # every label the world's probe sets carry (class, image, angle, ...)
+                if all(lab in p.labels for p in probe_sets):
+                    arr = np.stack([p.labels[lab].numpy() for p in probe_sets])  # (P, N) or (P, N, V, ...)
+                    static[f"label_{lab}"] = (("probe_set", *label_dims(lab, arr.ndim - 1)), arr)
             spk, spk_static = spiking_probe_arrays(emb)  # spike counts and a raster (spiking columns only)
             recorder.record_eval("probe", {
                 "z": (("eval", "probe_set", "sample", "view", "unit"), emb.z[None].astype(np.float32)),
