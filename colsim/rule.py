@@ -198,7 +198,8 @@ def masked(rule: Rule, patterns: "list[str] | str") -> Rule:
                 lambda params, state, trace: rule.update(select(params, patterns), state, trace),
                 rule.needs,
                 (lambda params, state, delta: _masked_post(rule, patterns, params, state, delta)) if rule.post_step else None,
-                (lambda params, state, event: rule.boundary(select(params, patterns), state, event)) if rule.boundary else None,
+                (lambda params, state, event: rule.boundary(select(params, patterns), state, event))
+                if rule.boundary else None,
                 rule.encoder_graph)
 
 
