@@ -49,6 +49,14 @@ The simulator's own part is 1.2-1.4 ms, not yet <= 1 ms: 0.35-0.5 ms of it is th
 0.79 M gradient values that the divergence check needs every tick, ~0.2 ms freeing the last tick's
 autograd graph.
 
+Python's cyclic garbage collector: a full collection scans every tracked object (~435,000 once the
+column, the world and the libraries are loaded) and took ~300-425 ms here, one such pause every few
+hundred ticks in a 300-tick window; ``simulate.run`` now freezes the heap alive at its start
+(``gc.freeze``, given back at its end), after which a full collection takes < 0.1 ms. Medians do not
+see these pauses; the means printed last do (the simulator's own 1.73 -> 1.27 ms mean per tick in one
+pair of 600-tick runs that had such a pause, equal within noise, 1.11-1.14 ms, in a pair that had
+none). Latest medians (load ~3, fused, 600 ticks): overhead 3.3-3.6 ms, simulator's own 0.96-1.02 ms.
+
     python benchmarks/bench_online.py [--steps 400] [--warmup 50] [--threads 1] [--model seqjepa_cnn]
                                       [--record on|off] [--optimizers foreach,fused] [--set KEY=VALUE]
 """
@@ -137,6 +145,7 @@ def _measure(args, sets: list[str]) -> dict:
     per["own"] = [o - ln - wd for o, ln, wd in zip(per["over"], per["learn"], per["world"])]
     per["rest"] = [o - c - d - r for o, c, d, r in zip(per["own"], per["check"], per["diag"], per["rec"])]
     out = {n: statistics.median(v) for n, v in per.items()}
+    out["over_mean"], out["own_mean"] = statistics.fmean(per["over"]), statistics.fmean(per["own"])
     out["n"] = len(tick)
     g = list(last["grads"].values())
     out["grads"] = (len(g), sum(x.numel() for x in g))
@@ -178,6 +187,8 @@ def main() -> None:
           f"{next(iter(res.values()))['n']} ticks after {args.warmup} warm-up")
     print(f"  {'ms per tick':40s}" + "".join(f"{'AdamW ' + k:>16s}" for k in kinds))
     for key, label in ROWS:
+        print(f"  {label:40s}" + "".join(f"{res[k][key] * 1e3:16.3f}" for k in kinds))
+    for key, label in (("over_mean", "overhead, mean (with GC pauses)"), ("own_mean", "  simulator's own, mean")):
         print(f"  {label:40s}" + "".join(f"{res[k][key] * 1e3:16.3f}" for k in kinds))
     if len(kinds) == 2:
         a, b = kinds
