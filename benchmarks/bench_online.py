@@ -1,53 +1,64 @@
 """Simulator overhead per tick at batch 1 (protocols/online.yaml): time per tick minus the column's
-forward and backward, measured in the same run.
+forward and backward, measured in the same run, for AdamW foreach (the default) and fused.
 
 Runs ``colsim.simulate.run`` on the online protocol (B = 1, one stream, rule backprop, the store
-written by a ZarrRecorder as ``colsim run`` does) and times, tick by tick:
+written by a ZarrRecorder as ``colsim run`` does) once per AdamW implementation (``--optimizers``,
+one after the other in this process) and times, tick by tick:
 
 * the tick: between successive ``on_step`` calls (everything the step schedule does in one tick);
 * the column forward (``column.forward``) and the backward (``rule.update``: backprop's
   ``torch.autograd.grad`` on the loss) — the column's own work;
-* for the breakdown, the parts of the overhead: ``stream.step`` (the world renders the view),
-  ``optimizer.step``, the teacher's EMA (``column.update_target``), the recorder, the per-tick
-  diagnostics (``collapse_diagnostics`` of z and z_AGG, ``column.diagnostics``) and the divergence
-  check (``simulate.grad_norm``: one fused ``torch._foreach_norm`` over the gradients, which is also
-  the recorded ``grad_norm``); the per-gradient ``isfinite`` check it replaced is re-timed on the
-  last tick's gradients for comparison.
+* overhead = tick - forward - backward, split three ways:
+  - learning: ``optimizer.step`` (AdamW) and the teacher's EMA (``column.update_target``) — parameter
+    updates the rule and the column ask for, whatever simulator runs them;
+  - the world: ``stream.step`` (the affine view of the next image);
+  - the simulator's own: the divergence check (``simulate.grad_norm``: one fused norm over the
+    gradients, also the recorded ``grad_norm``), the per-tick diagnostics, ``recorder.record`` and the
+    rest (bookkeeping, freeing the last tick's graph). The <= 1 ms target (issue 13 item 4) is read on
+    this part: the optimizer's and the world's costs scale with the model and the world, not with the
+    simulator.
 
-overhead = tick - forward - backward: the simulator's own cost per tick (world, optimizer,
-teacher, divergence check, diagnostics, recording, bookkeeping). Medians over the ticks after
-``--warmup``; the first tick of a phase and the final evaluation are outside the measured ticks.
+Medians over the ticks after ``--warmup``; the first tick of a phase and the final evaluation are
+outside the measured ticks.
 
-Reference (2 shared cores under load ~17, 1 thread, 2026-12-03, seqjepa_cnn 0.79 M parameters,
-``--steps 200 --warmup 30``), after the divergence check became one fused norm:
+Reference (2 shared cores, 1 thread, 2026-12-03, seqjepa_cnn 0.79 M parameters in 39 tensors,
+``--steps 200 --warmup 30``; load ~0.4 then ~4 on the host; ms per tick, medians):
 
-=========================  =======================  =============================
-per tick (median)          AdamW foreach (default)  ``rule.optimizer.fused=true``
-=========================  =======================  =============================
-tick                       51-74 ms               67 ms
-forward / backward         21-26 / 13-20 ms       32 / 17 ms
-overhead                   17-21 ms               11 ms
-  optimizer.step           11.1-11.4 ms           0.95 ms
-  stream.step (world)      0.83 ms                0.71 ms
-  divergence check + norm  0.35-0.36 ms           0.30 ms
-  teacher EMA              0.30 ms                0.24 ms
-  diagnostics              0.15 ms                0.11 ms
-  recorder                 0.01 ms                0.01 ms
-  rest                     0.55 ms                0.45 ms
-=========================  =======================  =============================
+==================================  =================  ===============
+                                    AdamW foreach      AdamW fused
+==================================  =================  ===============
+tick                                20.6 / 48.7        18.7 / 21.9
+forward / backward                  8.1, 5.4 / 19, 14  8.5, 5.7 / 9.3, 6.6
+overhead                            6.9 / 15.6         4.2 / 4.3
+  optimizer.step                    4.05 / 8.7         1.37 / 1.38
+  teacher EMA                       0.35 / 0.41        0.35 / 0.37
+  world (stream.step)               1.00 / 1.23        1.02 / 1.06
+  simulator's own                   1.36 / 1.39        1.32 / 1.20
+    divergence check + grad norm    0.46 / 0.51        0.47 / 0.46
+    diagnostics                     0.19 / 0.06        0.16 / 0.05
+    recorder                        0.01 / 0.01        0.01 / 0.01
+    rest                            0.67 / 0.75        0.67 / 0.65
+==================================  =================  ===============
 
-The divergence check was ~10 ms per tick in the run before (one ``isfinite`` per gradient tensor
-plus a python sum of squares; re-timed here 1.9-18 ms depending on the load, two runs); it is now ~0.3 ms.
-With the fused optimizer the parts sum to ~2.8 ms, of which the simulator's own (check, diagnostics,
-recorder, rest) ~0.9 ms; the median overhead (11 ms) is larger than that sum because on this loaded
-host preemption lands in the untimed gaps of a tick — the <= 1 ms target is met by the simulator's
-parts, not yet by the whole tick here. The AdamW step is the optimizer's (``colsim/build.py``):
-``fused=true`` is ~12x faster on CPU but not bit-identical to foreach (max |diff| of the tiny
-column's parameters 3.6e-4 after 10 steps: Adam's early steps amplify last-bit differences), so it
-stays an option (``--set rule.optimizer.fused=true``), not the default.
+(The first figure of a cell was measured before ``collapse_diagnostics`` returned early at B = 1 —
+no tensor work for a batch with fewer than 2 rows: diagnostics 0.16-0.19 -> 0.05-0.06 ms.)
+The fused AdamW step is 0.16-0.34x the foreach one in the same run; it is not bit-identical to
+foreach (max |diff| of the tiny column's parameters 3.6e-4 after 10 steps: Adam's early steps amplify
+last-bit differences), so it stays an option (``--set rule.optimizer.fused=true``), not the default.
+The simulator's own part is 1.2-1.4 ms, not yet <= 1 ms: 0.35-0.5 ms of it is the one pass over the
+0.79 M gradient values that the divergence check needs every tick, ~0.2 ms freeing the last tick's
+autograd graph.
+
+Python's cyclic garbage collector: a full collection scans every tracked object (~435,000 once the
+column, the world and the libraries are loaded) and took ~300-425 ms here, one such pause every few
+hundred ticks in a 300-tick window; ``simulate.run`` now freezes the heap alive at its start
+(``gc.freeze``, given back at its end), after which a full collection takes < 0.1 ms. Medians do not
+see these pauses; the means printed last do (the simulator's own 1.73 -> 1.27 ms mean per tick in one
+pair of 600-tick runs that had such a pause, equal within noise, 1.11-1.14 ms, in a pair that had
+none). Latest medians (load ~3, fused, 600 ticks): overhead 3.3-3.6 ms, simulator's own 0.96-1.02 ms.
 
     python benchmarks/bench_online.py [--steps 400] [--warmup 50] [--threads 1] [--model seqjepa_cnn]
-                                      [--record on|off] [--set rule.optimizer.fused=true]
+                                      [--record on|off] [--optimizers foreach,fused] [--set KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -55,6 +66,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,6 +91,75 @@ def _timed(fn, into: list):
     return wrapper
 
 
+def _measure(args, sets: list[str]) -> dict:
+    """One run of the online protocol with ``sets``; per-tick medians (seconds) of every part."""
+    cfg = resolve_run_config("online", model=args.model, overrides=sets, steps=args.steps)
+    assert cfg.protocol.stream.batch == 1
+    world, column, rule, local, optimizer = build_run(cfg)
+    t = {k: [] for k in ("fwd", "bwd", "world", "opt", "teacher", "rec", "diag", "check")}
+    diag_z = _timed(sim.collapse_diagnostics, t["diag"])  # twice per recorded tick, + the column's once
+    column.diagnostics = _timed(column.diagnostics, t["diag"])
+    ticks: list[float] = []
+    column.forward = _timed(column.forward, t["fwd"])
+    column.update_target = _timed(column.update_target, t["teacher"])
+    last: dict = {}
+    update = _timed(rule.update, t["bwd"])
+
+    def keep(params, rstate, trace):
+        out = update(params, rstate, trace)
+        last["grads"] = out[0]
+        return out
+
+    rule = rule._replace(update=keep)
+    optimizer.step = _timed(optimizer.step, t["opt"])
+    make_stream = world.stream
+
+    def stream(*a, **kw):
+        s = make_stream(*a, **kw)
+        return s._replace(step=_timed(s.step, t["world"]))
+
+    world.stream = stream
+    saved = sim.grad_norm, sim.collapse_diagnostics
+    sim.grad_norm, sim.collapse_diagnostics = _timed(sim.grad_norm, t["check"]), diag_z
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = ZarrRecorder(Path(tmp) / "store.zarr", {"bench": "online"},
+                               flush_every=cfg.protocol.record.flush_every)
+            rec.record = _timed(rec.record, t["rec"])
+            with warnings.catch_warnings():  # the 10-sample probe's R^2 warnings
+                warnings.simplefilter("ignore")
+                res = simulate(column, rule, cfg.protocol, rec, world=world, optimizer=optimizer, seed=0,
+                               device="cpu", local=local, on_step=lambda info: ticks.append(time.perf_counter()))
+    finally:
+        sim.grad_norm, sim.collapse_diagnostics = saved
+    assert res.status == "completed", res.status
+    w = args.warmup
+    tick = [b - a for a, b in zip(ticks[w:-1], ticks[w + 1:])]  # tick t+1 = on_step(t+1) - on_step(t)
+    k = slice(w + 1, w + 1 + len(tick))
+    per = {n: v[k] for n, v in t.items() if n not in ("diag", "rec")}
+    per["rec"] = t["rec"][k] if t["rec"] else [0.0] * len(tick)
+    per["diag"] = [sum(t["diag"][3 * i:3 * i + 3]) for i in range(len(t["diag"]) // 3)][k] or [0.0] * len(tick)
+    per["tick"] = tick
+    per["over"] = [a - f - b for a, f, b in zip(tick, per["fwd"], per["bwd"])]
+    per["learn"] = [o + e for o, e in zip(per["opt"], per["teacher"])]
+    per["own"] = [o - ln - wd for o, ln, wd in zip(per["over"], per["learn"], per["world"])]
+    per["rest"] = [o - c - d - r for o, c, d, r in zip(per["own"], per["check"], per["diag"], per["rec"])]
+    out = {n: statistics.median(v) for n, v in per.items()}
+    out["over_mean"], out["own_mean"] = statistics.fmean(per["over"]), statistics.fmean(per["own"])
+    out["n"] = len(tick)
+    g = list(last["grads"].values())
+    out["grads"] = (len(g), sum(x.numel() for x in g))
+    return out
+
+
+ROWS = [("tick", "tick"), ("fwd", "column forward"), ("bwd", "column backward (rule.update)"),
+        ("over", "overhead = tick - fwd - bwd"), ("learn", "  learning: optimizer + teacher"),
+        ("opt", "    optimizer.step"), ("teacher", "    teacher EMA"),
+        ("world", "  world: stream.step"), ("own", "  simulator's own"),
+        ("check", "    divergence check + grad norm"), ("diag", "    diagnostics"),
+        ("rec", "    recorder.record"), ("rest", "    rest (bookkeeping, freeing the graph)")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=400)
@@ -86,7 +167,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default="seqjepa_cnn")
     ap.add_argument("--record", choices=["on", "off"], default="on", help="off: record.enabled=false")
-    ap.add_argument("--set", action="append", default=[], help="config override, e.g. rule.optimizer.fused=true")
+    ap.add_argument("--optimizers", default="foreach,fused",
+                    help="AdamW implementations measured one after the other in this process")
+    ap.add_argument("--set", action="append", default=[], help="config override for every run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -95,94 +178,23 @@ def main() -> None:
             "protocol.evaluation.views=2", "protocol.record.probe=false"]
     if args.record == "off":
         sets.append("protocol.record.enabled=false")
-    sets += args.set
-    cfg = resolve_run_config("online", model=args.model, overrides=sets, steps=args.steps)
-    assert cfg.protocol.stream.batch == 1
-    world, column, rule, local, optimizer = build_run(cfg)
-
-    t_fwd: list[float] = []
-    t_bwd: list[float] = []
-    t_world: list[float] = []
-    t_opt: list[float] = []
-    t_teacher: list[float] = []
-    t_rec: list[float] = []
-    t_diag: list[float] = []
-    sim.collapse_diagnostics = _timed(sim.collapse_diagnostics, t_diag)  # called twice per recorded tick
-    column.diagnostics = _timed(column.diagnostics, t_diag)
-    ticks: list[float] = []
-    column.forward = _timed(column.forward, t_fwd)
-    column.update_target = _timed(column.update_target, t_teacher)
-    last: dict = {}
-    update = _timed(rule.update, t_bwd)
-
-    def keep(params, rstate, trace):
-        out = update(params, rstate, trace)
-        last["grads"] = out[0]
-        return out
-
-    rule = rule._replace(update=keep)
-    optimizer.step = _timed(optimizer.step, t_opt)
-    make_stream = world.stream
-
-    def stream(*a, **kw):
-        s = make_stream(*a, **kw)
-        return s._replace(step=_timed(s.step, t_world))
-
-    world.stream = stream
-
-    def on_step(info):
-        ticks.append(time.perf_counter())
-
-    t_fin: list[float] = []  # the divergence check and gradient norm: one fused pass (simulate.grad_norm)
-    grad_norm = sim.grad_norm
-    sim.grad_norm = _timed(grad_norm, t_fin)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            rec = ZarrRecorder(Path(tmp) / "store.zarr", {"bench": "online"},
-                               flush_every=cfg.protocol.record.flush_every)
-            rec.record = _timed(rec.record, t_rec)
-            res = simulate(column, rule, cfg.protocol, rec, world=world, optimizer=optimizer, seed=0, device="cpu",
-                           local=local, on_step=on_step)
-    finally:
-        sim.grad_norm = grad_norm
-    assert res.status == "completed", res.status
-    w = args.warmup
-    tick = [b - a for a, b in zip(ticks[w:-1], ticks[w + 1:])]  # tick t+1 = on_step(t+1) - on_step(t)
-    k = slice(w + 1, w + 1 + len(tick))
-    over = [t - f - b for t, f, b in zip(tick, t_fwd[k], t_bwd[k])]
-    med = statistics.median
-    ms = 1e3
-    print(f"online protocol, model {args.model}, B = 1, {len(tick)} ticks measured (after {w} warm-up), "
-          f"{args.threads} thread(s), recording {args.record}")
-    print(f"  tick                      {med(tick) * ms:8.3f} ms  (median; mean {statistics.fmean(tick) * ms:.3f})")
-    print(f"  column forward            {med(t_fwd[k]) * ms:8.3f} ms")
-    print(f"  column backward (rule)    {med(t_bwd[k]) * ms:8.3f} ms")
-    print(f"  overhead = tick - fwd - bwd {med(over) * ms:6.3f} ms  (median per tick; mean "
-          f"{statistics.fmean(over) * ms:.3f}; target <= 1 ms)")
-    if t_rec:
-        print(f"    of which recorder.record {med(t_rec[k]) * ms:7.3f} ms")
-    diag = [sum(t_diag[3 * i:3 * i + 3]) for i in range(len(t_diag) // 3)]
-    if diag:
-        print(f"    of which diagnostics     {med(diag[k]) * ms:7.3f} ms  (collapse diagnostics of z, z_AGG; column's)")
-    print(f"    of which stream.step     {med(t_world[k]) * ms:7.3f} ms")
-    print(f"    of which optimizer.step  {med(t_opt[k]) * ms:7.3f} ms")
-    print(f"    of which teacher EMA     {med(t_teacher[k]) * ms:7.3f} ms")
-    g = list(last["grads"].values())
-    fin = t_fin
-    print(f"    of which finite check    {med(fin[k]) * ms:7.3f} ms  (simulate.py step 4: one fused norm of the "
-          f"{len(g)} grads, {sum(x.numel() for x in g) / 1e6:.2f} M values, also the recorded grad_norm; in the run)")
-    old = []  # the check it replaced (isfinite per gradient + a python sum of squares), re-timed on the last grads
-    for _ in range(50):
-        t = time.perf_counter()
-        all(bool(torch.isfinite(x).all()) for x in g)
-        sum(float(x.pow(2).sum()) for x in g)
-        old.append(time.perf_counter() - t)
-    print(f"    (the per-gradient isfinite check + norm it replaced: {med(old) * ms:.3f} ms, re-timed on the last "
-          "grads)")
-    parts = [t_world, t_opt, t_teacher] + ([t_rec] if t_rec else [])
-    known = [sum(p[i] for p in parts) for i in range(w + 1, w + 1 + len(tick))]
-    rest = [o - kk - (diag[i] if diag else 0.0) - fin[i] for o, kk, i in zip(over, known, range(w + 1, w + 1 + len(tick)))]
-    print(f"    rest (not timed apart)   {med(rest) * ms:7.3f} ms  (bookkeeping, grad norm, freeing last tick's graph)")
+    kinds = [k.strip() for k in args.optimizers.split(",") if k.strip()]
+    res = {k: _measure(args, sets + [f"rule.optimizer.fused={'true' if k == 'fused' else 'false'}"] + args.set)
+           for k in kinds}
+    n, numel = next(iter(res.values()))["grads"]
+    print(f"online protocol, model {args.model} ({numel / 1e6:.2f} M trained values in {n} tensors), B = 1, "
+          f"{args.threads} thread(s), recording {args.record}; per-tick medians over "
+          f"{next(iter(res.values()))['n']} ticks after {args.warmup} warm-up")
+    print(f"  {'ms per tick':40s}" + "".join(f"{'AdamW ' + k:>16s}" for k in kinds))
+    for key, label in ROWS:
+        print(f"  {label:40s}" + "".join(f"{res[k][key] * 1e3:16.3f}" for k in kinds))
+    for key, label in (("over_mean", "overhead, mean (with GC pauses)"), ("own_mean", "  simulator's own, mean")):
+        print(f"  {label:40s}" + "".join(f"{res[k][key] * 1e3:16.3f}" for k in kinds))
+    if len(kinds) == 2:
+        a, b = kinds
+        print(f"  ratio {b}/{a}: optimizer.step {res[b]['opt'] / res[a]['opt']:.3f}, overhead "
+              f"{res[b]['over'] / res[a]['over']:.3f}")
+    print("  target: the simulator's own <= 1 ms (overhead also holds the optimizer, the teacher and the world)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ bool resets a stream's window. ``trace`` (:class:`colsim.types.Trace`) holds wha
 read; ``provides`` lists its keys so a rule's ``needs`` are checked before step 0.
 ``local=True`` asks for layer-local computation: every block sees a detached input, and
 downstream modules see detached encoder outputs (used by LPL / layerwise / local rules).
+``encoder_graph=False`` (passed only with ``local=True``, for rules with ``Rule.encoder_graph``
+False: ESPP, sparse coding) lets the column run the current view's encoder without an autograd
+graph when nothing it returns would carry gradient to the encoder otherwise; the Trace's values
+are the same.
 
 ``embed(obs, actions)`` maps held-out episodes (N, V, C, H, W) to the representations the
 evaluation records (``z`` (N, V, D), ``z_agg`` (N, D)). ``update_target(step)`` moves
@@ -37,8 +41,8 @@ class AbstractColumn(nn.Module, abc.ABC):
         ...
 
     @abc.abstractmethod
-    def forward(self, state: PyTree, obs: Tensor, action: Tensor, start: Tensor, local: bool = False
-                ) -> "tuple[PyTree, Trace]":
+    def forward(self, state: PyTree, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
+                encoder_graph: bool = True) -> "tuple[PyTree, Trace]":
         ...
 
     @abc.abstractmethod
@@ -85,10 +89,12 @@ class Circuit(nn.Module):
     def init_state(self, batch: int, device) -> dict:
         return {n: {"col": c.init_state(batch, device), "z_prev": None} for n, c in self.columns.items()}
 
-    def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
+    def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
+                encoder_graph: bool = True):
         new_state, traces = {}, {}
+        kw = {} if encoder_graph else {"encoder_graph": False}
         for n, col in self.columns.items():
-            s, tr = col(state[n]["col"], obs, action, start, local=local)
+            s, tr = col(state[n]["col"], obs, action, start, local=local, **kw)
             srcs = self.wiring.get(n, [])
             if srcs:
                 prev = [state[m]["z_prev"] for m in srcs]

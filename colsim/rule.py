@@ -31,6 +31,13 @@ later in the chain sees the earlier ones' rescaling, not the other way round).
 
 ``needs`` names the Trace keys the rule reads; the special key ``"local"`` asks the
 column to run with detached block inputs (layer-local learning).
+
+``encoder_graph=False`` says that the rule computes every update of the current view's encoder
+itself, under ``no_grad`` (local rules: ESPP, sparse coding), so no autograd graph of the
+encoder's pass over the current view is ever read: the simulator then calls the column with
+``encoder_graph=False`` and the column runs that pass without building it (the graph of the
+modules the rule still differentiates, e.g. the aggregator and predictor, is kept). ``partition``
+and ``chain`` need the graph when any of their rules does; modifiers keep the default (True).
 """
 from __future__ import annotations
 
@@ -66,6 +73,7 @@ class Rule(NamedTuple):
     needs: frozenset = frozenset()
     post_step: Optional[PostStepFn] = None
     boundary: Optional[BoundaryFn] = None
+    encoder_graph: bool = True  # False: no rule reads the autograd graph of the current view's encoder pass
 
 
 def loss_grads(loss: Tensor, params: Params, retain_graph: bool = False) -> Grads:
@@ -145,7 +153,8 @@ def partition(rules: "dict[str, Rule]") -> Rule:
 
     needs = frozenset().union(*(r.needs for _, r in items))
     return Rule(init, update, needs, post_step if any(p is not None for p in post) else None,
-                boundary if any(r.boundary is not None for _, r in items) else None)
+                boundary if any(r.boundary is not None for _, r in items) else None,
+                any(r.encoder_graph for _, r in items))
 
 
 def chain(*rules: Rule) -> Rule:
@@ -179,7 +188,8 @@ def chain(*rules: Rule) -> Rule:
 
     return Rule(init, update, frozenset().union(*(r.needs for r in rules)),
                 post_step if any(r.post_step for r in rules) else None,
-                boundary if any(r.boundary for r in rules) else None)
+                boundary if any(r.boundary for r in rules) else None,
+                any(r.encoder_graph for r in rules))
 
 
 def masked(rule: Rule, patterns: "list[str] | str") -> Rule:
@@ -188,7 +198,9 @@ def masked(rule: Rule, patterns: "list[str] | str") -> Rule:
                 lambda params, state, trace: rule.update(select(params, patterns), state, trace),
                 rule.needs,
                 (lambda params, state, delta: _masked_post(rule, patterns, params, state, delta)) if rule.post_step else None,
-                (lambda params, state, event: rule.boundary(select(params, patterns), state, event)) if rule.boundary else None)
+                (lambda params, state, event: rule.boundary(select(params, patterns), state, event))
+                if rule.boundary else None,
+                rule.encoder_graph)
 
 
 def _masked_post(rule, patterns, params, state, delta):

@@ -11,7 +11,8 @@ and every step t of it:
 
 1. take the Step from the stream (``stream.step``: obs, action, start, labels; the simulator
    adds the ``phase`` label);
-2. column forward (``local`` when the rule is layer-local) -> (column state, Trace);
+2. column forward (``local`` when the rule is layer-local; ``encoder_graph=False`` when the rule reads no
+   graph of the encoder's pass, ``Rule.encoder_graph``) -> (column state, Trace);
 3. rule update -> (grads, rule state, metrics)          [skipped when the phase has learn: false]
    (2-3 and the evaluations' embedding run under ``autocast`` — ``model.autocast``, :mod:`colsim.device`:
    bf16 by default on CUDA, nothing on CPU; the grads are cast to their parameters' float32);
@@ -47,6 +48,7 @@ gives the uninterrupted run's numbers bit for bit on CPU (``tests/test_fault_tol
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -67,6 +69,7 @@ from colsim.device import autocast_context, host_to_device, pin_probe_set
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.record import Recorder
 from colsim.rule import Rule
+from colsim.stream import label_dims
 
 __all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics", "keep_freed_memory", "grad_norm", "build_for_run",
            "run_attrs"]
@@ -130,6 +133,18 @@ def keep_freed_memory() -> bool:
     return _heap_kept
 
 
+def _freeze_gc() -> bool:
+    """Move every object alive now (modules, parameters, data, imported libraries: ~10^6 objects) to
+    Python's permanent generation for the run (``gc.freeze``; ``run`` unfreezes at its end), so the
+    cyclic collector's full collections scan only what the run creates: a full collection over the
+    whole heap took ~0.4 s, one such pause every few hundred ticks at B = 1
+    (benchmarks/bench_online.py). No effect on any number; ``COLSIM_GC_FREEZE=0`` opts out."""
+    if os.environ.get("COLSIM_GC_FREEZE", "1") == "0":
+        return False
+    gc.freeze()
+    return True
+
+
 class RunResult(NamedTuple):
     status: str  # completed | diverged | interrupted
     steps: int
@@ -150,10 +165,12 @@ def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Ten
     """
     from colsim.analysis.metrics import participation_ratio, rankme  # numpy only; analysis never imports torch
 
+    keys = [f"{prefix}_{k}" for k in ("std_min", "std_mean", "eff_rank", "rankme", "mean_cos")]
+    if z.shape[0] < 2:  # B = 1 (the online protocol): no tensor work, no host sync
+        return dict.fromkeys(keys, float("nan"))
     z = z.detach().float()
     if valid is not None:
         z = z[valid.to(torch.bool)]
-    keys = [f"{prefix}_{k}" for k in ("std_min", "std_mean", "eff_rank", "rankme", "mean_cos")]
     if z.shape[0] < 2:
         return dict.fromkeys(keys, float("nan"))
     std = z.std(0)
@@ -279,14 +296,11 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         if protocol.record.probe:
             static = {
                 "actions": (("probe_set", "sample", "view", "action_dim"), np.stack([p.actions.numpy() for p in probe_sets])),
-                "label_class": (("probe_set", "sample"), np.stack([p.labels["class"].numpy() for p in probe_sets])),
             }
-            if all("image" in p.labels for p in probe_sets):
-                static["label_image"] = (("probe_set", "sample"), np.stack([p.labels["image"].numpy() for p in probe_sets]))
-            for lab, extra in (("angle", ()), ("scale", ()), ("shift", ("xy",))):
-                if lab in probe_sets[0].labels:
-                    static[f"label_{lab}"] = (("probe_set", "sample", "view", *extra),
-                                              np.stack([p.labels[lab].numpy() for p in probe_sets]))
+            for lab in probe_sets[0].labels:  # every label the world's probe sets carry (class, image, angle, ...)
+                if all(lab in p.labels for p in probe_sets):
+                    arr = np.stack([p.labels[lab].numpy() for p in probe_sets])  # (P, N) or (P, N, V, ...)
+                    static[f"label_{lab}"] = (("probe_set", *label_dims(lab, arr.ndim - 1)), arr)
             spk, spk_static = spiking_probe_arrays(emb)  # spike counts and a raster (spiking columns only)
             recorder.record_eval("probe", {
                 "z": (("eval", "probe_set", "sample", "view", "unit"), emb.z[None].astype(np.float32)),
@@ -305,7 +319,10 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         recorder.record_eval("evaluation", data, coords)
         eval_seconds[0] += time.perf_counter() - te
 
+    # a rule that reads no graph of the encoder's pass (ESPP, sparse coding): the column skips building it
+    graph_kw = {} if rule.encoder_graph or not local else {"encoder_graph": False}
     stop.install()
+    frozen_gc = _freeze_gc()
     try:
         if ev.at_start and resume is None:
             evaluate("init")
@@ -339,7 +356,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                 if learn:
                     with amp():
                         # 2. column forward
-                        cstate, trace = column(cstate, obs, action, start, local=local)
+                        cstate, trace = column(cstate, obs, action, start, local=local, **graph_kw)
                         trace["labels"] = st.labels  # world truth, for rule diagnostics only (replay's class histogram)
                         # 3. rule update
                         grads, rstate, rm = rule.update(params, rstate, trace)
@@ -422,6 +439,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         status = "interrupted"
     finally:
         stop.uninstall()
+        if frozen_gc:
+            gc.unfreeze()
     wall = time.perf_counter() - t0
     summary = make_summary(evals, names, step, wall, status, at_start=ev.at_start)
     summary["eval_s"] = round(eval_seconds[0], 3)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from colsim.types import PyTree, Step, WorldSpec
 
-__all__ = ["World", "Stream", "ProbeSet", "generator_from_state", "rng_state"]
+__all__ = ["World", "Stream", "ProbeSet", "LABEL_DIMS", "label_dims", "generator_from_state", "rng_state"]
 
 
 class Stream(NamedTuple):
@@ -45,12 +45,29 @@ class ProbeSet(NamedTuple):
     labels:  name -> (N,) per-episode labels (``class``; ``image``, the dataset index of the
              episode's source object, so probes can keep one object on one side of a fit/score
              split) or (N, V, ...) per-view latent factors (``angle`` (N, V), ``shift`` (N, V, 2),
-             ``scale`` (N, V)).
+             ``scale`` (N, V); objects3d's ``orientation`` (N, V, 4), ``light`` (N, V, 3); saccades'
+             ``fixation`` (N, V, 2)). The run store's ``probe`` group holds every one of them as
+             ``label_<name>``, dims from :func:`label_dims`.
     """
 
     obs: Tensor
     actions: Tensor
     labels: dict[str, Tensor]
+
+
+# trailing dimension names of per-view labels (N, V, ...) in the run store's ``probe`` group
+LABEL_DIMS = {"shift": ("xy",), "fixation": ("xy",), "orientation": ("quat",), "light": ("light_dim",)}
+
+
+def label_dims(name: str, ndim: int) -> tuple[str, ...]:
+    """Store dimensions of probe-set label ``name`` with ``ndim`` dims, after ``probe_set``: (N,) ->
+    (sample,); (N, V, *rest) -> (sample, view, *LABEL_DIMS[name]) (``{name}_dim{i}`` for an unlisted name)."""
+    if ndim == 1:
+        return ("sample",)
+    rest = LABEL_DIMS.get(name, tuple(f"{name}_dim{i}" for i in range(ndim - 2)))
+    if len(rest) != ndim - 2:
+        raise ValueError(f"probe-set label {name!r} has {ndim} dims; its store dims are (sample, view, {rest})")
+    return ("sample", "view", *rest)
 
 
 class World(abc.ABC):

@@ -313,14 +313,18 @@ class SeqJepaColumn(AbstractColumn):
                 m.training = o
 
     # ------------------------------------------------------------------ forward
-    def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
-        """See the module docstring. obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace)."""
+    def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
+                encoder_graph: bool = True):
+        """See the module docstring. obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace).
+        ``local`` with ``encoder_graph=False`` (sparse coding): the current view's encoder pass builds no
+        autograd graph, unless a regulariser on ``z`` reaches the encoder through it."""
         if self.training and obs.shape[0] == 1:  # batch 1: no batch statistics (module docstring)
             with self._running_stats():
-                return self._forward(state, obs, action, start, local)
-        return self._forward(state, obs, action, start, local)
+                return self._forward(state, obs, action, start, local, encoder_graph)
+        return self._forward(state, obs, action, start, local, encoder_graph)
 
-    def _forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
+    def _forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
+                 encoder_graph: bool = True):
         count = torch.where(start, torch.zeros_like(state["count"]), state["count"])  # (B,)
         valid = count > 0  # (B,) a prediction of obs exists
         B = obs.shape[0]
@@ -341,7 +345,10 @@ class SeqJepaColumn(AbstractColumn):
 
         # current view
         if local:
-            z, layers = self.encoder(obs, detach_blocks=True)  # block-local graphs only
+            # block-local graphs only; none when no rule reads them and no regulariser on z needs them
+            graph = encoder_graph or any(r.on != "z_agg" for r in self.regularizers)
+            with torch.set_grad_enabled(graph and torch.is_grad_enabled()):
+                z, layers = self.encoder(obs, detach_blocks=True)
         else:
             with torch.set_grad_enabled(self._grad_now and torch.is_grad_enabled()):
                 z, layers = self.encoder(obs)

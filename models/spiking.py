@@ -183,8 +183,11 @@ class SpikingColumn(AbstractColumn):
         return z.new_zeros(B, M, self.dim).index_put((valid,), z)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
+    def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
+                encoder_graph: bool = True):
         """obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace); see the module docstring.
+        ``local`` with ``encoder_graph=False`` (ESPP): the current view's T-bin encoder pass builds no
+        autograd graph (nothing reads the block-local graphs; the Trace's values are the same).
 
         Batch 1 (protocols/online.yaml): as SeqJepaColumn, the action embedding's BatchNorm runs on its
         running statistics (one stream has no batch statistics; a lone action would embed to 0)."""
@@ -192,12 +195,13 @@ class SpikingColumn(AbstractColumn):
         if self.training and obs.shape[0] == 1 and emb is not None:
             emb.train(False)  # BatchNorm on running statistics, left unchanged
             try:
-                return self._forward(state, obs, action, start, local)
+                return self._forward(state, obs, action, start, local, encoder_graph)
             finally:
                 emb.train(True)
-        return self._forward(state, obs, action, start, local)
+        return self._forward(state, obs, action, start, local, encoder_graph)
 
-    def _forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False):
+    def _forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
+                 encoder_graph: bool = True):
         count = torch.where(start, torch.zeros_like(state["count"]), state["count"])  # (B,)
         valid = count > 0
         B, M = obs.shape[0], self.window
@@ -213,7 +217,8 @@ class SpikingColumn(AbstractColumn):
         z_agg = self.aggregator(tokens, pad)  # (B, D+E)
         z_hat = self.predictor(z_agg, a_last)  # (B, D)
 
-        with torch.set_grad_enabled(local and torch.is_grad_enabled()):  # block-local graphs for local rules
+        # block-local graphs for local rules that differentiate them (LPL, layerwise), none for ESPP
+        with torch.set_grad_enabled(local and encoder_graph and torch.is_grad_enabled()):
             recs = self.encoder.run(spikes_in, detach_blocks=local)
             z, layers = self.encoder.pool(recs)
         with torch.no_grad():

@@ -174,5 +174,7 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
                 metrics[f"espp.l{l}.hinge"] = float("nan")
         return grads, state, metrics
 
+    # ΔW comes from the Trace's spikes / membranes under no_grad and the seq-JEPA loss reaches no encoder
+    # weight (detached encoder outputs): the column's encoder pass needs no autograd graph
     return Rule(init, update, frozenset({"spikes", "mem", "in_trace", "block_in", "echo", "broadcast", "loss",
-                                         "local"}))
+                                         "local"}), encoder_graph=False)

@@ -215,4 +215,6 @@ def sparse_coding(cfg: SparseCodingConfig, column=None) -> Rule:
                 metrics[f"sparse_coding.l{l}.u2"] = float((U * U).mean())
         return grads, {"Lambda": Lam, "step": state["step"] + 1}, metrics
 
-    return Rule(init, update, frozenset({"inputs", "loss", "local"}))
+    # the block updates are computed under no_grad from a re-run of the view: the column's encoder pass needs
+    # no autograd graph (unless a regulariser on z reaches the encoder; the column keeps it then)
+    return Rule(init, update, frozenset({"inputs", "loss", "local"}), encoder_graph=False)
