@@ -54,12 +54,19 @@ def _column_of(pattern: str, names: list[str]) -> Optional[str]:
 
 def _for_column(spec: RuleSpec, name: str, names: list[str], where: str = "rule") -> RuleSpec:
     """The rule spec column ``name`` gets: its own and the unaddressed patterns, with its prefix dropped."""
-    groups = {(p.split(".", 1)[1] if _column_of(p, names) == name else p): g for p, g in spec.optimizer.groups.items()
-              if _column_of(p, names) in (None, name)}
+    def local(items) -> dict:  # in order; a pattern equal to an earlier one is shadowed by it (first match wins)
+        out: dict = {}
+        for p, v in items:
+            col = _column_of(p, names)
+            if col in (None, name):
+                out.setdefault(p.split(".", 1)[1] if col == name else p, (p, v))
+        return out
+
+    groups = {q: g for q, (_, g) in local(spec.optimizer.groups.items()).items()}
     upd: dict = {"optimizer": spec.optimizer.model_copy(update={"groups": groups})}
     if spec.partition is not None:
-        part = {(p.split(".", 1)[1] if _column_of(p, names) == name else p): _for_column(s, name, names, f"{where}.partition.{p}")
-                for p, s in spec.partition.items() if _column_of(p, names) in (None, name)}
+        part = {q: _for_column(s, name, names, f"{where}.partition.{p}")
+                for q, (p, s) in local(spec.partition.items()).items()}
         if not part:
             raise ConfigError(f"{where}.partition: no pattern applies to column {name!r}; add one for it or a "
                               "catch-all such as '*'")
