@@ -388,6 +388,11 @@ def print_summary(s: dict) -> None:
             f"{lab} {g[k]:+.3f} ± {g.get(k + '_se') or float('nan'):.3f}" for k, lab in (
                 ("probe_acc_agg", "pooled z_AGG"), ("probe_acc_z", "pooled z"), ("equivariance_r2", "R²"),
                 ("prediction_loss", "prediction loss (decrease)")) if g.get(k) is not None))
+    c = s.get("columns")
+    if c and c.get("probe_acc_agg"):  # a circuit: the table above is the vote's
+        last, se = c["probe_acc_agg"][-1], c.get("probe_acc_agg_se", [[None] * len(c["names"])])[-1]
+        console.print("circuit (table: the vote) — pooled z_AGG at the last evaluation: " + " · ".join(
+            f"{n} {f(v)}" + (f" ± {e:.2f}" if e is not None else "") for n, v, e in zip(c["names"], last, se)))
 
 
 @app.command()

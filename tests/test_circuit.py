@@ -299,3 +299,28 @@ def test_circuit_resume_in_place_matches_the_uninterrupted_run(tmp_path, monkeyp
     ma, mb = (torch.load(r / "checkpoints" / "phase00-all_digits.pt", weights_only=True)["model"] for r in (full, part))
     assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
     assert any(k.startswith("shared.lateral.") for k in ma)  # the lateral projection is trained and saved
+
+
+@pytest.mark.parametrize("spec", ["lpl", "layerwise", "backprop+replay", "backprop+si"])
+@pytest.mark.parametrize("shared", ["true", "false"])
+def test_rules_step_a_wired_circuit(spec, shared):
+    """Every kind of rule (layer-local, auxiliary predictors, replay through ``forward_inputs`` with the
+    lateral context, path integrals) trains a wired circuit: finite metrics, every parameter moves."""
+    import math
+
+    from colsim.simulate import _seeded, apply_update
+
+    cfg, world, circuit, rule, local, opt = _build(PAIR % shared, rule=spec)
+    params = circuit.trainable()
+    state = rule.init(params)
+    before = {k: v.detach().clone() for k, v in params.items()}
+    stream = world.stream(8, 4, None, {})
+    ss, cs = stream.init(_seeded(0, 1)), circuit.init_state(8, "cpu")
+    for t in range(3):
+        ss, st = stream.step(ss)
+        cs, tr = circuit(cs, st.obs, st.action, st.start | (t == 0), local=local)
+        tr["labels"] = circuit.batch_labels(st.labels)
+        grads, state, metrics = rule.update(params, state, tr)
+        state = apply_update(params, grads, opt, rule, state)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert [k for k, v in params.items() if torch.equal(before[k], v)] == []
