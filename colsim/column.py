@@ -87,7 +87,8 @@ class Circuit(AbstractColumn):
 
     * shared weights (``shared=`` one column): the N patches are stacked on the batch dimension and
       run as ONE forward of batch N*B — rows ``n*B:(n+1)*B`` are column n. Parameter names are the
-      column's own (``encoder.*``); the rule is built on that column and sees its Trace of batch N*B.
+      column's own (``encoder.*``); the rule is built on that column and sees its Trace of batch N*B
+      (so batch statistics — BatchNorm in training, LPL's variance term — span every column's streams).
     * per-column weights (``columns=`` a dict): one module per column (a loop); parameter names are
       prefixed with the column name (``c0.encoder.*``) so ``partition`` can address columns; the Trace
       holds ``columns`` (name -> that column's Trace) for the per-column rules

@@ -78,6 +78,19 @@ def test_shared_weights_reject_a_partition_naming_a_column():
         _build(HALVES % ("true", ""), extra=["rule={partition: {'a.encoder.*': {name: backprop}, '*': {name: backprop}}}"])
 
 
+def test_sensors_resolve_against_the_world():
+    """Patches default to the whole view, channels to all; a channel the world names (objects3d's depth)
+    resolves to its index, so a column can sense depth alone."""
+    from colsim._circuit_config import CircuitConfig, check_circuit
+
+    c = CircuitConfig.model_validate({"shared": False, "columns": [
+        {"name": "lum", "sensor": {"channels": ["luminance"]}},
+        {"name": "depth", "sensor": {"channels": ["depth"], "patch": {"top": 2, "left": 4, "height": 6, "width": 3}}},
+        {"name": "both"}]})
+    res = check_circuit(c, (2, 16, 16), ("luminance", "depth"))
+    assert res == [((0,), 0, 0, 16, 16), ((1,), 2, 4, 6, 3), ((0, 1), 0, 0, 16, 16)]
+
+
 # ------------------------------------------------------------------------------------------ sensors / vote
 
 def test_sense_cuts_patches_and_channels_from_a_hand_made_image():
