@@ -9,7 +9,8 @@ update, optimizer step, teacher update), no recording. The N take turns step by 
 alternating per round) so load from other processes hits all alike; the column-step time is the
 median step time / N, printed as a ratio to N = 1 measured in the same run.
 
-Target: at N = 8 a column-step costs <= 0.5x its N = 1 cost.
+Target: at N = 8 a column-step costs <= 0.5x its N = 1 cost. For contrast the same N = 8 circuit with
+per-column weights (a loop of N forwards, ``circuit.shared: false``) is timed in the same rounds.
 
     python benchmarks/bench_circuit.py [--steps 12] [--batch 32,8] [--ns 1,2,4,8] [--set model.channels_last=true]
 """
@@ -22,15 +23,15 @@ import time
 TARGET = 0.5
 
 
-def _circuit(n: int, batch: int) -> str:
+def _circuit(n: int, batch: int, shared: bool = True) -> str:
     cols = []
     for i in range(n):  # patches on a grid of offsets 0, 4, 8, 12 (rows) x 0, 12 (columns): all inside 32 px
         top, left = 4 * (i % 4), 12 * (i // 4 % 2)
         cols.append(f"{{name: c{i}, sensor: {{patch: {{top: {top}, left: {left}, size: 20}}}}}}")
-    return f"protocol.circuit={{shared: true, columns: [{', '.join(cols)}]}}"
+    return f"protocol.circuit={{shared: {str(shared).lower()}, columns: [{', '.join(cols)}]}}"
 
 
-def _setup(n: int, batch: int, extra=()):
+def _setup(n: int, batch: int, extra=(), shared: bool = True):
     import colsim.models  # noqa: F401
     import colsim.protocols  # noqa: F401
     import colsim.rules  # noqa: F401
@@ -39,7 +40,7 @@ def _setup(n: int, batch: int, extra=()):
     from colsim.simulate import _seeded, keep_freed_memory
 
     keep_freed_memory()
-    cfg = resolve_run_config("columns", rule="backprop", overrides=[_circuit(n, batch), f"protocol.stream.batch={batch}",
+    cfg = resolve_run_config("columns", rule="backprop", overrides=[_circuit(n, batch, shared), f"protocol.stream.batch={batch}",
                                                                      *extra])
     world, column, rule, local, opt = build_run(cfg)
     stream = world.stream(batch, cfg.protocol.stream.episode_length, None, {})
@@ -70,13 +71,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     ns = [int(x) for x in args.ns.split(",")]
     runs = {n: _setup(n, args.batch, args.set) for n in ns}
+    loop_n = max(ns)
+    runs["loop"] = _setup(loop_n, args.batch, args.set, shared=False)
+    keys = [*ns, "loop"]
     for s in runs.values():
         for _ in range(3):
             _step(s)
-    times: dict[int, list[float]] = {n: [] for n in ns}
+    times: dict = {k: [] for k in keys}
     for r in range(args.steps):
-        for n in (ns if r % 2 == 0 else ns[::-1]):
-            times[n].append(_step(runs[n]))
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            times[k].append(_step(runs[k]))
     base = statistics.median(times[ns[0]]) / ns[0]
     print(f"shared-weights circuit, seqjepa_cnn on 20x20 patches, B = {args.batch}, backprop, "
           f"{args.steps} steps per N (median){' ' + ' '.join(args.set) if args.set else ''}")
@@ -86,6 +90,9 @@ def main(argv=None) -> int:
         m = statistics.median(times[n])
         ratio[n] = m / n / base
         print(f"{n:>3} {m:8.3f} {m / n:14.4f} {ratio[n]:14.3f}")
+    m = statistics.median(times["loop"])
+    print(f"per-column weights, a loop of {loop_n} forwards: step {m:.3f} s, column-step {m / loop_n:.4f} s, "
+          f"ratio {m / loop_n / base:.3f}")
     if 8 in ratio:
         ok = ratio[8] <= TARGET
         print(f"target: column-step at N = 8 <= {TARGET}x N = 1: {'met' if ok else 'NOT met'} ({ratio[8]:.3f})")

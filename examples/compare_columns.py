@@ -8,7 +8,10 @@ time, ``--threads`` torch threads each); a finished run folder is kept, so an in
 resumes. Read from each run's ``summary.json`` (``columns``: the in-run pooled 10-way probe of z_AGG per
 column and for the vote, colsim/_circuit_eval.py): the vote's accuracy, the mean of the single columns'
 accuracies, and their difference paired per seed — each as mean ± t-based 95 % CI half-width over seeds
-(colsim.analysis.compare.mean_ci), at step 0 (untrained) and at the end of training.
+(colsim.analysis.compare.mean_ci), at step 0 (untrained) and at the end of training. For reference
+(``--whole-view``, on by default) one column that sees the whole 32-px view: ``stationary`` with the
+``columns`` protocol's stream batch and length (the same world, probe sets and evaluation),
+``OUT/fullview_sS``.
 """
 from __future__ import annotations
 
@@ -33,7 +36,14 @@ def _finished(d: Path) -> bool:
 
 
 def run_one(protocol: str, seed: int, steps: int, out: Path, threads: int, extra: list[str]) -> Path:
-    d = out / f"{protocol}_s{seed}"
+    name = protocol
+    if protocol == "fullview":  # one column on the whole view, the columns protocol's stream and length
+        from colsim.config import load_protocol
+
+        p = load_protocol("columns")
+        steps = steps or sum(ph["steps"] for ph in p["phases"])
+        protocol, extra = "stationary", [*extra, "--set", f"protocol.stream.batch={p['stream']['batch']}"]
+    d = out / f"{name}_s{seed}"
     if _finished(d):
         return d
     if d.exists():  # an interrupted run: start it again
@@ -57,8 +67,8 @@ def _cell(values) -> str:
 def table(out: Path, protocols: list[str], seeds: list[int]) -> str:
     lines = [f"pooled 10-way linear probe of z_AGG (held-out images), mean ± 95 % CI half-width over seeds "
              f"{','.join(map(str, seeds))}; vote − single paired per seed\n",
-             "| protocol | after | n | vote | single column (mean of columns) | vote − single | wall s (mean) |",
-             "|---|---|---|---|---|---|---|"]
+             "| protocol | after | n | vote | single column (mean of columns) | vote − single |",
+             "|---|---|---|---|---|---|"]
     for protocol in protocols:
         sums = [json.loads((out / f"{protocol}_s{s}" / "summary.json").read_text()) for s in seeds
                 if _finished(out / f"{protocol}_s{s}")]
@@ -69,9 +79,12 @@ def table(out: Path, protocols: list[str], seeds: list[int]) -> str:
                 vote.append(acc[-1])
                 single.append(acc[:-1].mean())
             diff = [v - c for v, c in zip(vote, single)]
-            wall = f"{np.mean([s['wall_s'] for s in sums]):.0f}" if sums and i == -1 else ""
-            lines.append(f"| {protocol} | {label} | {len(sums)} | {_cell(vote)} | {_cell(single)} | {_cell(diff)} | "
-                         f"{wall} |")
+            lines.append(f"| {protocol} | {label} | {len(sums)} | {_cell(vote)} | {_cell(single)} | {_cell(diff)} |")
+    full = [json.loads((out / f"fullview_s{s}" / "summary.json").read_text()) for s in seeds
+            if _finished(out / f"fullview_s{s}")]
+    for label, i in (("step 0", 0), ("training", -1)) if full else ():
+        lines.append(f"| one column, whole view | {label} | {len(full)} | — | "
+                     f"{_cell(s['probe_acc_agg'][i] for s in full)} | — |")
     return "\n".join(lines)
 
 
@@ -84,12 +97,14 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--set", action="append", default=[], help="extra --set KEY=VALUE for every run")
+    ap.add_argument("--whole-view", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run one column on the whole view (stationary, same stream and length)")
     a = ap.parse_args(argv)
     protocols, seeds = a.protocols.split(","), [int(s) for s in a.seeds.split(",")]
+    runs = protocols + (["fullview"] if a.whole_view else [])
     extra = [x for kv in a.set for x in ("--set", kv)]
     with ThreadPoolExecutor(a.jobs) as ex:
-        for d in ex.map(lambda j: run_one(*j, a.steps, a.out, a.threads, extra), [(p, s) for p in protocols
-                                                                                    for s in seeds]):
+        for d in ex.map(lambda j: run_one(*j, a.steps, a.out, a.threads, extra), [(p, s) for p in runs for s in seeds]):
             print(f"{'done  ' if _finished(d) else 'FAILED'} {d}", flush=True)
     md = table(a.out, protocols, seeds)
     (a.out / "table.md").write_text(md + "\n")
