@@ -415,7 +415,10 @@ def validate(
     n = sum(p.numel() for p in column.trainable().values())
     console.print(f"[green]ok[/] {cfg.protocol.name}: {len(cfg.protocol.phases)} phases, {cfg.protocol.total_steps} "
                   f"steps · rule {cfg.rule.name}{' (layer-local)' if local else ''} · model {cfg.protocol.model} "
-                  f"({n / 1e6:.2f} M trainable parameters)")
+                  f"({n / 1e6:.2f} M trainable parameters)"
+                  + (f" · circuit of {len(c.columns)} columns ({'shared' if c.shared else 'per-column'} weights, "
+                     f"{sum(map(len, c.wiring.values()))} lateral links, vote {c.vote})"
+                     if (c := cfg.protocol.circuit) is not None else ""))
 
 
 @app.command("list")
