@@ -37,6 +37,12 @@ def build_run(cfg: RunConfig) -> Built:
     world = build_world(cfg)
     for j, ph in enumerate(cfg.protocol.phases):  # every phase's probe set can be drawn (classes, pool)
         world.check_phase(ph.classes, ph.world, pool=cfg.protocol.evaluation.pool, where=f"protocol.phases[{j}]")
+    if cfg.protocol.circuit is not None:  # several columns (issue 14): colsim/_build_circuit.py
+        from colsim._build_circuit import build_circuit, build_circuit_rule
+
+        column = build_circuit(cfg, world).to(cfg.device)
+        rule, local, opt_spec = build_circuit_rule(cfg.rule, column, build_rule, check_rule)
+        return Built(world, column, rule, local, build_optimizer(opt_spec, column))
     column = build_column(cfg, world).to(cfg.device)
     rule = build_rule(cfg.rule, column)
     local = check_rule(cfg.rule, rule, column)

@@ -389,6 +389,11 @@ def print_summary(s: dict) -> None:
             f"{lab} {g[k]:+.3f} ± {g.get(k + '_se') or float('nan'):.3f}" for k, lab in (
                 ("probe_acc_agg", "pooled z_AGG"), ("probe_acc_z", "pooled z"), ("equivariance_r2", "R²"),
                 ("prediction_loss", "prediction loss (decrease)")) if g.get(k) is not None))
+    c = s.get("columns")
+    if c and c.get("probe_acc_agg"):  # a circuit: the table above is the vote's
+        last, se = c["probe_acc_agg"][-1], c.get("probe_acc_agg_se", [[None] * len(c["names"])])[-1]
+        console.print("circuit (table: the vote) — pooled z_AGG at the last evaluation: " + " · ".join(
+            f"{n} {f(v)}" + (f" ± {e:.2f}" if e is not None else "") for n, v, e in zip(c["names"], last, se)))
 
 
 @app.command()
@@ -411,7 +416,10 @@ def validate(
     n = sum(p.numel() for p in column.trainable().values())
     console.print(f"[green]ok[/] {cfg.protocol.name}: {len(cfg.protocol.phases)} phases, {cfg.protocol.total_steps} "
                   f"steps · rule {cfg.rule.name}{' (layer-local)' if local else ''} · model {cfg.protocol.model} "
-                  f"({n / 1e6:.2f} M trainable parameters)")
+                  f"({n / 1e6:.2f} M trainable parameters)"
+                  + (f" · circuit of {len(c.columns)} columns ({'shared' if c.shared else 'per-column'} weights, "
+                     f"{sum(map(len, c.wiring.values()))} lateral links, vote {c.vote})"
+                     if (c := cfg.protocol.circuit) is not None else ""))
 
 
 @app.command("list")

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from colsim import registry
+from colsim._circuit_config import CircuitConfig, check_circuit_names
 
 __all__ = [
     "ConfigError", "Strict", "OptimizerConfig", "PhaseConfig", "StreamConfig", "EvaluationConfig",
@@ -200,6 +201,7 @@ class ProtocolConfig(Strict):
     # false: no phase learns (the negative control: forgetting must be 0 within its error), whatever
     # the phases say; `--set protocol.learn=false`
     learn: bool = True
+    circuit: Optional[CircuitConfig] = None  # several columns (colsim/_circuit_config.py); None: one column
 
     @property
     def total_steps(self) -> int:
@@ -214,8 +216,11 @@ class RunConfig(Strict):
     device: str = "cpu"
 
     def to_dict(self) -> dict:
+        proto = self.protocol.model_dump(mode="json")
+        if proto.get("circuit") is None:  # one column: the config reads as before circuits existed
+            proto.pop("circuit", None)
         return {
-            "protocol": self.protocol.model_dump(mode="json"),
+            "protocol": proto,
             "model": self.model.model_dump(mode="json"),
             "rule": self.rule.model_dump(mode="json"),
             "seed": self.seed,
@@ -341,6 +346,8 @@ def apply_override(doc: dict, assignment: str) -> None:
     except yaml.YAMLError:
         value = raw
     path = _parse_path(key.strip())
+    if path[0] == "circuit":  # shorthand: --set circuit.shared=false is protocol.circuit.shared
+        path.insert(0, "protocol")
     roots = ("protocol", "model", "rule", "seed", "device")
     if path[0] not in roots:
         raise ConfigError(f"--set {key}: must start with one of {', '.join(roots)} (e.g. protocol.stream.batch=16)")
@@ -426,6 +433,8 @@ def build_run_config(doc: dict, steps: Optional[int] = None) -> RunConfig:
     we = registry.lookup(registry.WORLDS, w["name"], "world")
     world_cfg = validate_as(we.config, w, "protocol.world")
     proto = proto.model_copy(update={"world": world_cfg.model_dump(mode="json")})
+    if proto.circuit is not None:
+        check_circuit_names(proto.circuit)
     for i, ph in enumerate(proto.phases):
         if ph.world:
             validate_as(we.config, {**proto.world, **ph.world}, f"protocol.phases[{i}].world")

@@ -9,6 +9,8 @@ engine="zarr")`` opens it directly:
   every evaluation and before every checkpoint, so the store on disk always holds every row up to
   the latest checkpoint. The most a hard kill (``kill -9``, power loss) can lose is the rows
   buffered since the last flush: at most ``flush_every`` rows, and never a row a checkpoint covers.
+  A circuit's per-column metrics (a value that is an array of length N) are (step, column) arrays,
+  labelled by the ``column`` coordinate given to :meth:`Recorder.set_columns`.
 * ``probe`` / ``evaluation`` — one slice per evaluation along ``eval`` (written with xarray).
 * root attributes — resolved config, seed, versions, git revision, device and ``status``. The
   status is ``interrupted`` from the start until the run ends (a run killed with ``kill -9``
@@ -54,6 +56,9 @@ class Recorder:
     def flush(self) -> None:
         pass
 
+    def set_columns(self, names: list[str]) -> None:
+        """Name the ``column`` dim of per-column metrics (a circuit's columns; called before the first record)."""
+
     def position(self) -> dict:
         """What is recorded so far (call after :meth:`flush`): ``{"rows": metric rows, "evals": {group: n}}``
         — stored in a checkpoint so a resumed run cuts the store back to it."""
@@ -88,7 +93,10 @@ class MemoryRecorder(Recorder):
         self.status: Optional[str] = None
 
     def record(self, step, values):
-        self.metrics.append((int(step), {sanitize(k): float(v) for k, v in values.items()}))
+        self.metrics.append((int(step), {sanitize(k): _value(v) for k, v in values.items()}))
+
+    def set_columns(self, names):
+        self.columns = list(names)
 
     def record_eval(self, group, data, coords, static=None):
         self.evals.setdefault(group, []).append({"data": data, "coords": coords})
@@ -106,6 +114,7 @@ class MemoryRecorder(Recorder):
         return {"rows": len(self.metrics), "evals": {g: len(v) for g, v in self.evals.items()}}
 
     def series(self, name: str) -> np.ndarray:
+        """(steps,) or (steps, column) for per-column metrics."""
         return np.array([m.get(name, np.nan) for _, m in self.metrics])
 
 
@@ -118,6 +127,7 @@ class ZarrRecorder(Recorder):
         self._buf: list[tuple[int, dict[str, float]]] = []
         self._n = 0  # rows written
         self._evals: dict[str, int] = {}  # group -> evaluations written
+        self._columns: Optional[list[str]] = None
         if attrs is None:  # reopen (ZarrRecorder.reopen)
             return
         self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
@@ -143,11 +153,14 @@ class ZarrRecorder(Recorder):
         rows = int(position.get("rows", 0))
         evals = {str(g): int(n) for g, n in (position.get("evals") or {}).items()}
         for k, a in self.metrics.arrays():
+            if (a.metadata.dimension_names or ("step",))[0] != "step":  # the column coordinate
+                self._columns = [str(x) for x in a[:]]
+                continue
             if a.shape[0] < rows:
                 raise ValueError(f"{self.path}: metrics/{k} holds {a.shape[0]} rows, the checkpoint says {rows} were "
                                  "written; the store is not this checkpoint's")
             if a.shape[0] != rows:
-                a.resize((rows,))
+                a.resize((rows, *a.shape[1:]))
         for g, _ in list(self.root.groups()):
             if g == "metrics":
                 continue
@@ -174,28 +187,48 @@ class ZarrRecorder(Recorder):
 
     # -------------------------------------------------------------- metrics
     def record(self, step: int, values: dict[str, float]) -> None:
-        self._buf.append((int(step), {sanitize(k): float(v) for k, v in values.items()}))
+        self._buf.append((int(step), {sanitize(k): _value(v) for k, v in values.items()}))
         if len(self._buf) >= self.flush_every:
             self.flush()
+
+    def set_columns(self, names: list[str]) -> None:
+        if self._columns is not None or "column" in set(self.metrics.array_keys()):
+            return
+        self._columns = [str(n) for n in names]
+        with _quiet():
+            a = self.metrics.create_array("column", shape=(len(names),), dtype=f"<U{max(len(n) for n in names)}",
+                                          dimension_names=["column"])
+            a[:] = np.array(self._columns)
+        self._consolidate()
 
     def flush(self) -> None:
         if not self._buf:
             return
         keys = sorted(set().union(*(v.keys() for _, v in self._buf)))
-        existing = set(self.metrics.array_keys())
+        existing = set(self.metrics.array_keys()) - {"column"}
+        width: dict[str, int] = {}  # per-column metrics: their number of columns
+        for _, v in self._buf:
+            width.update({k: x.shape[0] for k, x in v.items() if isinstance(x, np.ndarray)})
         for k in keys:
             if k not in existing:
-                self.metrics.create_array(k, shape=(self._n,), chunks=(8192,), dtype="float32",
-                                          fill_value=float("nan"), dimension_names=["step"])
+                w = width.get(k)
+                if w is not None and (self._columns is None or len(self._columns) != w):
+                    raise ValueError(f"metric {k!r} has {w} columns; call set_columns with their names first")
+                self.metrics.create_array(k, shape=(self._n,) if w is None else (self._n, w),
+                                          chunks=(8192,) if w is None else (8192, w), dtype="float32",
+                                          fill_value=float("nan"),
+                                          dimension_names=["step"] if w is None else ["step", "column"])
                 existing.add(k)
         n0, n1 = self._n, self._n + len(self._buf)
         cols = {"step": np.array([s for s, _ in self._buf], dtype=np.int64)}
-        cols.update({k: np.array([v.get(k, np.nan) for _, v in self._buf], dtype=np.float32)
-                     for k in sorted(existing - {"step"})})
+        for k in sorted(existing - {"step"}):
+            a = self.metrics[k]
+            nan = np.nan if a.ndim == 1 else np.full(a.shape[1:], np.nan)
+            cols[k] = np.array([v.get(k, nan) for _, v in self._buf], dtype=np.float32)
         for k, col in cols.items():  # rows n0:n1 of every array: a flush cut short and retried writes the same
             a = self.metrics[k]
             if a.shape[0] != n1:
-                a.resize((n1,))
+                a.resize((n1, *a.shape[1:]))
             a[n0:n1] = col
         self._n = n1
         self._buf.clear()
@@ -270,6 +303,13 @@ class _Exit:
     def __exit__(self, *exc):
         self.cm.__exit__(*exc)
         return False
+
+
+def _value(v: Any) -> "float | np.ndarray":
+    """A metric value: a float, or (N,) float64 for a per-column metric."""
+    if isinstance(v, (np.ndarray, list, tuple)):
+        return np.asarray(v, dtype=np.float64)
+    return float(v)
 
 
 def _jsonable(obj: Any) -> Any:

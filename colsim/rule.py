@@ -55,6 +55,7 @@ __all__ = [
     "partition",
     "chain",
     "masked",
+    "per_column",
     "loss_grads",
     "select",
 ]
@@ -190,6 +191,59 @@ def chain(*rules: Rule) -> Rule:
                 post_step if any(r.post_step for r in rules) else None,
                 boundary if any(r.boundary for r in rules) else None,
                 any(r.encoder_graph for r in rules))
+
+
+def per_column(rules: "dict[str, Rule]") -> Rule:
+    """One rule per column of a circuit with per-column weights (``colsim.column.Circuit``).
+
+    Column ``n``'s rule sees its own parameters under their column-local names (``c0.encoder.w`` ->
+    ``encoder.w``) and its own Trace (``trace["columns"][n]``, with the circuit's ``labels``); its
+    grads come back prefixed, its metrics as ``n/<key>`` (the store gives them a ``column`` dim).
+    """
+    items = list(rules.items())
+
+    def split(tree: dict) -> "dict[str, dict]":
+        out: dict = {n: {} for n, _ in items}
+        for k, v in tree.items():
+            head, _, rest = k.partition(".")
+            if head in out:
+                out[head][rest] = v
+        return out
+
+    def init(params):
+        sub = split(params)
+        return {n: r.init(sub[n]) for n, r in items}
+
+    def update(params, state, trace):
+        sub = split(params)
+        grads: Grads = {}
+        metrics: Metrics = {}
+        new_state = {}
+        for n, r in items:
+            tr = trace["columns"][n]
+            if "labels" in trace:
+                tr["labels"] = trace["labels"]
+            g, new_state[n], m = r.update(sub[n], state[n], tr)
+            grads.update({f"{n}.{k}": v for k, v in g.items()})
+            metrics.update({f"{n}/{k}": v for k, v in m.items()})
+        return grads, new_state, metrics
+
+    def post_step(params, state, delta):
+        sub, dsub = split(params), split(delta)
+        state, out = dict(state), dict(delta)
+        for n, r in items:
+            if r.post_step is not None:
+                d, state[n] = r.post_step(sub[n], state[n], dsub[n])
+                out.update({f"{n}.{k}": v for k, v in d.items()})
+        return out, state
+
+    def boundary(params, state, event):
+        sub = split(params)
+        return {n: r.boundary(sub[n], state[n], event) if r.boundary is not None else state[n] for n, r in items}
+
+    return Rule(init, update, frozenset().union(*(r.needs for _, r in items)),
+                post_step if any(r.post_step for _, r in items) else None,
+                boundary if any(r.boundary for _, r in items) else None)
 
 
 def masked(rule: Rule, patterns: "list[str] | str") -> Rule:

@@ -61,9 +61,12 @@ import numpy as np
 import torch
 
 from colsim.analysis.continual import bwt, forgetting, fwt
+from colsim._circuit_eval import (COLUMN_SUMMARY_KEYS, circuit_eval_data, circuit_probe_data,
+                                  circuit_scores)
 from colsim.build import lr_at
 from colsim.checkpoint import (prune_step_checkpoints, restore_like, rng_states, save_checkpoint, set_rng_states,
                                step_checkpoint_path)
+from colsim.column import Circuit
 from colsim.config import ProtocolConfig
 from colsim.device import autocast_context, host_to_device, pin_probe_set
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
@@ -258,9 +261,19 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     status = "completed"
     recording = protocol.record.enabled
 
-    frozen: dict = {}  # probe set j -> the task read-out fitted right after phase j (re-applied unchanged)
+    circ = column if isinstance(column, Circuit) else None  # several columns (issue 14)
+    entries = circ.names + ["vote"] if circ is not None else []
+    if circ is not None:
+        import json
+
+        recorder.set_columns(circ.names)
+        recorder.set_attrs(circuit=json.dumps(circ.describe()))
+    # probe set j -> the task read-out fitted right after phase j (re-applied unchanged); circuits: per entry k
+    frozen: dict = {} if circ is None else {k: {} for k in range(len(entries))}
     if resume is not None and resume.get("frozen_readouts"):
-        frozen = _readouts_from_tensors(resume["frozen_readouts"])
+        frozen = _readouts_from_tensors(resume["frozen_readouts"], circuit=circ is not None)
+        for k in range(len(entries)):
+            frozen.setdefault(k, {})
     eval_seconds = [0.0]
     last_ckpt: list[Optional[str]] = [None]
     stop = _SignalStop()
@@ -273,7 +286,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         save_checkpoint(path, step=step, phase=p_next, t=t_next, model=column.state_dict(),
                         optimizer=optimizer.state_dict(), rule_state=rstate, torch_rng=torch.get_rng_state(),
                         rng=rng_states(), stream_state=sstate, column_state=cstate, config=config_yaml,
-                        frozen_readouts=_readouts_to_tensors(frozen), evals=evals, recorder=recorder.position())
+                        frozen_readouts=_readouts_to_tensors(frozen, circuit=circ is not None), evals=evals, recorder=recorder.position())
         last_ckpt[0] = str(path)
 
     def evaluate(phase_name: str, phase_end: Optional[int] = None) -> None:
@@ -281,18 +294,27 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         recorder.flush()  # the store holds every metric row up to this evaluation
         with amp():
             emb = embed_probe_sets(column, probe_sets, ev.batch, device)
-        sc = probe_scores(emb, probe_sets, action_names, seed=seed, frozen=frozen)
-        if phase_end is not None:  # freeze this phase's read-out: its frozen cell is the task probe's
-            frozen[phase_end] = sc["readouts"][phase_end]
-            sc["frozen_acc"][phase_end], sc["frozen_acc_se"][phase_end] = sc["acc_agg"][phase_end], sc["acc_agg_se"][phase_end]
+        if circ is None:
+            per = [probe_scores(emb, probe_sets, action_names, seed=seed, frozen=frozen)]
+        else:  # every column and the vote (the last entry), each on its own
+            per = circuit_scores(emb, probe_sets, action_names, seed, frozen)
+        for e_k, sc in enumerate(per):
+            if phase_end is not None:  # freeze this phase's read-out: its frozen cell is the task probe's
+                (frozen if circ is None else frozen[e_k])[phase_end] = sc["readouts"][phase_end]
+                sc["frozen_acc"][phase_end], sc["frozen_acc_se"][phase_end] = sc["acc_agg"][phase_end], sc["acc_agg_se"][phase_end]
+        sc = per[-1]  # one column's, or the vote's: the summary's numbers
         k = len(evals)
-        evals.append({"phase": phase_name, "step": step, **{n: v for n, v in sc.items() if n != "readouts"}})
+        evals.append({"phase": phase_name, "step": step, **{n: v for n, v in sc.items() if n != "readouts"},
+                      **({f"col_{n}": np.array([p[n] for p in per], dtype=np.float64) for n in COLUMN_SUMMARY_KEYS}
+                         if circ is not None else {})})
         coords = {"eval": (("eval",), np.array([k])), "step": (("eval",), np.array([step], dtype=np.int64)),
                   "phase": (("eval",), np.array([phase_name], dtype="<U64")),
                   "probe_set": (("probe_set",), np.array(names, dtype="<U64")),
                   "action_dim": (("action_dim",), np.array(action_names, dtype="<U64")),
                   "block": (("block",), np.array([f"block{i}" for i in range(sc["block_pred_loss"].shape[1])],
                                                  dtype="<U64"))}
+        if circ is not None:
+            coords["column"] = (("column",), np.array(entries, dtype="<U64"))
         if protocol.record.probe:
             static = {
                 "actions": (("probe_set", "sample", "view", "action_dim"), np.stack([p.actions.numpy() for p in probe_sets])),
@@ -302,10 +324,15 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     arr = np.stack([p.labels[lab].numpy() for p in probe_sets])  # (P, N) or (P, N, V, ...)
                     static[f"label_{lab}"] = (("probe_set", *label_dims(lab, arr.ndim - 1)), arr)
             spk, spk_static = spiking_probe_arrays(emb)  # spike counts and a raster (spiking columns only)
-            recorder.record_eval("probe", {
+            zs = circuit_probe_data(emb) if circ is not None else {
                 "z": (("eval", "probe_set", "sample", "view", "unit"), emb.z[None].astype(np.float32)),
-                "z_agg": (("eval", "probe_set", "sample", "unit_agg"), emb.z_agg[None].astype(np.float32)), **spk,
-            }, {n: c for n, c in coords.items() if n != "block"}, {**static, **spk_static})
+                "z_agg": (("eval", "probe_set", "sample", "unit_agg"), emb.z_agg[None].astype(np.float32))}
+            recorder.record_eval("probe", {**zs, **spk}, {n: c for n, c in coords.items() if n != "block"},
+                                 {**static, **spk_static})
+        if circ is not None:
+            recorder.record_eval("evaluation", circuit_eval_data(per, EVAL_SET_KEYS, EVAL_SCALAR_KEYS), coords)
+            eval_seconds[0] += time.perf_counter() - te
+            return
         data = {}
         for n in EVAL_SET_KEYS:
             data[n] = (("eval", "probe_set"), np.asarray(sc[n], dtype=np.float64)[None])
@@ -357,7 +384,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     with amp():
                         # 2. column forward
                         cstate, trace = column(cstate, obs, action, start, local=local, **graph_kw)
-                        trace["labels"] = st.labels  # world truth, for rule diagnostics only (replay's class histogram)
+                        # world truth, for rule diagnostics only (replay's class histogram); laid out like the trace
+                        trace["labels"] = st.labels if circ is None else circ.batch_labels(st.labels)
                         # 3. rule update
                         grads, rstate, rm = rule.update(params, rstate, trace)
                     if cast_grads:  # a local rule's -dW computed in bf16 / fp16: the optimizer steps in float32
@@ -377,7 +405,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                             terms += [f"grad:{n}" for n in nf[:5]] + ([f"grad:+{len(nf) - 5} more"] if len(nf) > 5
                                                                         else []) if not terms else ["grads"]
                         diverged = {"step": step, "phase": ph.name, "terms": terms}
-                        recorder.record(step, {k: v for k, v in metrics.items()})
+                        recorder.record(step, _circuit_metrics(circ, trace, metrics) if circ is not None else
+                                        {k: v for k, v in metrics.items()})
                         break
                     # 5. optimizer step (the single mutation point)
                     for g in optimizer.param_groups:
@@ -396,13 +425,14 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     metrics.update({k: float("nan") for k in metrics if k == "loss" or k.startswith("loss.")})
                 # 7. record
                 if recording and step % protocol.record.metrics_every == 0:
-                    metrics.update(collapse_diagnostics(trace["z"], "z"))
-                    metrics.update(collapse_diagnostics(trace["z_agg"], "zagg", trace.get("valid")))
+                    if circ is None:
+                        metrics.update(collapse_diagnostics(trace["z"], "z"))
+                        metrics.update(collapse_diagnostics(trace["z_agg"], "zagg", trace.get("valid")))
                     metrics.update(column.diagnostics())
                     dt = time.perf_counter() - ts
                     rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
                     metrics["steps_per_s"] = rate
-                    recorder.record(step, metrics)
+                    recorder.record(step, metrics if circ is None else _circuit_metrics(circ, trace, metrics))
                 elif not recording:
                     dt = time.perf_counter() - ts
                     rate = 1.0 / dt if rate is None else 0.9 * rate + 0.1 / max(dt, 1e-9)
@@ -442,7 +472,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         if frozen_gc:
             gc.unfreeze()
     wall = time.perf_counter() - t0
-    summary = make_summary(evals, names, step, wall, status, at_start=ev.at_start)
+    summary = make_summary(evals, names, step, wall, status, at_start=ev.at_start, columns=entries or None)
     summary["eval_s"] = round(eval_seconds[0], 3)
     summary["eval_share"] = round(eval_seconds[0] / wall, 4) if wall > 0 else None
     if diverged is not None:
@@ -529,15 +559,44 @@ READOUTS = {"": ("acc_agg", True), "seen_": ("seen_acc", True), "frozen_": ("fro
             "prediction_": ("prediction_loss", False)}
 
 
-def _readouts_to_tensors(frozen: dict) -> dict:
-    """Frozen read-outs as plain tensors (checkpoints load with ``weights_only=True``)."""
+def _circuit_metrics(circ: Circuit, trace, metrics: dict) -> dict:
+    """A circuit's metric row: ``loss`` (column,) each column's prediction loss, ``loss_circuit`` what the rule
+    minimised, collapse diagnostics per column (``z_*`` over its B streams), and every ``<column>/<key>``
+    (per-column rules' metrics, per-column models' diagnostics) as a (column,) array."""
+    out = dict(metrics)
+    if "loss" in out:
+        out["loss_circuit"] = out.pop("loss")
+    if "loss_pred" in trace:
+        out["loss"] = circ.column_losses(trace)
+    if "z" in trace:
+        N = circ.n
+        z, za = trace["z"].detach().view(N, -1, trace["z"].shape[-1]), trace["z_agg"].detach().view(N, -1, trace["z_agg"].shape[-1])
+        valid = trace["valid"].view(N, -1) if "valid" in trace else None
+        for i, n in enumerate(circ.names):
+            out.update({f"{n}/{k}": v for k, v in collapse_diagnostics(z[i], "z").items()})
+            out.update({f"{n}/{k}": v for k, v in collapse_diagnostics(za[i], "zagg", None if valid is None
+                                                                         else valid[i]).items()})
+    return circ.group_metrics(out)
+
+
+def _readouts_to_tensors(frozen: dict, circuit: bool = False) -> dict:
+    """Frozen read-outs as plain tensors (checkpoints load with ``weights_only=True``); a circuit's under
+    ``"<entry>:<probe set>"``."""
+    if circuit:
+        return {f"{k}:{j}": v for k, fr in frozen.items() for j, v in _readouts_to_tensors(fr).items()}
     return {str(j): {f: torch.as_tensor(np.asarray(getattr(r, f))) for f in r._fields}
             for j, r in frozen.items() if r is not None}
 
 
-def _readouts_from_tensors(d: dict) -> dict:
+def _readouts_from_tensors(d: dict, circuit: bool = False) -> dict:
     from colsim.analysis.probes import LinearReadout
 
+    if circuit:
+        out: dict = {}
+        for key, r in d.items():
+            k, j = (int(x) for x in key.split(":"))
+            out.setdefault(k, {})[j] = LinearReadout(**{f: v.cpu().numpy() for f, v in r.items()})
+        return out
     return {int(j): LinearReadout(**{f: v.cpu().numpy() for f, v in r.items()}) for j, r in d.items()}
 
 
@@ -573,7 +632,8 @@ def _continual(evals: list[dict], names: list[str], key: str, higher_better: boo
     return out
 
 
-def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, status: str, at_start: bool) -> dict:
+def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, status: str, at_start: bool,
+                 columns: Optional[list[str]] = None) -> dict:
     """summary.json. Matrices have rows = evaluations (init first when present) and columns = probe
     sets, each with a ``_se`` twin: ``accuracy_matrix`` (task probe on z_AGG), ``seen_matrix``,
     ``frozen_matrix``, ``prediction_loss_matrix``. For each read-out, forgetting / BWT / FWT on its
@@ -612,5 +672,8 @@ def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, s
                 gain[f"{key}_se"] = _f(math.sqrt((se[-1] or 0.0) ** 2 + (se[0] or 0.0) ** 2)) \
                     if se[0] is not None and se[-1] is not None else None
     out["gain"] = gain
+    if columns:  # a circuit: the matrices above are the vote's; pooled accuracies per column and the vote
+        out["columns"] = {"names": list(columns), **{k: [[_f(x) for x in np.asarray(e[f"col_{k}"])] for e in evals]
+                                                      for k in COLUMN_SUMMARY_KEYS if all(f"col_{k}" in e for e in evals)}}
     out.update({"steps": int(steps), "wall_s": round(float(wall), 3), "status": status})
     return out

@@ -62,6 +62,7 @@ class WorldSpec(NamedTuple):
     action_dim: int
     action_names: tuple[str, ...]
     num_classes: int
+    channel_names: tuple[str, ...] = ()  # names of the obs channels where a world gives them (a sensor may pick one)
 
 
 def tree_map(fn, tree: PyTree) -> PyTree:

@@ -54,6 +54,13 @@ statistics, as evaluation does, and leaves them unchanged: the initial mean 0 / 
 fresh column (the parameter-free norms are then the identity) or those of a checkpoint trained
 with batches. Training and evaluation then normalise the same way.
 
+Lateral context (circuits, issue 14; ``lateral: true``, set by a circuit's wiring): a column that
+reads other columns gets ``context`` (B, D+E), the mean of their z_AGG at t-1 (``colsim.column.Circuit``),
+projected by a learned linear map P (D+E -> D+E) into one extra aggregator token after the window
+(padded out where the stream has no context: the first view of an episode, or nothing to read yet), so
+z_AGG = g([AGG]; u_1..u_c, P context). Only the aggregator sees it: the encoder's z stays a function of
+the column's own sensor. ``embed`` takes the same ``context`` per episode.
+
 Offline paper-style training is the special case "episodes of length M+1, learn on the last
 step". With ``action_conditioning=False`` (the paper's ablation) e(a) is dropped from the
 tokens and the predictor.
@@ -116,6 +123,9 @@ class SeqJepaConfig(Strict):
     # torch.compile (inductor, static shapes) on the online and target encoders: ~5 % faster ResNet-18
     # steps on CPU after a one-off compilation (benchmarks/bench_step.py --compile); needs a C++ compiler
     compile: bool = False
+    # lateral input (circuits, issue 14): other columns' z_AGG of the previous tick enters the aggregator as one
+    # more token through a learned projection (module docstring, "Lateral context"); set by a circuit's wiring
+    lateral: bool = False
 
     def device_defaults(self, device: str) -> dict:
         """The values of the device-dependent fields when left unset (filled by colsim.device)."""
@@ -143,6 +153,7 @@ class SeqJepaConfig(Strict):
 
 
 class SeqJepaColumn(AbstractColumn):
+    accepts_context = True  # with cfg.lateral (circuits' lateral wiring)
     provides = frozenset({"z", "z_agg", "z_hat", "z_target", "valid", "loss_pred", "layers", "layers_prev",
                           "local", "loss", "loss_jepa", "loss_reg", "reg", "inputs"})
 
@@ -157,7 +168,7 @@ class SeqJepaColumn(AbstractColumn):
         self.dim, self.action_dim = D, E
         self.window = cfg.window
         self.action_embed = ActionEmbed(spec.action_dim, E) if cfg.action_conditioning else None
-        self.aggregator = build_aggregator(cfg.aggregator, D + E, cfg.window)
+        self.aggregator = build_aggregator(cfg.aggregator, D + E, cfg.window + (1 if cfg.lateral else 0))
         self.predictor = build_predictor(cfg.predictor, D + E, E, D)
         self.symmetric = cfg.teacher.kind == "symmetric"
         self.reverse_flag = None
@@ -184,6 +195,8 @@ class SeqJepaColumn(AbstractColumn):
         self._last: dict[str, Tensor] = {}  # detached scalars of the last training forward (diagnostics)
         self._predicted: Optional[Tensor] = None  # () bool: some stream had a context in the last forward
         self._norm_modules: Optional[list[nn.Module]] = None  # BatchNorm layers + action embedding (batch 1)
+        # made last, so a column without lateral input draws the same initial parameters as before circuits
+        self.lateral = nn.Linear(D + E, D + E) if cfg.lateral else None  # P: context (B, D+E) -> token (B, D+E)
 
     # ------------------------------------------------------------------ state
     def init_state(self, batch: int, device) -> dict:
@@ -314,17 +327,40 @@ class SeqJepaColumn(AbstractColumn):
 
     # ------------------------------------------------------------------ forward
     def forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
-                encoder_graph: bool = True):
+                encoder_graph: bool = True, context: Optional[Tensor] = None,
+                context_valid: Optional[Tensor] = None):
         """See the module docstring. obs (B, C, H, W), action (B, A), start (B,) -> (state, Trace).
         ``local`` with ``encoder_graph=False`` (sparse coding): the current view's encoder pass builds no
-        autograd graph, unless a regulariser on ``z`` reaches the encoder through it."""
+        autograd graph, unless a regulariser on ``z`` reaches the encoder through it.
+        ``context`` (B, D+E), ``context_valid`` (B,) bool: lateral input (needs ``cfg.lateral``)."""
         if self.training and obs.shape[0] == 1:  # batch 1: no batch statistics (module docstring)
             with self._running_stats():
-                return self._forward(state, obs, action, start, local, encoder_graph)
-        return self._forward(state, obs, action, start, local, encoder_graph)
+                return self._forward(state, obs, action, start, local, encoder_graph, context, context_valid)
+        return self._forward(state, obs, action, start, local, encoder_graph, context, context_valid)
+
+    def _lateral_token(self, context: Optional[Tensor], context_valid: Optional[Tensor], B: int, like: Tensor
+                       ) -> "Optional[tuple[Tensor, Tensor]]":
+        """(token (B, D+E), pad (B,) True = no context) for the aggregator, or None without lateral input."""
+        if self.lateral is None:
+            if context is not None:
+                raise ValueError("this column was built without lateral input (model.lateral: false); a circuit's "
+                                 "wiring sets it")
+            return None
+        if context is None:  # nothing to read (yet): an empty, masked slot
+            return like.new_zeros(B, self.lateral.out_features), torch.ones(B, dtype=torch.bool, device=like.device)
+        ok = torch.ones(B, dtype=torch.bool, device=like.device) if context_valid is None else context_valid
+        return self.lateral(context), ~ok
+
+    def _aggregate(self, tokens: Tensor, pad: Tensor, lat: "Optional[tuple[Tensor, Tensor]]") -> Tensor:
+        """tokens (B, M, D+E), pad (B, M) [+ the lateral token and its pad] -> z_AGG (B, D+E)."""
+        if lat is not None:
+            tokens = torch.cat([tokens, lat[0].unsqueeze(1)], dim=1)  # (B, M+1, D+E)
+            pad = torch.cat([pad, lat[1].unsqueeze(1)], dim=1)  # (B, M+1)
+        return self.aggregator(tokens, pad)
 
     def _forward(self, state: dict, obs: Tensor, action: Tensor, start: Tensor, local: bool = False,
-                 encoder_graph: bool = True):
+                 encoder_graph: bool = True, context: Optional[Tensor] = None,
+                 context_valid: Optional[Tensor] = None):
         count = torch.where(start, torch.zeros_like(state["count"]), state["count"])  # (B,)
         valid = count > 0  # (B,) a prediction of obs exists
         B = obs.shape[0]
@@ -340,7 +376,8 @@ class SeqJepaColumn(AbstractColumn):
         z_in = z_ctx.detach() if local else z_ctx  # (B, M, D) what the aggregator sees
         emb = self._action_emb(state["act"], count)  # (B, M, E) or None
         tokens, pad, a_last = self._tokens(z_in, emb, count)
-        z_agg = self.aggregator(tokens, pad)  # (B, D+E)
+        lat = self._lateral_token(context, context_valid, B, z_in)
+        z_agg = self._aggregate(tokens, pad, lat)  # (B, D+E)
         z_hat = self.predictor(z_agg, a_last)  # (B, D)
 
         # current view
@@ -364,7 +401,7 @@ class SeqJepaColumn(AbstractColumn):
         if self.symmetric:  # backward in time: x_t .. x_{t-c+1} predict x_{t-c}
             with self._quiet():
                 tokens_r, a_first = self._tokens_reversed(z_in, z.detach() if local else z, emb, count)
-                z_hat_r = self.predictor(self.aggregator(tokens_r, pad), a_first)  # (B, D)
+                z_hat_r = self.predictor(self._aggregate(tokens_r, pad, lat), a_first)  # (B, D)
             z_target_r = z_ctx[:, 0].detach()  # (B, D) sg(f(x_{t-c}))
             loss_pred_r = 1.0 - F.cosine_similarity(z_hat_r, z_target_r, dim=-1)  # (B,)
             per_stream = 0.5 * (loss_pred + loss_pred_r)
@@ -394,23 +431,26 @@ class SeqJepaColumn(AbstractColumn):
                 [l.detach() for l in l_ctx] if l_ctx else [l.new_zeros(B, M, l.shape[-1]) for l in layers])
             new_state["z_cache"] = self._push(z_base, count, z.detach())
             new_state["l_cache"] = [self._push(lb, count, l.detach()) for lb, l in zip(l_base, layers)]
+        inputs = {"obs_ctx": state["obs"], "act_ctx": state["act"], "count": count, "obs": obs, "action": action}
+        if context is not None:
+            inputs.update(context=context, context_valid=context_valid)
         trace = Trace(z=z, z_agg=z_agg, z_hat=z_hat, z_target=z_target, valid=valid, loss_pred=loss_pred,
                       loss=loss, loss_jepa=loss_jepa, loss_reg=loss_reg, reg=reg_terms, layers=layers,
-                      layers_prev=layers_prev, local=torch.tensor(local), **extra,
-                      inputs={"obs_ctx": state["obs"], "act_ctx": state["act"], "count": count, "obs": obs,
-                              "action": action})
+                      layers_prev=layers_prev, local=torch.tensor(local), **extra, inputs=inputs)
         return new_state, trace
 
     def forward_inputs(self, inputs: dict, local: bool = False):
         """Re-run a forward from recorded ``trace["inputs"]`` (replay): returns the Trace."""
         state = {"obs": inputs["obs_ctx"], "act": inputs["act_ctx"], "count": inputs["count"]}
         start = torch.zeros_like(inputs["count"], dtype=torch.bool)
-        _, trace = self(state, inputs["obs"], inputs["action"], start, local=local)
+        _, trace = self(state, inputs["obs"], inputs["action"], start, local=local, context=inputs.get("context"),
+                        context_valid=inputs.get("context_valid"))
         return trace
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def embed(self, obs: Tensor, actions: Tensor) -> dict[str, Tensor]:
+    def embed(self, obs: Tensor, actions: Tensor, context: Optional[Tensor] = None,
+              context_valid: Optional[Tensor] = None) -> dict[str, Tensor]:
         """obs (N, V, C, H, W), actions (N, V, A) -> one encoder pass over all views, then
 
         * ``z`` (N, V, D) and ``z_agg`` (N, D+E) of the first c = min(M, V) views;
@@ -421,6 +461,9 @@ class SeqJepaColumn(AbstractColumn):
           ``1 - cos(z_hat, sg(z~))`` with the training target (EMA teacher, else the encoder);
           the prediction part only (no regulariser), NaN when V < 2;
         * ``layers`` [(N, V, C_l)]: pooled block outputs of every view (for per-block local losses).
+
+        ``context`` (N, D+E), ``context_valid`` (N,): lateral input of every episode (a circuit's wiring;
+        needs ``cfg.lateral``).
         """
         N, V = obs.shape[:2]
         flat = obs.reshape(N * V, *obs.shape[2:])
@@ -429,8 +472,9 @@ class SeqJepaColumn(AbstractColumn):
         c = min(self.window, V)
         count = torch.full((N,), c, dtype=torch.long, device=obs.device)
         tokens, pad, a_last = self._tokens(z[:, :c], self._action_emb(actions[:, :c], count), count)
+        lat = self._lateral_token(context, context_valid, N, z)
         with self._quiet():
-            z_agg = self.aggregator(tokens, pad)
+            z_agg = self._aggregate(tokens, pad, lat)
             z_hat_next = self.predictor(z_agg, a_last)  # (N, D) prediction of view c under a_{c-1}
         out = {"z": z, "z_agg": z_agg, "z_hat_next": z_hat_next, "layers": [l.view(N, V, -1) for l in layers]}
         cp = min(self.window, V - 1)
@@ -442,7 +486,7 @@ class SeqJepaColumn(AbstractColumn):
             count_p = torch.full((N,), cp, dtype=torch.long, device=obs.device)
             tokens_p, pad_p, a_last = self._tokens(z[:, :cp], self._action_emb(actions[:, :cp], count_p), count_p)
             with self._quiet():
-                z_agg_p = self.aggregator(tokens_p, pad_p)
+                z_agg_p = self._aggregate(tokens_p, pad_p, lat)
         with self._quiet():
             z_hat = self.predictor(z_agg_p, a_last)  # (N, D) prediction of view cp
         if self.target_encoder is not None:

@@ -140,7 +140,7 @@ class Objects3D(World):
         labels = torch.as_tensor(self.packed.labels)  # (M,) class of every instance row
         self.spec = WorldSpec(obs_shape=(2 if cfg.depth else 1, cfg.image_size, cfg.image_size),
                               action_dim=len(_ACTION_NAMES[cfg.action]), action_names=_ACTION_NAMES[cfg.action],
-                              num_classes=K)
+                              num_classes=K, channel_names=("luminance", "depth") if cfg.depth else ("luminance",))
         # instance rows (n,) of each pool, disjoint, covering all instances; and their classes
         self.train_index, self.validation_index, self.probe_index = split_pools(
             labels, K, cfg.probe_fraction, cfg.validation_fraction, cfg.split_seed)
