@@ -239,7 +239,8 @@ def equivariance_r2(z_a: np.ndarray, z_b: np.ndarray, actions: np.ndarray, probe
         return {"r2": float("nan"), "per_dim": {n: float("nan") for n, k in zip(names, keep) if k},
                 "dropped": dropped, "probe": probe}
     mu, sd = (ytr.mean(0), ytr.std(0)) if probe == "mlp" else (0.0, 1.0)
-    model.fit(xtr, (ytr - mu) / sd)
+    yfit = (ytr - mu) / sd  # (n, A); one column -> (n,), as sklearn's MLPRegressor expects
+    model.fit(xtr, yfit[:, 0] if yfit.shape[1] == 1 else yfit)
     pred = model.predict(xte).reshape(len(te), -1) * sd + mu
     per = r2_score(yte, pred, multioutput="raw_values")
     used = [n for n, k in zip(names, keep) if k]
