@@ -287,8 +287,7 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
                 raise ConfigError(f"{what} {run_dir}: no config.yaml; not a colsim run folder") from None
             _load_plugins()
             cfg = build_run_config(load_yaml_text(config_yaml, str(run_dir / "config.yaml")))
-            ends = [sum(p.steps for p in cfg.protocol.phases[:k + 1]) for k in range(len(cfg.protocol.phases))]
-            path = latest_checkpoint(run_dir / "checkpoints", ends)
+            path = latest_checkpoint(run_dir / "checkpoints", cfg.protocol.phase_end_steps)
             if path is None:
                 raise ConfigError(f"{what} {run_dir}: no checkpoint in checkpoints/ (runs are checkpointed at phase "
                                   "ends and every protocol.checkpoint.every steps); start it again instead")

@@ -14,6 +14,7 @@ e.g. ``protocol.phases[2].steps: must be > 0``.
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -206,6 +207,11 @@ class ProtocolConfig(Strict):
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases)
+
+    @property
+    def phase_end_steps(self) -> list[int]:
+        """Steps done at the end of each phase (the ordering of phase checkpoints)."""
+        return list(itertools.accumulate(p.steps for p in self.phases))
 
 
 class RunConfig(Strict):

@@ -185,8 +185,7 @@ def load_column(run_dir: "str | Path", *, device: str = "cpu", column: Optional[
     cfg = build_run_config(raw).model_copy(update={"device": device})
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LoadError(f"device={device!r}: CUDA is not available on this machine; use device='cpu'")
-    ends = [sum(p.steps for p in cfg.protocol.phases[:k + 1]) for k in range(len(cfg.protocol.phases))]
-    path = latest_checkpoint(run_dir / "checkpoints", ends)
+    path = latest_checkpoint(run_dir / "checkpoints", cfg.protocol.phase_end_steps)
     if path is None:
         raise LoadError(f"{run_dir}: no checkpoint in checkpoints/ (every run writes one per phase end); rerun it "
                         "or restore its checkpoints/ folder")
