@@ -79,6 +79,9 @@ def _ridge_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: 
     y2 = y.reshape(len(y), -1)
     scores = np.zeros(len(RIDGE_ALPHAS))
     for tr, va in folds:
+        if len(va) < 2:  # R² is undefined on one item: NaN, as r2_score gives (without its warning)
+            scores += np.nan
+            continue
         mx, my = x[tr].mean(0), y2[tr].mean(0)
         xc = x[tr] - mx
         e, V = np.linalg.eigh(xc.T @ xc)  # (d,), (d, d)
