@@ -3,8 +3,6 @@ t-1 lateral wiring, per-column rules, the store's column dim, a run end to end a
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import torch
 import xarray as xr
 from typer.testing import CliRunner
 
+from _signals import invoke_with_signal_at_update
 from _tiny import TINY
 from colsim.cli import app
 from colsim.column import Circuit, vote
@@ -277,22 +276,11 @@ def test_two_column_run_end_to_end_store_has_a_column_dim(tmp_path):
 def test_circuit_resume_in_place_matches_the_uninterrupted_run(tmp_path, monkeypatch):
     """SIGTERM mid-phase in a shared-weights circuit with lateral wiring (its t-1 z_AGG is column state)
     and per-entry frozen read-outs: `colsim run --resume` ends equal to the uninterrupted run."""
-    import colsim.simulate as S
 
     args = ["run", "stationary", "--steps", "8", "--seed", "1", "--quiet", *SETS, "--set", PAIR % "true"]
     full, part = tmp_path / "full", tmp_path / "part"
     assert runner.invoke(app, [*args, "--out", str(full)]).exit_code == 0
-    calls, apply = [0], S.apply_update
-
-    def signalled_apply(*a, **kw):
-        calls[0] += 1
-        if calls[0] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return apply(*a, **kw)
-
-    monkeypatch.setattr(S, "apply_update", signalled_apply)
-    res = runner.invoke(app, [*args, "--out", str(part)])
-    monkeypatch.setattr(S, "apply_update", apply)
+    res = invoke_with_signal_at_update(runner, app, [*args, "--out", str(part)], monkeypatch, at=5)
     assert res.exit_code == 143, res.output
     ck = torch.load(part / "checkpoints" / "step00000005.pt", weights_only=True)
     assert ck["column_state"]["z_prev"].shape[:2] == (2, 8)  # the t-1 z_AGG travels with the checkpoint

@@ -21,6 +21,7 @@ import torch
 import xarray as xr
 import zarr
 
+from _signals import invoke_with_signal_at_update
 from _tiny import TINY
 from colsim.cli import _lock
 from colsim.config import ConfigError, Strict
@@ -131,24 +132,12 @@ def test_signal_stops_at_a_step_boundary_and_resume_in_place_matches(tmp_path, m
     mid-phase and ends with the uninterrupted run's summary, store and parameters."""
     from typer.testing import CliRunner
 
-    import colsim.simulate as S
     from colsim.cli import app
 
     runner = CliRunner()
     full, part = tmp_path / "full", tmp_path / "part"
     assert runner.invoke(app, [*RUN, "--out", str(full)]).exit_code == 0
-    calls = [0]
-    apply = S.apply_update
-
-    def signalled_apply(*a, **kw):
-        calls[0] += 1
-        if calls[0] == 10:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return apply(*a, **kw)
-
-    monkeypatch.setattr(S, "apply_update", signalled_apply)
-    res = runner.invoke(app, [*RUN, "--out", str(part)])
-    monkeypatch.setattr(S, "apply_update", apply)
+    res = invoke_with_signal_at_update(runner, app, [*RUN, "--out", str(part)], monkeypatch, at=10)
     assert res.exit_code == 143, res.output
     assert f"colsim run --resume {part}" in " ".join(res.output.split())
     assert json.loads((part / "summary.json").read_text())["status"] == "interrupted"
@@ -320,7 +309,6 @@ def test_divergence_after_resume_matches_uninterrupted(tmp_path, monkeypatch):
     keeps every record from before and after the resume — equal to the uninterrupted run's."""
     from typer.testing import CliRunner
 
-    import colsim.simulate as S
     from colsim import registry
     from colsim.cli import app
 
@@ -332,17 +320,7 @@ def test_divergence_after_resume_matches_uninterrupted(tmp_path, monkeypatch):
                                      "protocol.checkpoint.every=2"] for a in ("--set", s)]]
         full, part = tmp_path / "full", tmp_path / "part"
         assert runner.invoke(app, [*args, "--out", str(full)]).exit_code == 1
-        calls, apply = [0], S.apply_update
-
-        def signalled_apply(*a, **kw):
-            calls[0] += 1
-            if calls[0] == 5:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return apply(*a, **kw)
-
-        monkeypatch.setattr(S, "apply_update", signalled_apply)
-        assert runner.invoke(app, [*args, "--out", str(part)]).exit_code == 143
-        monkeypatch.setattr(S, "apply_update", apply)
+        assert invoke_with_signal_at_update(runner, app, [*args, "--out", str(part)], monkeypatch, at=5).exit_code == 143
         assert latest_checkpoint(part / "checkpoints", [3, 6, 9, 12, 15]).name == "step00000005.pt"
         res = runner.invoke(app, ["run", "--resume", str(part)])
         assert res.exit_code == 1 and "run diverged" in res.output
@@ -369,24 +347,13 @@ def test_stateful_rules_resume_mid_phase_bit_for_bit(tmp_path, monkeypatch, spec
     the uninterrupted one (~40 s each, 2 shared cores at load ~18)."""
     from typer.testing import CliRunner
 
-    import colsim.simulate as S
     from colsim.cli import app
 
     runner = CliRunner()
     args = [*RUN[:2], "--rule", spec, *RUN[4:], *extra]
     full, part = tmp_path / "full", tmp_path / "part"
     assert runner.invoke(app, [*args, "--out", str(full)]).exit_code == 0
-    calls, apply = [0], S.apply_update
-
-    def signalled_apply(*a, **kw):
-        calls[0] += 1
-        if calls[0] == at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return apply(*a, **kw)
-
-    monkeypatch.setattr(S, "apply_update", signalled_apply)
-    res = runner.invoke(app, [*args, "--out", str(part)])
-    monkeypatch.setattr(S, "apply_update", apply)
+    res = invoke_with_signal_at_update(runner, app, [*args, "--out", str(part)], monkeypatch, at=at, sig=signal.SIGINT)
     assert res.exit_code == 130, res.output
     assert (part / "checkpoints" / f"step{at:08d}.pt").is_file()
     res = runner.invoke(app, ["run", "--resume", str(part), "--quiet"])
