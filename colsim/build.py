@@ -8,7 +8,8 @@ rule's detached forward cuts off).
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, NamedTuple
+import math
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -143,7 +144,8 @@ def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> "torch.optim.Opti
             kind = hp["name"] or o.name
             decay = [p for n, p in part.items() if not getattr(p, "_no_weight_decay", False)]
             no_decay = [p for n, p in part.items() if getattr(p, "_no_weight_decay", False)]
-            base = {"lr": hp["lr"], "initial_lr": hp["lr"], "warmup_steps": hp["warmup_steps"]}
+            base = {"lr": hp["lr"], "initial_lr": hp["lr"], "warmup_steps": hp["warmup_steps"],
+                    "schedule": hp["schedule"], "min_lr": min(o.min_lr, hp["lr"])}
             if kind in ("adam", "adamw"):
                 base["betas"] = o.betas
             if kind == "sgd":
@@ -204,7 +206,8 @@ def _override_split(o: OptimizerConfig, params: dict) -> list[tuple[dict, dict]]
 
     A pattern that matches none of the rule's parameters is an error (a typo would otherwise
     silently leave the defaults in place)."""
-    default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps, "name": None}
+    default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps, "schedule": o.schedule,
+               "name": None}
     taken: set[str] = set()
     out = []
     for pat, ov in o.groups.items():
@@ -220,9 +223,19 @@ def _override_split(o: OptimizerConfig, params: dict) -> list[tuple[dict, dict]]
     return out
 
 
-def lr_at(group: dict, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` then constant."""
+def lr_at(group: dict, step: int, total: Optional[int] = None) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of a run of ``total`` steps.
+
+    Linear warm-up over ``warmup_steps``; then the ``schedule``: ``constant`` (the initial rate)
+    or ``cosine`` (half a cosine from the initial rate at the warm-up's end to ``min_lr`` at step
+    ``total - 1``; seq-JEPA's reference training, Ghaemi et al. 2025). A function of the step
+    alone, so a resumed run continues the same schedule."""
     w = group.get("warmup_steps", 0)
+    lr0 = group["initial_lr"]
     if w and step < w:
-        return group["initial_lr"] * (step + 1) / w
-    return group["initial_lr"]
+        return lr0 * (step + 1) / w
+    if group.get("schedule", "constant") == "cosine" and total is not None and total - 1 > w:
+        lo = group.get("min_lr", 0.0)
+        frac = min(1.0, (step - w) / (total - 1 - w))
+        return lo + 0.5 * (lr0 - lo) * (1.0 + math.cos(math.pi * frac))
+    return lr0

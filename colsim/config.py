@@ -133,6 +133,7 @@ class GroupOverride(Strict):
     lr: Optional[float] = Field(None, gt=0)
     weight_decay: Optional[float] = Field(None, ge=0)
     warmup_steps: Optional[int] = Field(None, ge=0)
+    schedule: Optional[Literal["constant", "cosine"]] = None
     name: Optional[Literal["adamw", "adam", "sgd"]] = None  # optimizer kind for these parameters (colsim/build.py)
 
 
@@ -143,6 +144,10 @@ class OptimizerConfig(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.0, ge=0, lt=1)
     warmup_steps: int = Field(0, ge=0)
+    # after the warm-up: "constant", or "cosine" from lr down to min_lr at the run's last step
+    # (seq-JEPA's reference training: CosineAnnealingLR to 1e-5 after a linear warm-up, Ghaemi et al. 2025)
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = Field(1e-5, ge=0)
     fused: bool = False  # torch's fused Adam/AdamW kernels (CPU and CUDA)
     # per-parameter hyper-parameters: glob over parameter names (first match wins) -> overrides,
     # e.g. {"aggregator.*": {lr: 4.0e-4, warmup_steps: 20}}; unmatched parameters use the fields above

@@ -19,7 +19,7 @@ and every step t of it:
 4. stop with status ``diverged`` if the loss, a rule's loss or a gradient is NaN / Inf (one fused norm
    over the gradients); the root attribute and summary entry ``diverged`` name the step, phase and
    terms (``loss``, ``loss.<rule term>``, ``grads``; ``grad:<parameter>`` when only gradients are);
-5. optimizer step on the grads (learning-rate warm-up applied) — the only place where
+5. optimizer step on the grads (learning-rate warm-up and schedule applied) — the only place where
    parameters change; the rule's ``post_step`` may rescale the applied update there;
 6. teacher update (``column.update_target(step)``, e.g. EMA momentum schedule);
 7. record metrics every ``record.metrics_every`` steps;
@@ -410,7 +410,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                         break
                     # 5. optimizer step (the single mutation point)
                     for g in optimizer.param_groups:
-                        g["lr"] = lr_at(g, step)
+                        g["lr"] = lr_at(g, step, total)
                     rstate = apply_update(params, grads, optimizer, rule, rstate)
                     # 6. teacher
                     column.update_target(step + 1)  # optimizer steps done: an integer, not a fraction of the run

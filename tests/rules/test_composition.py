@@ -250,3 +250,26 @@ def test_multi_optimizer_state_round_trips():
     assert [type(o).__name__ for o in opt2.optimizers] == ["Adam", "AdamW"]
     assert all(torch.equal(opt2.optimizers[1].state[p]["exp_avg"], opt.optimizers[1].state[p]["exp_avg"])
                for p in opt.optimizers[1].state)
+
+
+def test_cosine_schedule_follows_seq_jepa_reference_and_reaches_min_lr():
+    """rule.optimizer.schedule=cosine: linear warm-up, then half a cosine from lr to min_lr at the run's last
+    step (seq-JEPA's CosineAnnealingLR); group overrides inherit it; constant stays the default."""
+    import math
+
+    from colsim.build import lr_at
+
+    cfg, world, column, rule, local, opt = build_tiny("lpl", extra=["rule.optimizer.schedule=cosine",
+                                                                    "rule.optimizer.min_lr=1.0e-5"])
+    assert {g["schedule"] for g in opt.param_groups} == {"cosine"}
+    rest = next(g for g in opt.param_groups if g["warmup_steps"] == 20)  # the "*" group: 4e-4, warm-up 20
+    # total 120: warm-up steps 0..19, cosine over steps 20..119 (99 intervals)
+    assert lr_at(rest, 9, 120) == pytest.approx(4e-4 * 10 / 20)
+    assert lr_at(rest, 20, 120) == pytest.approx(4e-4)
+    mid = 20 + 99 / 2
+    assert lr_at(rest, 69, 120) == pytest.approx(1e-5 + 0.5 * (4e-4 - 1e-5) * (1 + math.cos(math.pi * 49 / 99)))
+    assert lr_at(rest, 119, 120) == pytest.approx(1e-5) and lr_at(rest, 500, 120) == pytest.approx(1e-5)
+    assert lr_at(rest, int(mid), 120) < 4e-4 / 2 + 1e-5 < lr_at(rest, int(mid) - 1, 120)
+    cfg, world, column, rule, local, opt = build_tiny("backprop")
+    assert {g["schedule"] for g in opt.param_groups} == {"constant"}
+    assert lr_at(opt.param_groups[0], 999, 1000) == opt.param_groups[0]["initial_lr"]
