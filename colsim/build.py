@@ -43,11 +43,11 @@ def build_run(cfg: RunConfig) -> Built:
 
         column = build_circuit(cfg, world).to(cfg.device)
         rule, local, opt_spec = build_circuit_rule(cfg.rule, column, build_rule, check_rule)
-        return Built(world, column, rule, local, build_optimizer(opt_spec, column))
+        return Built(world, column, rule, local, build_optimizer(opt_spec, column, cfg.protocol.schedule))
     column = build_column(cfg, world).to(cfg.device)
     rule = build_rule(cfg.rule, column)
     local = check_rule(cfg.rule, rule, column)
-    return Built(world, column, rule, local, build_optimizer(cfg.rule, column))
+    return Built(world, column, rule, local, build_optimizer(cfg.rule, column, cfg.protocol.schedule))
 
 
 def build_world(cfg: RunConfig):
@@ -126,21 +126,23 @@ def check_rule(spec: RuleSpec, rule: Rule, column: AbstractColumn) -> bool:
     return local
 
 
-def build_optimizer(spec: RuleSpec, column: AbstractColumn) -> "torch.optim.Optimizer | MultiOptimizer":
+def build_optimizer(spec: RuleSpec, column: AbstractColumn,
+                    schedule: str = "constant") -> "torch.optim.Optimizer | MultiOptimizer":
     """The optimizer of a run: one torch optimizer per optimizer kind in use.
 
     Each parameter gets the hyper-parameters of its partition group's ``optimizer`` and, within
     it, of the first matching ``optimizer.groups`` pattern; a group override may also name its
     own kind (``"*": {name: adamw, lr: 4.0e-4}``: the presets train the modules a rule does not
     own alike, rules/README.md). One kind -> that torch optimizer; several -> a
-    ``MultiOptimizer`` over one torch optimizer per kind."""
+    ``MultiOptimizer`` over one torch optimizer per kind. ``schedule`` (the protocol's) applies
+    where neither the rule's ``optimizer.schedule`` nor a group override sets one (:func:`lr_at`)."""
     params = column.trainable()
     by_kind: dict[str, list[dict[str, Any]]] = {}
     fused = False
     for sub, grp in _groups(spec, params):
         o: OptimizerConfig = sub.optimizer if spec.partition is not None else spec.optimizer
         fused = fused or o.fused
-        for hp, part in _override_split(o, grp):
+        for hp, part in _override_split(o, grp, schedule):
             kind = hp["name"] or o.name
             decay = [p for n, p in part.items() if not getattr(p, "_no_weight_decay", False)]
             no_decay = [p for n, p in part.items() if getattr(p, "_no_weight_decay", False)]
@@ -201,13 +203,13 @@ class MultiOptimizer:
             o.load_state_dict(sd)
 
 
-def _override_split(o: OptimizerConfig, params: dict) -> list[tuple[dict, dict]]:
+def _override_split(o: OptimizerConfig, params: dict, schedule: str = "constant") -> list[tuple[dict, dict]]:
     """Split ``params`` by ``o.groups`` (first matching glob wins) -> [(hyper-parameters, params)].
 
     A pattern that matches none of the rule's parameters is an error (a typo would otherwise
     silently leave the defaults in place)."""
-    default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps, "schedule": o.schedule,
-               "name": None}
+    default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps,
+               "schedule": o.schedule or schedule, "name": None}
     taken: set[str] = set()
     out = []
     for pat, ov in o.groups.items():

@@ -145,8 +145,9 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     warmup_steps: int = Field(0, ge=0)
     # after the warm-up: "constant", or "cosine" from lr down to min_lr at the run's last step
-    # (seq-JEPA's reference training: CosineAnnealingLR to 1e-5 after a linear warm-up, Ghaemi et al. 2025)
-    schedule: Literal["constant", "cosine"] = "constant"
+    # (seq-JEPA's reference training: CosineAnnealingLR to 1e-5 after a linear warm-up, Ghaemi et al. 2025);
+    # unset: the protocol's `schedule` (a property of the training regime), else constant
+    schedule: Optional[Literal["constant", "cosine"]] = None
     min_lr: float = Field(1e-5, ge=0)
     fused: bool = False  # torch's fused Adam/AdamW kernels (CPU and CUDA)
     # per-parameter hyper-parameters: glob over parameter names (first match wins) -> overrides,
@@ -207,6 +208,10 @@ class ProtocolConfig(Strict):
     # false: no phase learns (the negative control: forgetting must be 0 within its error), whatever
     # the phases say; `--set protocol.learn=false`
     learn: bool = True
+    # the learning-rate schedule after warm-up of every optimizer whose rule leaves
+    # `rule.optimizer.schedule` unset: a stationary run anneals ("cosine", as seq-JEPA trains), a
+    # continual stream has no end to anneal towards ("constant")
+    schedule: Literal["constant", "cosine"] = "constant"
     circuit: Optional[CircuitConfig] = None  # several columns (colsim/_circuit_config.py); None: one column
 
     @property

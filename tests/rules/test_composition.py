@@ -273,3 +273,30 @@ def test_cosine_schedule_follows_seq_jepa_reference_and_reaches_min_lr():
     cfg, world, column, rule, local, opt = build_tiny("backprop")
     assert {g["schedule"] for g in opt.param_groups} == {"constant"}
     assert lr_at(opt.param_groups[0], 999, 1000) == opt.param_groups[0]["initial_lr"]
+    # the protocol's schedule applies where the rule sets none; the rule's own wins
+    assert {g["schedule"] for g in build_optimizer(cfg.rule, column, "cosine").param_groups} == {"cosine"}
+    cfg, world, column, rule, local, opt = build_tiny("backprop", extra=["rule.optimizer.schedule=constant"])
+    assert {g["schedule"] for g in build_optimizer(cfg.rule, column, "cosine").param_groups} == {"constant"}
+
+
+def test_a_run_follows_the_protocols_cosine_schedule_step_by_step():
+    """protocol.schedule=cosine on a 30-step run: the recorded lr of every optimizer step is the warm-up
+    (20 steps of the backprop preset) then the cosine, ending at min_lr on the last step."""
+    import math
+
+    from colsim.build import build_run
+    from colsim.config import resolve_run_config
+
+    from _tiny import TINY
+
+    cfg = resolve_run_config("stationary", rule="backprop", steps=30,
+                             overrides=TINY + ["protocol.schedule=cosine", "protocol.evaluation.at_start=false",
+                                               "protocol.evaluation.probe_samples=10"])
+    world, column, rule, local, opt = build_run(cfg)
+    rec = MemoryRecorder()
+    assert run(column, rule, cfg.protocol, rec, world=world, optimizer=opt, local=local).status == "completed"
+    lrs = list(rec.series("lr"))
+    want = [4e-4 * (s + 1) / 20 if s < 20 else 1e-5 + 0.5 * (4e-4 - 1e-5) * (1 + math.cos(math.pi * (s - 20) / 9))
+            for s in range(30)]
+    assert lrs == pytest.approx(want, rel=1e-9)
+    assert lrs[-1] == pytest.approx(1e-5)
