@@ -33,7 +33,8 @@ ARGS = ["--rule", "espp", "--model", "spiking_mlp", "--steps", "150", "--quiet",
         "--set", "protocol.stream.batch=16", "--set", "protocol.evaluation.probe_samples=400",
         "--set", "protocol.world.rotation=15", "--set", "protocol.world.translation=2",
         "--set", "protocol.world.scale=[0.9,1.0]",
-        "--set", "rule.c_pos=1e-3", "--set", "rule.c_neg=-1e-3", "--set", "rule.optimizer.lr=1e-3"]
+        "--set", "rule.c_pos=1e-3", "--set", "rule.c_neg=-1e-3", "--set", "rule.optimizer.lr=1e-3",
+        "--set", "protocol.schedule=constant"]  # measured at a constant rate, before `stationary` annealed
 
 
 class NotAboveUntrained(Exception):
