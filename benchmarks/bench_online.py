@@ -56,6 +56,9 @@ hundred ticks in a 300-tick window; ``simulate.run`` now freezes the heap alive 
 see these pauses; the means printed last do (the simulator's own 1.73 -> 1.27 ms mean per tick in one
 pair of 600-tick runs that had such a pause, equal within noise, 1.11-1.14 ms, in a pair that had
 none). Latest medians (load ~3, fused, 600 ticks): overhead 3.3-3.6 ms, simulator's own 0.96-1.02 ms.
+Idle host (load 0.1-0.6, 2026-12-03, two runs of --steps 600): simulator's own 0.56-0.57 ms (foreach)
+and 0.44-0.63 ms (fused), means 0.59-0.78 ms; overhead 3.5 ms (foreach) and 1.7-2.3 ms (fused:
+optimizer.step 0.65-0.83, world 0.45-0.60, teacher 0.15-0.21 ms).
 
     python benchmarks/bench_online.py [--steps 400] [--warmup 50] [--threads 1] [--model seqjepa_cnn]
                                       [--record on|off] [--optimizers foreach,fused] [--set KEY=VALUE]
