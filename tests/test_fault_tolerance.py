@@ -338,13 +338,17 @@ def test_divergence_after_resume_matches_uninterrupted(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("spec,at,extra", [("lpl+metaplastic+replay", 7, []), ("layerwise+ewc", 14, []),
                                            ("backprop+metaplastic+si+replay", 11, []),
-                                           ("espp", 6, ["--model", "spiking_cnn", "--set", "model.T=3"])],
-                         ids=["lpl+metaplastic+replay", "layerwise+ewc", "backprop+metaplastic+si+replay", "espp-spiking"])
+                                           ("espp", 6, ["--model", "spiking_cnn", "--set", "model.T=3"]),
+                                           ("backprop", 11, ["--set", "protocol.schedule=cosine",
+                                                             "--set", "rule.optimizer.warmup_steps=4"])],
+                         ids=["lpl+metaplastic+replay", "layerwise+ewc", "backprop+metaplastic+si+replay", "espp-spiking",
+                              "backprop-cosine"])
 def test_stateful_rules_resume_mid_phase_bit_for_bit(tmp_path, monkeypatch, spec, at, extra):
     """Every rule's state survives a mid-phase stop and in-place resume: LPL's running statistics,
     metaplastic availabilities, SI / EWC accumulators, replay buffers and their RNG, layerwise's
-    predictors, the spiking column's state (rate-coding seeds) under ESPP — the resumed run equals
-    the uninterrupted one (~40 s each, 2 shared cores at load ~18)."""
+    predictors, the spiking column's state (rate-coding seeds) under ESPP, a cosine learning-rate
+    schedule stopped half-way down — the resumed run equals the uninterrupted one (~40 s each, 2
+    shared cores at load ~18)."""
     from typer.testing import CliRunner
 
     from colsim.cli import app
@@ -359,3 +363,6 @@ def test_stateful_rules_resume_mid_phase_bit_for_bit(tmp_path, monkeypatch, spec
     res = runner.invoke(app, ["run", "--resume", str(part), "--quiet"])
     assert res.exit_code == 0, res.output
     _assert_same_run(full, part)
+    if "protocol.schedule=cosine" in extra:  # the stop fell on the way down: warm-up to 4e-4, cosine to 1e-5
+        lr = _open(part)["metrics"]["lr"].values
+        assert lr[3] == pytest.approx(4e-4) and lr[3] > lr[at - 1] > lr[at] > lr[-1] == pytest.approx(1e-5)
