@@ -99,7 +99,7 @@ def _stepper(model: str, rule: str, T: int, device: str, channels: str, sets: "l
         cs, tr = column(cs, st.obs.to(device), st.action.to(device), st.start.to(device) | (t == 0), local=local, **kw)
         grads, rs, _ = rl.update(params, rs, tr)
         for g in opt.param_groups:
-            g["lr"] = lr_at(g, t)
+            g["lr"] = lr_at(g, t, cfg.protocol.total_steps)  # as the simulator's step 5
         rs = apply_update(params, grads, opt, rl, rs)
         column.update_target(t + 1)
 

@@ -203,7 +203,7 @@ class MultiOptimizer:
             o.load_state_dict(sd)
 
 
-def _override_split(o: OptimizerConfig, params: dict, schedule: str = "constant") -> list[tuple[dict, dict]]:
+def _override_split(o: OptimizerConfig, params: dict, schedule: str) -> list[tuple[dict, dict]]:
     """Split ``params`` by ``o.groups`` (first matching glob wins) -> [(hyper-parameters, params)].
 
     A pattern that matches none of the rule's parameters is an error (a typo would otherwise

@@ -39,12 +39,12 @@ def _finished(d: Path) -> bool:
 def run_one(protocol: str, seed: int, steps: int, out: Path, threads: int, extra: list[str]) -> Path:
     name = protocol
     if protocol == "fullview":  # one column on the whole view, the columns protocol's stream and length
-        from colsim.config import load_protocol
+        from colsim.config import ProtocolConfig, load_protocol
 
-        p = load_protocol("columns")
-        steps = steps or sum(ph["steps"] for ph in p["phases"])
-        protocol, extra = "stationary", [*extra, "--set", f"protocol.stream.batch={p['stream']['batch']}",
-                                         "--set", f"protocol.schedule={p.get('schedule', 'constant')}"]
+        p = ProtocolConfig.model_validate(load_protocol("columns"))
+        steps = steps or p.total_steps
+        protocol, extra = "stationary", [*extra, "--set", f"protocol.stream.batch={p.stream.batch}",
+                                         "--set", f"protocol.schedule={p.schedule}"]
     d = out / f"{name}_s{seed}"
     if _finished(d):
         return d
