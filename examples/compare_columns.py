@@ -10,8 +10,8 @@ column and for the vote, colsim/_circuit_eval.py): the vote's accuracy, the mean
 accuracies, and their difference paired per seed — each as mean ± t-based 95 % CI half-width over seeds
 (colsim.analysis.compare.mean_ci), at step 0 (untrained) and at the end of training. For reference
 (``--whole-view``, on by default) one column that sees the whole 32-px view: ``stationary`` with the
-``columns`` protocol's stream batch, length and learning-rate schedule (the same world, probe sets and
-evaluation),
+``columns`` protocol's model, stream batch, length and learning-rate schedule (the same world, probe sets
+and evaluation),
 ``OUT/fullview_sS``.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def run_one(protocol: str, seed: int, steps: int, out: Path, threads: int, extra
 
         p = ProtocolConfig.model_validate(load_protocol("columns"))
         steps = steps or p.total_steps
-        protocol, extra = "stationary", [*extra, "--set", f"protocol.stream.batch={p.stream.batch}",
+        protocol, extra = "stationary", [*extra, "--model", p.model, "--set", f"protocol.stream.batch={p.stream.batch}",
                                          "--set", f"protocol.schedule={p.schedule}"]
     d = out / f"{name}_s{seed}"
     if _finished(d):

@@ -219,7 +219,7 @@ def test_local_cluster_sweep_end_to_end(tmp_path):
             assert m["status"] == "completed" and m["steps"] == 4
             s = json.loads((runs / n / "summary.json").read_text())
             assert s["status"] == "completed" and s["steps"] == 4
-            assert m["identity"] == {"rule": m["point"]["rule"], "model": "seqjepa_cnn", "protocol": "stationary",
+            assert m["identity"] == {"rule": m["point"]["rule"], "model": "seqjepa_cnn_cr", "protocol": "stationary",
                                      "seed": 0}
     # a sweep run is an ordinary run: `colsim run` with the same settings and threads (1) records the same losses
     ref = tmp_path / "ref"

@@ -15,7 +15,7 @@ from colsim.models.tost import TSSA, ToSTAggregator, causal_tssa, tssa
 from _tiny import TINY
 
 D64 = torch.float64
-PRESETS = ["seqjepa_cnn", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost", "seqjepa_resnet18"]
+PRESETS = ["seqjepa_cnn", "seqjepa_cnn_cr", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost", "seqjepa_resnet18"]
 
 
 def build(model: str = "seqjepa_cnn", extra=()):
@@ -35,7 +35,8 @@ def test_output_norm_is_off_by_default_and_every_preset_states_it():
     import colsim.models  # noqa: F401
 
     assert EncoderConfig().output_norm is False
-    want = {"seqjepa_resnet18": False, "seqjepa_cnn": True, "seqjepa_crate": True, "seqjepa_crate_alpha": True,
+    want = {"seqjepa_resnet18": False, "seqjepa_cnn": True, "seqjepa_cnn_cr": True,
+            "seqjepa_crate": True, "seqjepa_crate_alpha": True,
             "seqjepa_tost": True}
     assert set(want) == set(PRESETS)
     for name, on in want.items():
@@ -54,6 +55,27 @@ def test_output_norm_stays_an_option_and_standardises_z_over_the_batch():
     raw = layers[-1]  # (B, D) the pooled last block, before the norm
     want = (raw - raw.mean(0)) / torch.sqrt(raw.var(0, unbiased=False) + 1e-5)  # BatchNorm1d(affine=False)
     torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-4)
+
+def test_stationary_column_is_seqjepa_cnn_plus_one_coding_rate_term_on_z():
+    """`stationary`'s model differs from the default column in one thing, so its trained-vs-untrained
+    figures (README) compare with the forgetting tables' column: the coding-rate term on z, whose value the
+    run records as ``reg.coding_rate.z`` = logdet(I + 256 C) of the batch of z it was computed on."""
+    from colsim.config import load_protocol
+    from colsim.models.regularizers import coding_rate
+
+    base, cr = registry.preset("models", "seqjepa_cnn"), registry.preset("models", "seqjepa_cnn_cr")
+    assert {k: v for k, v in cr.items() if k != "regularizers"} == base and "regularizers" not in base
+    assert len(cr["regularizers"]) == 1  # (YAML reads the key `on` as True; the config maps it back)
+    assert load_protocol("stationary")["model"] == "seqjepa_cnn_cr"
+
+    _, _, column, rule, *_ = build("seqjepa_cnn_cr")
+    (term,) = column.regularizers
+    assert (term.name, term.on, term.weight, term.options()) == ("coding_rate", "z", 0.003,
+                                                                      {"kind": "cov", "eps2": 0.5, "alpha": None})
+    z = torch.randn(8, 128, generator=torch.Generator().manual_seed(0), dtype=D64)
+    zc = z - z.mean(0)
+    want = torch.logdet(torch.eye(128, dtype=D64) + 256.0 / 7 * zc.T @ zc)  # alpha d/eps2 = 128/0.5, C over m-1
+    torch.testing.assert_close(coding_rate(z, **term.options()), want)
 
 
 # --------------------------------------------------------------------------- EMA horizon

@@ -13,7 +13,7 @@ from colsim.config import ConfigError
 from colsim.simulate import _seeded
 from _tiny import TINY
 
-PRESETS = ["seqjepa_cnn", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost", "seqjepa_resnet18"]
+PRESETS = ["seqjepa_cnn", "seqjepa_cnn_cr", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost", "seqjepa_resnet18"]
 
 
 def _tiny_overrides(model: str) -> list[str]:
@@ -72,14 +72,19 @@ def test_preset_forward_backward(model, rule):
     _, trace = _run(column, _stream_steps(cfg, world, 3), local=local)
     assert math.isfinite(float(trace["loss"].detach()))
     assert trace["valid"].any()
+    if local:  # the seq-JEPA loss must not reach the encoder: the aggregator saw detached outputs
+        enc = {n: p for n, p in params.items() if n.startswith("encoder.")}
+        g = torch.autograd.grad(trace["loss"], list(enc.values()), allow_unused=True, retain_graph=True)
+        reached = {n for n, x in zip(enc, g) if x is not None and bool(x.any())}
+        if any(reg.on == "z" for reg in column.regularizers):  # seqjepa_cnn_cr: a term on z is the last
+            last = max(int(n.split(".")[2]) for n in enc)       # block's own, as local as its output
+            assert reached and all(n.startswith(f"encoder.blocks.{last}.") for n in reached), reached
+        else:
+            assert not reached, reached
     grads, state, metrics = r.update(params, state, trace)
     assert grads and all(torch.isfinite(g).all() for g in grads.values())
     agg = [n for n in grads if n.startswith("aggregator.")]
     assert agg and any(bool((grads[n] != 0).any()) for n in agg), "the aggregator gets no update"
-    if local:  # the seq-JEPA loss must not reach the encoder: the aggregator saw detached outputs
-        enc = [p for n, p in params.items() if n.startswith("encoder.")]
-        g = torch.autograd.grad(trace["loss"], enc, allow_unused=True, retain_graph=True)
-        assert all(x is None or not x.any() for x in g)
 
 
 def _all_rule_specs() -> list[str]:
