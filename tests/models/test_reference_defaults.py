@@ -56,6 +56,7 @@ def test_output_norm_stays_an_option_and_standardises_z_over_the_batch():
     want = (raw - raw.mean(0)) / torch.sqrt(raw.var(0, unbiased=False) + 1e-5)  # BatchNorm1d(affine=False)
     torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-4)
 
+
 def test_stationary_column_is_seqjepa_cnn_plus_one_coding_rate_term_on_z():
     """`stationary`'s model differs from the default column in one thing, so its trained-vs-untrained
     figures (README) compare with the forgetting tables' column: the coding-rate term on z, whose value the
@@ -68,7 +69,7 @@ def test_stationary_column_is_seqjepa_cnn_plus_one_coding_rate_term_on_z():
     assert len(cr["regularizers"]) == 1  # (YAML reads the key `on` as True; the config maps it back)
     assert load_protocol("stationary")["model"] == "seqjepa_cnn_cr"
 
-    _, _, column, rule, *_ = build("seqjepa_cnn_cr")
+    _, _, column, *_ = build("seqjepa_cnn_cr")
     (term,) = column.regularizers
     assert (term.name, term.on, term.weight, term.options()) == ("coding_rate", "z", 0.003,
                                                                       {"kind": "cov", "eps2": 0.5, "alpha": None})
