@@ -78,11 +78,29 @@ def preset_names(kind: str) -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def preset(kind: str, name: str) -> dict:
-    """The YAML preset ``name`` of ``kind`` ("rules", "models", "protocols") as a dict."""
+def preset(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict:
+    """The YAML preset ``name`` of ``kind`` ("rules", "models", "protocols") as a dict.
+
+    A preset may start from another of the same kind with ``extends: BASE``: the result is BASE's
+    dict (itself resolved the same way) with this file's top-level keys replacing BASE's whole (a
+    nested dict given here is not merged into BASE's), e.g. ``models/seqjepa_cnn_cr.yaml`` is
+    ``extends: seqjepa_cnn`` plus one ``regularizers`` key.
+    """
     from colsim.config import ConfigError, load_yaml_text
 
     path = resources.files(PACKAGES[kind]) / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown {kind[:-1]} preset {name!r}; valid: {', '.join(preset_names(kind))}")
-    return load_yaml_text(path.read_text(), f"{kind}/{name}.yaml")
+    where = f"{kind}/{name}.yaml"
+    doc = load_yaml_text(path.read_text(), where)
+    if "extends" not in doc:
+        return doc
+    base = doc.pop("extends")
+    if not isinstance(base, str) or not (resources.files(PACKAGES[kind]) / f"{base}.yaml").is_file():
+        raise ConfigError(f"{where}: extends: must name another {kind[:-1]} preset, got {base!r}; valid: "
+                          f"{', '.join(n for n in preset_names(kind) if n != name)}")
+    if base == name or base in _chain:
+        raise ConfigError(f"{where}: extends: cycle {' -> '.join((*_chain, name, base))}; remove one extends")
+    out = preset(kind, base, (*_chain, name))
+    out.update(doc)
+    return out

@@ -103,3 +103,62 @@ def test_rule_composition_spec():
     assert cfg.rule.wrap == []
     with pytest.raises(ConfigError, match="empty part"):
         resolve_run_config("nonstationary", rule="lpl+")
+
+
+# --------------------------------------------------------------------------- preset inheritance
+
+def _preset_pkg(tmp_path, monkeypatch, files: dict[str, str]) -> None:
+    """A throwaway package of model presets standing in for colsim.models."""
+    import importlib
+
+    from colsim import registry
+
+    pkg = tmp_path / f"fake_model_presets_{tmp_path.name}"  # a fresh name: imports are cached per name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name, text in files.items():
+        (pkg / f"{name}.yaml").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setitem(registry.PACKAGES, "models", pkg.name)
+
+
+def test_extends_replaces_top_level_keys_whole_and_chains(tmp_path, monkeypatch):
+    from colsim import registry
+
+    _preset_pkg(tmp_path, monkeypatch, {
+        "base": "name: seqjepa\nwindow: 3\naggregator: {kind: transformer, layers: 2, dropout: 0.1}\n",
+        "child": "extends: base\naggregator: {kind: tost, layers: 1}\n",
+        "grandchild": "extends: child\nwindow: 5\n",
+    })
+    assert registry.preset("models", "child") == {"name": "seqjepa", "window": 3,
+                                                  "aggregator": {"kind": "tost", "layers": 1}}  # no dropout merged in
+    assert registry.preset("models", "grandchild") == {"name": "seqjepa", "window": 5,
+                                                       "aggregator": {"kind": "tost", "layers": 1}}
+    assert registry.preset("models", "base")["aggregator"]["dropout"] == 0.1  # the base is not modified
+
+
+@pytest.mark.parametrize("files, match", [
+    ({"a": "extends: nope\nwindow: 3\n"}, r"^models/a\.yaml: extends: must name another model preset, got 'nope'"),
+    ({"a": "extends: [b]\n", "b": "window: 3\n"}, r"^models/a\.yaml: extends: must name another model preset"),
+    ({"a": "extends: a\n"}, r"^models/a\.yaml: extends: cycle a -> a;"),
+    ({"a": "extends: b\n", "b": "extends: a\n"}, r"^models/b\.yaml: extends: cycle a -> b -> a;"),
+])
+def test_extends_errors_name_the_file(tmp_path, monkeypatch, files, match):
+    from colsim import registry
+
+    _preset_pkg(tmp_path, monkeypatch, files)
+    with pytest.raises(ConfigError, match=match):
+        registry.preset("models", "a")
+
+
+def test_packaged_presets_that_extend_resolve_to_their_base_plus_their_own_keys():
+    from importlib import resources
+
+    from colsim import registry
+
+    base = registry.preset("models", "seqjepa_cnn")
+    for name in ("seqjepa_cnn_cr", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost"):
+        own = load_yaml_text((resources.files("colsim.models") / f"{name}.yaml").read_text(), name)
+        assert own.pop("extends") == "seqjepa_cnn"
+        assert registry.preset("models", name) == {**base, **own}
