@@ -88,7 +88,8 @@ def preset(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict:
     """
     from colsim.config import ConfigError, load_yaml_text
 
-    path = resources.files(PACKAGES[kind]) / f"{name}.yaml"
+    root = resources.files(PACKAGES[kind])
+    path = root / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown {kind[:-1]} preset {name!r}; valid: {', '.join(preset_names(kind))}")
     where = f"{kind}/{name}.yaml"
@@ -96,10 +97,10 @@ def preset(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict:
     if "extends" not in doc:
         return doc
     base = doc.pop("extends")
-    if not isinstance(base, str) or not (resources.files(PACKAGES[kind]) / f"{base}.yaml").is_file():
+    if not isinstance(base, str) or not (root / f"{base}.yaml").is_file():
         raise ConfigError(f"{where}: extends: must name another {kind[:-1]} preset, got {base!r}; valid: "
                           f"{', '.join(n for n in preset_names(kind) if n != name)}")
-    if base == name or base in _chain:
+    if base in (*_chain, name):
         raise ConfigError(f"{where}: extends: cycle {' -> '.join((*_chain, name, base))}; remove one extends")
     out = preset(kind, base, (*_chain, name))
     out.update(doc)
