@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,18 +32,28 @@ from rich.console import Console
 from rich.table import Table
 
 from colsim import registry
-from colsim.config import ConfigError, RunConfig, resolve_run_config
+from colsim.config import ConfigError, ConfigWarning, RunConfig, resolve_run_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="colsim: cortical-column learning modules under pluggable plasticity rules.")
 console = Console()
 err_console = Console(stderr=True)
+_python_showwarning = warnings.showwarning
 
 
 def _load_plugins() -> None:
     import colsim.models  # noqa: F401
     import colsim.protocols  # noqa: F401
     import colsim.rules  # noqa: F401
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: a ConfigWarning is one line on stderr, ``warning: ...``;
+    any other warning is shown as Python shows it."""
+    if issubclass(category, ConfigWarning):
+        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -501,6 +512,7 @@ _register_analysis()
 
 
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         app()
     except ConfigError as exc:  # anything that escaped a command

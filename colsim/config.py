@@ -26,7 +26,7 @@ from colsim import registry
 from colsim._circuit_config import CircuitConfig, check_circuit_names
 
 __all__ = [
-    "ConfigError", "Strict", "OptimizerConfig", "PhaseConfig", "StreamConfig", "EvaluationConfig",
+    "ConfigError", "ConfigWarning", "Strict", "OptimizerConfig", "PhaseConfig", "StreamConfig", "EvaluationConfig",
     "RecordConfig", "CheckpointConfig", "ProtocolConfig", "RunConfig", "load_yaml_text", "load_yaml_file",
     "resolve_run_config", "apply_override", "format_validation_error", "validate_as", "rule_spec_to_config",
 ]
@@ -34,6 +34,11 @@ __all__ = [
 
 class ConfigError(ValueError):
     """Bad user input (file, field, name). The CLI prints it on one line and exits 2."""
+
+
+class ConfigWarning(UserWarning):
+    """A legal setting that cannot do what it is likely meant to (e.g. a gate that can never close).
+    The CLI prints it on one line, ``warning: <field>: ...``, and the run goes on."""
 
 
 class Strict(BaseModel):

@@ -44,17 +44,18 @@ needs check refuses it before step 0.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal, Optional
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from colsim.config import ConfigError, Strict
+from colsim.config import ConfigError, ConfigWarning, Strict
 from colsim.registry import register_rule
 from colsim.rule import Rule, loss_grads
 
-__all__ = ["EsppConfig", "espp", "psi", "espp_gate", "espp_post", "espp_dw"]
+__all__ = ["EsppConfig", "espp", "psi", "espp_gate", "espp_post", "espp_dw", "check_gate_range"]
 
 THETA = 1.0
 
@@ -117,6 +118,26 @@ def espp_dw(post: Tensor, x_trace: Tensor, synapse: nn.Module) -> Tensor:
     return torch.einsum("tbn,tbj->nj", post, x_trace)
 
 
+def check_gate_range(cfg: EsppConfig, neurons: dict[int, int]) -> None:
+    """Warn (ConfigWarning) where the hinge gate of the whole-sample rule cannot act, given each
+    block's neuron count N (``neurons``: block -> N). The overlap sum_t <S_t, e> lies in [0, T]
+    (S in {0, 1}, e >= 0 sums to 1), so the predictive gate (L = -overlap + c_+ T N > 0) is open for
+    every pair when c_+ N > 1, and the contrastive gate (L = overlap + c_- T N > 0) never opens when
+    -c_- N >= 1. N counts every neuron of a block: C H' W' for a conv block, so a c that suits an
+    MLP layer of 256 neurons can be out of range for a conv block of 4,096."""
+    for side, cn, out_of_range, what in (
+            ("c_pos", "c_pos N", lambda n: cfg.c_pos * n > 1, "> 1",),
+            ("c_neg", "-c_neg N", lambda n: -cfg.c_neg * n >= 1, ">= 1")):
+        out = {l: n for l, n in neurons.items() if out_of_range(n)}
+        if not out:
+            continue
+        where = ", ".join(f"block {l} (N = {n})" for l, n in out.items())
+        effect = ("the predictive gate is always open: same-episode pairs are pulled towards the echo unchecked"
+                  if side == "c_pos" else "the contrastive gate never opens: nothing is pushed apart across episodes")
+        warnings.warn(f"rule.{side}: {cn} {what} in {where}, so {effect}; use |{side}| < 1/N = "
+                      f"{1 / max(out.values()):.2g}", ConfigWarning, stacklevel=3)
+
+
 @register_rule("espp", EsppConfig)
 def espp(cfg: EsppConfig, column=None) -> Rule:
     """EchoSpike Predictive Plasticity on every LIF block: echo, +-1 broadcast, hinge gate, -ΔW (SGD 1e-4)."""
@@ -127,6 +148,8 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
         if not 0 <= l < len(blocks):
             raise ConfigError(f"rule.layers: block {l} does not exist (the spiking encoder has {len(blocks)} blocks)")
     wnames = {l: f"encoder.blocks.{l}.synapse.weight" for l in use}
+    if not cfg.online:
+        check_gate_range(cfg, {l: math.prod(column.block_shapes[l]) for l in use})
 
     def init(params):
         return {}

@@ -11,6 +11,7 @@ and ΔW_ij = b 1[L > 0] sum_t e_i psi(U_i,t - 1) x~_j,t with psi(u) = 1 / (pi (1
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -109,6 +110,53 @@ def test_closed_gate():
     grads, metrics, _ = _step(col, rule, [[2.0, 1.0]], [False])
     assert torch.equal(grads[W_NAME], torch.zeros(2, 2, dtype=torch.float64))
     assert metrics["espp.l0.gate"] == 0.0 and metrics["espp.l0.hinge"] == pytest.approx(-2 / 3 + 6e-4)
+
+
+def test_gate_range_warning_at_its_bounds():
+    """The overlap sum_t <S_t, e> is at most T, so c_+ N > 1 keeps the predictive gate open even at the
+    maximal overlap (every neuron firing every bin), and -c_- N >= 1 keeps the contrastive gate shut:
+    check_gate_range warns exactly there, naming the field and the blocks out of range."""
+    from colsim.config import ConfigWarning
+    from colsim.rules.espp import check_gate_range, espp_gate
+
+    T, N = 3, 1024  # a power of two: e = 1/N and the sums are exact, so L = 0 is an exact tie
+    S, e = torch.ones(T, 2, N, dtype=torch.float64), torch.full((2, N), 1.0 / N, dtype=torch.float64)
+    b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    gate, L = espp_gate(S, e, b, 1.001 / N, -1.0 / N)  # overlap T = 3: L = -3 + 3.003 > 0; 3 - 3 = 0, shut
+    assert gate[:, 0].all() and not gate[:, 1].any()
+    torch.testing.assert_close(L, torch.tensor([3e-3, 0.0], dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_gate_range(EsppConfig(c_pos=1.0 / N, c_neg=-0.999 / N), {0: N, 1: 256})  # c_+ N = 1: in range
+    with pytest.warns(ConfigWarning) as rec:
+        check_gate_range(EsppConfig(c_pos=1.001 / N, c_neg=-1.0 / N), {0: N, 1: 256})
+    msgs = [str(w.message) for w in rec]
+    assert len(msgs) == 2
+    assert msgs[0].startswith("rule.c_pos: c_pos N > 1 in block 0 (N = 1024), so the predictive gate is always open")
+    assert msgs[1].startswith("rule.c_neg: -c_neg N >= 1 in block 0 (N = 1024), so the contrastive gate never opens")
+    assert msgs[0].endswith("use |c_pos| < 1/N = 0.00098") and "block 1" not in msgs[0] + msgs[1]
+
+
+def test_rule_warns_on_the_column_it_is_built_for():
+    """The factory counts each block's neurons on the column: the tiny layer has N = 2, so c_+ = 0.6 is
+    out of range (1.2 > 1) and 0.4 is not; the online variant's gate has no N and is not checked."""
+    from colsim.config import ConfigWarning
+
+    with pytest.warns(ConfigWarning, match=r"rule\.c_pos: .* block 0 \(N = 2\)"):
+        _column_and_rule(c_pos=0.6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _column_and_rule(c_pos=0.4)
+        _column_and_rule(online=True, c_pos=0.6)
+
+
+def test_cli_prints_a_config_warning_on_one_line(capsys):
+    from colsim.cli import _show_warning
+    from colsim.config import ConfigWarning
+
+    _show_warning(ConfigWarning("rule.c_pos: out of range; use |c_pos| < 1/N = 0.001"), ConfigWarning, "x.py", 1)
+    err = capsys.readouterr().err
+    assert err == "warning: rule.c_pos: out of range; use |c_pos| < 1/N = 0.001\n"
 
 
 def test_gate_is_per_sample_and_updates_sum_over_the_batch():
