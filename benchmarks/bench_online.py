@@ -11,7 +11,9 @@ one after the other in this process) and times, tick by tick:
 * overhead = tick - forward - backward, split three ways:
   - learning: ``optimizer.step`` (AdamW) and the teacher's EMA (``column.update_target``) — parameter
     updates the rule and the column ask for, whatever simulator runs them;
-  - the world: ``stream.step`` (the affine view of the next image);
+  - the world: the wait for ``stream.step`` (the affine view of the next image) — all of it when the
+    Step is computed in place, the wait for the other thread when the simulator computes it ahead
+    (``--step-ahead``, :class:`colsim.stream.StepAhead`; both are measured by default);
   - the simulator's own: the divergence check (``simulate.grad_norm``: one fused norm over the
     gradients, also the recorded ``grad_norm``), the per-tick diagnostics, ``recorder.record`` and the
     rest (bookkeeping, freeing the last tick's graph). The <= 1 ms target (issue 13 item 4) is read on
@@ -60,8 +62,16 @@ Idle host (load 0.1-0.6, 2026-12-03, two runs of --steps 600): simulator's own 0
 and 0.44-0.63 ms (fused), means 0.59-0.78 ms; overhead 3.5 ms (foreach) and 1.7-2.3 ms (fused:
 optimizer.step 0.65-0.83, world 0.45-0.60, teacher 0.15-0.21 ms).
 
+Step-ahead (2026-12-04, 1 thread, 549 ticks after 50, load ~0.7; ms, on / off): foreach tick 14.12 / 14.17,
+overhead 3.80 / 4.29; fused tick 12.60 / 12.63, overhead 2.12 / 2.65 (world wait 0.02 / 0.69). The overhead
+falls by 0.5 ms but the tick does not (ratio 0.996-0.998): the column's forward is 0.44-0.46 ms slower and the
+simulator's own part 0.16 ms slower while the world's Python, holding the GIL, runs beside them (the step
+itself takes 1.4 ms on the other thread against 0.7 in place). At B = 1 the world's view is mostly Python
+dispatch, so a second thread cannot hide it; the look-ahead stays off by default (``COLSIM_STEP_AHEAD=1``).
+
     python benchmarks/bench_online.py [--steps 400] [--warmup 50] [--threads 1] [--model seqjepa_cnn]
-                                      [--record on|off] [--optimizers foreach,fused] [--set KEY=VALUE]
+                                      [--record on|off] [--optimizers foreach,fused] [--step-ahead on,off]
+                                      [--set KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -82,6 +92,7 @@ from colsim.build import build_run
 from colsim.config import resolve_run_config
 from colsim.record import ZarrRecorder
 from colsim.simulate import keep_freed_memory
+from colsim.stream import StepAhead
 from colsim.simulate import run as simulate
 
 
@@ -94,12 +105,12 @@ def _timed(fn, into: list):
     return wrapper
 
 
-def _measure(args, sets: list[str]) -> dict:
+def _measure(args, sets: list[str], ahead: bool) -> dict:
     """One run of the online protocol with ``sets``; per-tick medians (seconds) of every part."""
     cfg = resolve_run_config("online", model=args.model, overrides=sets, steps=args.steps)
     assert cfg.protocol.stream.batch == 1
     world, column, rule, local, optimizer = build_run(cfg)
-    t = {k: [] for k in ("fwd", "bwd", "world", "opt", "teacher", "rec", "diag", "check")}
+    t = {k: [] for k in ("fwd", "bwd", "world", "wait", "opt", "teacher", "rec", "diag", "check")}
     diag_z = _timed(sim.collapse_diagnostics, t["diag"])  # twice per recorded tick, + the column's once
     column.diagnostics = _timed(column.diagnostics, t["diag"])
     ticks: list[float] = []
@@ -122,8 +133,17 @@ def _measure(args, sets: list[str]) -> dict:
         return s._replace(step=_timed(s.step, t["world"]))
 
     world.stream = stream
-    saved = sim.grad_norm, sim.collapse_diagnostics
+
+    class TimedAhead(StepAhead):  # the main thread's wait for its Step (the whole step when not computed ahead)
+        def step(self, state):
+            tw = time.perf_counter()
+            out = super().step(state)
+            t["wait"].append(time.perf_counter() - tw)
+            return out
+
+    saved = sim.grad_norm, sim.collapse_diagnostics, sim.StepAhead
     sim.grad_norm, sim.collapse_diagnostics = _timed(sim.grad_norm, t["check"]), diag_z
+    sim.StepAhead = TimedAhead
     try:
         with tempfile.TemporaryDirectory() as tmp:
             rec = ZarrRecorder(Path(tmp) / "store.zarr", {"bench": "online"},
@@ -132,9 +152,10 @@ def _measure(args, sets: list[str]) -> dict:
             with warnings.catch_warnings():  # the 10-sample probe's R^2 warnings
                 warnings.simplefilter("ignore")
                 res = simulate(column, rule, cfg.protocol, rec, world=world, optimizer=optimizer, seed=0,
-                               device="cpu", local=local, on_step=lambda info: ticks.append(time.perf_counter()))
+                               device="cpu", local=local, on_step=lambda info: ticks.append(time.perf_counter()),
+                               step_ahead=ahead)
     finally:
-        sim.grad_norm, sim.collapse_diagnostics = saved
+        sim.grad_norm, sim.collapse_diagnostics, sim.StepAhead = saved
     assert res.status == "completed", res.status
     w = args.warmup
     tick = [b - a for a, b in zip(ticks[w:-1], ticks[w + 1:])]  # tick t+1 = on_step(t+1) - on_step(t)
@@ -145,7 +166,7 @@ def _measure(args, sets: list[str]) -> dict:
     per["tick"] = tick
     per["over"] = [a - f - b for a, f, b in zip(tick, per["fwd"], per["bwd"])]
     per["learn"] = [o + e for o, e in zip(per["opt"], per["teacher"])]
-    per["own"] = [o - ln - wd for o, ln, wd in zip(per["over"], per["learn"], per["world"])]
+    per["own"] = [o - ln - wd for o, ln, wd in zip(per["over"], per["learn"], per["wait"])]
     per["rest"] = [o - c - d - r for o, c, d, r in zip(per["own"], per["check"], per["diag"], per["rec"])]
     out = {n: statistics.median(v) for n, v in per.items()}
     out["over_mean"], out["own_mean"] = statistics.fmean(per["over"]), statistics.fmean(per["own"])
@@ -158,9 +179,10 @@ def _measure(args, sets: list[str]) -> dict:
 ROWS = [("tick", "tick"), ("fwd", "column forward"), ("bwd", "column backward (rule.update)"),
         ("over", "overhead = tick - fwd - bwd"), ("learn", "  learning: optimizer + teacher"),
         ("opt", "    optimizer.step"), ("teacher", "    teacher EMA"),
-        ("world", "  world: stream.step"), ("own", "  simulator's own"),
+        ("wait", "  world: waiting for the Step"), ("own", "  simulator's own"),
         ("check", "    divergence check + grad norm"), ("diag", "    diagnostics"),
-        ("rec", "    recorder.record"), ("rest", "    rest (bookkeeping, freeing the graph)")]
+        ("rec", "    recorder.record"), ("rest", "    rest (bookkeeping, freeing the graph)"),
+        ("world", "(stream.step itself, either thread)")]
 
 
 def main() -> None:
@@ -172,6 +194,8 @@ def main() -> None:
     ap.add_argument("--record", choices=["on", "off"], default="on", help="off: record.enabled=false")
     ap.add_argument("--optimizers", default="foreach,fused",
                     help="AdamW implementations measured one after the other in this process")
+    ap.add_argument("--step-ahead", default="on,off",
+                    help="the stream's next Step computed on a second thread (on) or in place (off), each measured")
     ap.add_argument("--set", action="append", default=[], help="config override for every run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,22 +206,32 @@ def main() -> None:
     if args.record == "off":
         sets.append("protocol.record.enabled=false")
     kinds = [k.strip() for k in args.optimizers.split(",") if k.strip()]
-    res = {k: _measure(args, sets + [f"rule.optimizer.fused={'true' if k == 'fused' else 'false'}"] + args.set)
-           for k in kinds}
-    n, numel = next(iter(res.values()))["grads"]
+    aheads = [a.strip() == "on" for a in args.step_ahead.split(",") if a.strip()]
+    cols = [(k, a) for k in kinds for a in aheads]
+    res = {(k, a): _measure(args, sets + [f"rule.optimizer.fused={'true' if k == 'fused' else 'false'}"] + args.set, a)
+           for k, a in cols}
+    first = next(iter(res.values()))
+    n, numel = first["grads"]
     print(f"online protocol, model {args.model} ({numel / 1e6:.2f} M trained values in {n} tensors), B = 1, "
-          f"{args.threads} thread(s), recording {args.record}; per-tick medians over "
-          f"{next(iter(res.values()))['n']} ticks after {args.warmup} warm-up")
-    print(f"  {'ms per tick':40s}" + "".join(f"{'AdamW ' + k:>16s}" for k in kinds))
+          f"{args.threads} thread(s), recording {args.record}; per-tick medians over {first['n']} ticks after "
+          f"{args.warmup} warm-up")
+    names = [f"{k}, ahead {'on' if a else 'off'}" for k, a in cols]
+    print(f"  {'ms per tick (AdamW, step-ahead)':40s}" + "".join(f"{c:>20s}" for c in names))
     for key, label in ROWS:
-        print(f"  {label:40s}" + "".join(f"{res[k][key] * 1e3:16.3f}" for k in kinds))
+        print(f"  {label:40s}" + "".join(f"{res[c][key] * 1e3:20.3f}" for c in cols))
     for key, label in (("over_mean", "overhead, mean (with GC pauses)"), ("own_mean", "  simulator's own, mean")):
-        print(f"  {label:40s}" + "".join(f"{res[k][key] * 1e3:16.3f}" for k in kinds))
+        print(f"  {label:40s}" + "".join(f"{res[c][key] * 1e3:20.3f}" for c in cols))
     if len(kinds) == 2:
         a, b = kinds
-        print(f"  ratio {b}/{a}: optimizer.step {res[b]['opt'] / res[a]['opt']:.3f}, overhead "
-              f"{res[b]['over'] / res[a]['over']:.3f}")
-    print("  target: the simulator's own <= 1 ms (overhead also holds the optimizer, the teacher and the world)")
+        for h in aheads:
+            print(f"  ratio {b}/{a} (ahead {'on' if h else 'off'}): optimizer.step "
+                  f"{res[b, h]['opt'] / res[a, h]['opt']:.3f}, overhead {res[b, h]['over'] / res[a, h]['over']:.3f}")
+    if len(aheads) == 2:
+        for k in kinds:
+            on, off = res[k, True], res[k, False]
+            print(f"  ratio ahead on/off ({k}): overhead {on['over'] / off['over']:.3f}, tick "
+                  f"{on['tick'] / off['tick']:.3f}, world wait {on['wait'] / max(off['wait'], 1e-9):.3f}")
+    print("  target: overhead <= 1 ms (issue 13 item 4); the simulator's own part alone <= 1 ms")
 
 
 if __name__ == "__main__":

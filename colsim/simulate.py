@@ -10,7 +10,8 @@ then for every phase p (a fresh stream of that phase's distribution, column wind
 and every step t of it:
 
 1. take the Step from the stream (``stream.step``: obs, action, start, labels; the simulator
-   adds the ``phase`` label);
+   adds the ``phase`` label); with ``step_ahead``, start the next one on a second thread (the world
+   works while the column does; ``Stream.step`` is pure, so the run is the same bit for bit);
 2. column forward (``local`` when the rule is layer-local; ``encoder_graph=False`` when the rule reads no
    graph of the encoder's pass, ``Rule.encoder_graph``) -> (column state, Trace);
 3. rule update -> (grads, rule state, metrics)          [skipped when the phase has learn: false]
@@ -72,7 +73,7 @@ from colsim.device import autocast_context, host_to_device, pin_probe_set
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.record import Recorder
 from colsim.rule import Rule
-from colsim.stream import label_dims
+from colsim.stream import StepAhead, label_dims
 
 __all__ = ["run", "RunResult", "apply_update", "collapse_diagnostics", "keep_freed_memory", "grad_norm", "build_for_run",
            "run_attrs"]
@@ -218,7 +219,7 @@ def _seeded(seed: int, *salt: int) -> torch.Generator:
 def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, world, optimizer: torch.optim.Optimizer,
         seed: int = 0, device: str = "cpu", local: bool = False, ckpt_dir=None, config_yaml: str = "",
         on_step: Optional[Callable[[dict], None]] = None, resume: Optional[dict] = None,
-        autocast: Optional[str] = None) -> RunResult:
+        autocast: Optional[str] = None, step_ahead: Optional[bool] = None) -> RunResult:
     """Run ``protocol`` (see the module docstring for the step schedule). Returns a RunResult.
 
     ``resume``: a checkpoint dict (:func:`colsim.checkpoint.load_checkpoint`) whose model
@@ -232,6 +233,11 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
 
     ``autocast``: ``bf16`` | ``fp16`` | ``none`` / None (the run config's ``model.autocast``,
     :mod:`colsim.device`); stream batches go to a CUDA ``device`` through pinned memory.
+
+    ``step_ahead``: compute the stream's next Step on a second thread while the column works on this
+    one (:class:`colsim.stream.StepAhead`); the run is bit-identical either way. None: off unless the
+    environment sets ``COLSIM_STEP_AHEAD=1``. Off by default: on the 2-core CPU host it measured no
+    faster (README, "Online batch-1"); it is meant for hosts with a spare core, e.g. a GPU run's.
     """
     t0 = time.perf_counter()
     diverged: Optional[dict] = None  # {"step", "phase", "terms"}: what went non-finite where
@@ -277,6 +283,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     eval_seconds = [0.0]
     last_ckpt: list[Optional[str]] = [None]
     stop = _SignalStop()
+    ahead: Optional[StepAhead] = None
 
     def checkpoint(path, p_next: int, t_next: int, sstate, cstate) -> None:
         """Flush the metrics, then write everything the schedule reads from here on (atomically)."""
@@ -358,6 +365,10 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
             if p_idx < first_phase:
                 continue
             stream = world.stream(protocol.stream.batch, protocol.stream.episode_length, ph.classes, ph.world)
+            if ahead is not None:
+                ahead.close()
+            ahead = StepAhead(stream.step, os.environ.get("COLSIM_STEP_AHEAD", "0") == "1" if step_ahead is None
+                              else step_ahead)
             t_begin = first_t if (resume is not None and p_idx == first_phase) else 0
             if resume is not None and p_idx == first_phase and "rng" in resume and t_begin == 0:
                 set_rng_states(resume["rng"])  # before the phase's fresh states, as in the uninterrupted run
@@ -374,7 +385,9 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
             for t in range(t_begin, ph.steps):
                 ts = time.perf_counter()
                 # 1. Step
-                sstate, st = stream.step(sstate)
+                sstate, st = ahead.step(sstate)
+                if t + 1 < ph.steps:
+                    ahead.ahead(sstate)  # step_ahead: the next Step, on another core while the column works
                 st.labels["phase"] = torch.full_like(st.labels["class"], p_idx)  # (B,) phase id
                 obs, action = host_to_device(st.obs, device), host_to_device(st.action, device)  # pinned to CUDA
                 start = st.start.to(device) | first
@@ -469,6 +482,8 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
         status = "interrupted"
     finally:
         stop.uninstall()
+        if ahead is not None:
+            ahead.close()
         if frozen_gc:
             gc.unfreeze()
     wall = time.perf_counter() - t0
