@@ -221,7 +221,7 @@ class ProtocolConfig(Strict):
 
     @property
     def total_steps(self) -> int:
-        return sum(p.steps for p in self.phases)
+        return self.phase_end_steps[-1]  # phases has at least one entry
 
     @property
     def phase_end_steps(self) -> list[int]:
