@@ -195,11 +195,14 @@ class _Probe:
             acc: dict[str, Any] = {"s": None}
             h = out.detach()  # shares storage: an in-place ReLU after the module turns h into relu(h), but
             # dL/dh is 0 wherever h < 0, so h dL/dh is unchanged
+            channel = cdim if rdim == 0 else out.dim() - 1
+            # the hook must not refer to `out`: out -> its hooks -> the hook -> out is a cycle that Python's
+            # collector cannot see through, and it kept every step's graph alive (a full-size action_shift run
+            # grew past the 24 GB host)
 
             def grad_hook(g: Tensor):
                 with torch.no_grad():
-                    s = per_sample_importance(h.movedim(rdim, 0), g.movedim(rdim, 0),
-                                              cdim if rdim == 0 else out.dim() - 1).float()  # (N, C)
+                    s = per_sample_importance(h.movedim(rdim, 0), g.movedim(rdim, 0), channel).float()  # (N, C)
                 acc["s"] = s if acc["s"] is None else acc["s"] + s
 
             out.register_hook(grad_hook)

@@ -245,3 +245,22 @@ def test_change_point_detection_switches_context(h):
         if t < 20:
             assert m["metaplastic.switches"] == 0
     assert m["metaplastic.switches"] == 1 and m["metaplastic.context"] == 1
+
+
+def test_no_step_graph_outlives_its_step():
+    """The per-sample importance hooks must not keep a tick's autograd graph alive: an output tensor
+    that its own gradient hook refers to forms a cycle Python's collector cannot free, and a full-size
+    action_shift run grew until the 24 GB host killed it."""
+    import gc
+
+    from colsim.record import MemoryRecorder
+    from colsim.simulate import run
+
+    cfg, world, column, rule, local, opt = build_tiny("backprop+metaplastic", protocol="stationary", steps=12,
+                                                      extra=["protocol.evaluation.at_start=false",
+                                                             "protocol.evaluation.probe_samples=10"])
+    assert run(column, rule, cfg.protocol, MemoryRecorder(), world=world, optimizer=opt, local=local).status == "completed"
+    gc.collect()
+    alive = [o for o in gc.get_objects() if type(o).__name__ == "ConvolutionBackward0"]
+    graphs = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None)
+    assert alive == [] and graphs == 0  # with the cycle: every tick's graph stayed
