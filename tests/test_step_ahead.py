@@ -92,7 +92,9 @@ def test_step_ahead_runs_on_another_thread_and_recomputes_for_another_state():
     ahead.close()
     off = StepAhead(step, enabled=False)
     off.ahead(s3)  # no thread: nothing is computed ahead
-    assert off.step(s3)[1] == 11 and where[-1] == threading.current_thread().name and len(where) == 4
+    assert off.step(s3)[1] == 11 and where[-1] == threading.current_thread().name
+    # the dropped look-ahead for s2 may or may not have started before the restore: 4 or 5 calls, 3 of them here
+    assert where.count(threading.current_thread().name) == 3 and len(where) in (4, 5)
 
 
 def test_an_error_in_the_step_computed_ahead_surfaces_from_step():
