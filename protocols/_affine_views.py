@@ -51,7 +51,12 @@ Actions (the relative-transformation scheme of seq-JEPA, Ghaemi et al. 2025, arX
     config has no translation). The last view of an episode has a = 0.
 
 Streams: B streams in lockstep; an episode = one train-pool image of an allowed class (uniform
-over classes, then over that class's images) for ``episode_length`` views. Stream b enters its
+over classes, then over that class's images) for ``episode_length`` views. ``episodes: same_class``
+shows a new train-pool image of the episode's class at every view instead (uniform over the class's
+images, drawn from the uniform that picks an episode's image, so no extra draw): the same-class
+pairing of EchoSpike (Graf et al. 2024), which uses the class labels to form episodes; the action
+still encodes the change of view parameters, and the ``image`` label follows the image shown.
+Probe sets are unchanged (one image per episode). Stream b enters its
 first episode at view b % episode_length (staggered); ``start`` is True at tick 0 and at every
 first view. The state holds the next view's parameters so each action is known when emitted.
 
@@ -104,6 +109,9 @@ class AffineViewConfig(PoolConfig):
     scale: tuple[float, float] = Field((0.5, 1.0), description="(min, max), log-uniform")
     factors: list[Literal["rotation", "translation", "scale"]] = Field(default_factory=lambda: list(FACTORS))
     mode: Literal["affine", "rotation_only"] = "affine"
+    episodes: Literal["same_image", "same_class"] = Field(
+        "same_image", description="an episode's views show one image (same_image) or a new image of the episode's "
+                                  "class at every view (same_class: EchoSpike's same-class pairing; uses the labels)")
     appearance: Literal["none", "invert", "blur_noise", "thick", "gamma"] = "none"
     blur_sigma: float = Field(1.0, gt=0, le=8, description="appearance blur_noise: Gaussian blur sigma, pixels")
     noise_std: float = Field(0.1, ge=0, le=1, description="appearance blur_noise: additive noise std")
@@ -283,6 +291,7 @@ class AffineViewWorld(World):
         ranges, unit, B, L = _ranges(cfg), self.shift_unit, batch, episode_length
         pick = class_picker(self.train_labels, self._classes(classes))  # u (B, 2) -> train-pool rows (B,)
         src: dict[torch.device, Tensor] = {}  # device -> canonical train images after before_warp (n, C, S, S)
+        same_class = cfg.episodes == "same_class"
 
         def init(generator: torch.Generator) -> dict[str, Tensor]:
             u = torch.rand(B, 10, generator=generator)
@@ -305,8 +314,11 @@ class AffineViewWorld(World):
                        labels={"class": labels[img], "angle": cur[:, 0], "shift": cur[:, 2:], "scale": cur[:, 1],
                                "episode": ep, "image": rows[img]})
             u = torch.rand(B, 10, generator=g)  # (B, 10): fresh view, fresh next view, fresh image
-            fresh, u = pick(u[:, 8:]).to(dev), u.to(dev)
-            new = {"rng": rng_state(g), "image": torch.where(last, fresh, img),
+            fresh = pick(u[:, 8:])  # (B,) a new episode's image
+            if same_class:  # within an episode, another image of its class (drawn by u[:, 9])
+                fresh = torch.where(last.cpu(), fresh, pick(u[:, 8:], like=img.cpu()))
+            fresh, u = fresh.to(dev), u.to(dev)
+            new = {"rng": rng_state(g), "image": fresh if same_class else torch.where(last, fresh, img),
                    "pos": torch.where(last, 0, pos + 1),
                    "cur": torch.where(last[:, None], _draw(u[:, :4], ranges), nxt),
                    "nxt": _draw(u[:, 4:8], ranges), "episode": ep + last.long(),

@@ -105,17 +105,23 @@ def missing_class(labels: Tensor, classes: list[int]) -> Optional[int]:
     return next((c for c in classes if not bool((labels == c).any())), None)
 
 
-def class_picker(labels: Tensor, classes: list[int]) -> Callable[[Tensor], Tensor]:
+def class_picker(labels: Tensor, classes: list[int]) -> Callable[..., Tensor]:
     """Stream sampler over a pool's items with classes ``labels`` (n,): uniforms u (B, 2) -> item
-    indices (B,), uniform over ``classes`` (u[:, 0]), then over that class's items (u[:, 1])."""
+    indices (B,), uniform over ``classes`` (u[:, 0]), then over that class's items (u[:, 1]).
+    ``pick(u, like=items)`` keeps the class of ``items`` (B,) and draws only the item (u[:, 1])."""
     members = [torch.nonzero(labels == c).flatten() for c in classes]
     counts = torch.tensor([len(m) for m in members])  # (K,)
     table = torch.zeros(len(classes), int(counts.max()), dtype=torch.long)  # (K, max n): item indices
     for k, m in enumerate(members):
         table[k, : len(m)] = m
+    position = torch.full((max(int(labels.max()), *classes) + 1,), -1, dtype=torch.long)  # class -> its k
+    position[torch.tensor(classes)] = torch.arange(len(classes))
 
-    def pick(u: Tensor) -> Tensor:  # u (B, 2) -> (B,)
-        k = (u[:, 0] * len(classes)).long().clamp_(max=len(classes) - 1)
+    def pick(u: Tensor, like: Optional[Tensor] = None) -> Tensor:  # u (B, 2) -> (B,)
+        if like is None:
+            k = (u[:, 0] * len(classes)).long().clamp_(max=len(classes) - 1)
+        else:
+            k = position[labels[like]]
         j = torch.minimum((u[:, 1] * counts[k]).long(), counts[k] - 1)
         return table[k, j]
 

@@ -286,6 +286,37 @@ def test_start_flags_and_episodes():
     assert start[1:].sum(1).max() < B  # staggered: streams do not all change episode together
 
 
+def test_same_class_episodes_change_the_image_not_the_class():
+    """episodes: same_class (EchoSpike's same-class pairing): within an episode every view shows another
+    train image of the episode's class; the start flags, episodes, view parameters and the draws that
+    pick each new episode are those of same_image episodes."""
+    B, L, T = 16, 4, 40
+    w_img, w_cls = make(), make(episodes="same_class")
+    a, b = run(w_img, T, batch=B, length=L, seed=5), run(w_cls, T, batch=B, length=L, seed=5)
+    changed = kept = 0
+    for t in range(T):
+        for k in ("episode", "class", "angle", "scale", "shift"):
+            assert torch.equal(a[t].labels[k], b[t].labels[k])
+        assert torch.equal(a[t].start, b[t].start) and torch.equal(a[t].action, b[t].action)
+        if t == 0:
+            continue
+        inside = ~b[t].start  # (B,) the view continues an episode
+        assert torch.equal(b[t].labels["class"][inside], b[t - 1].labels["class"][inside])
+        assert torch.equal(a[t].labels["image"][inside], a[t - 1].labels["image"][inside])  # same_image
+        same = b[t].labels["image"][inside] == b[t - 1].labels["image"][inside]
+        changed, kept = changed + int((~same).sum()), kept + int(same.sum())
+        # the image shown is the source image of its label
+        row = b[t].labels["image"][0]
+        assert int(w_cls.train_labels[w_cls.train_index == row]) == int(b[t].labels["class"][0])
+    # ~1 / 126 of the class's train images repeat by chance: nearly every view shows a new image
+    assert changed > 0.95 * (changed + kept)
+    starts = torch.stack([s.start for s in b[1:]])  # the images of new episodes are drawn as for same_image
+    first_img = torch.stack([s.labels["image"] for s in b[1:]])[starts]
+    assert torch.equal(first_img, torch.stack([s.labels["image"] for s in a[1:]])[starts])
+    with pytest.raises(ValidationError):
+        make(episodes="same_object")
+
+
 # ---- (6) rotation_only and overrides ------------------------------------------------------------
 
 def test_rotation_only():
