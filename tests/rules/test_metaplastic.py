@@ -252,11 +252,10 @@ def test_no_step_graph_outlives_its_step():
     that its own gradient hook refers to forms a cycle Python's collector cannot free, and a full-size
     action_shift run grew until the 24 GB host killed it."""
     import gc
+    import weakref
 
     from colsim.record import MemoryRecorder
     from colsim.simulate import run
-
-    import weakref
 
     cfg, world, column, rule, local, opt = build_tiny("backprop+metaplastic", protocol="stationary", steps=12,
                                                       extra=["protocol.evaluation.at_start=false",
