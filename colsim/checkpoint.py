@@ -145,9 +145,11 @@ def latest_checkpoint(ckpt_dir: str | Path, phase_end_steps: list[int]) -> Optio
 def restore_like(template: Any, saved: Any, device: str | torch.device = "cpu") -> Any:
     """Rebuild a saved state (dicts / lists of tensors, as :func:`save_checkpoint` stores it) in the
     structure of ``template`` (the freshly initialised state: NamedTuples come back as NamedTuples),
-    tensors moved to ``device``. Keys the template lacks are kept as saved."""
+    each tensor on its template tensor's device (a state keeps where its rule put it: a replay RNG
+    state is a CPU byte tensor on a CUDA run too), on ``device`` where the template has none. Keys
+    the template lacks are kept as saved."""
     if isinstance(saved, torch.Tensor):
-        return saved.to(device)
+        return saved.to(template.device if isinstance(template, torch.Tensor) else device)
     if isinstance(template, tuple) and hasattr(template, "_fields") and isinstance(saved, dict):
         return type(template)(**{k: restore_like(getattr(template, k), saved[k], device) if k in saved
                                  else getattr(template, k) for k in template._fields})

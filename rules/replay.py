@@ -101,7 +101,11 @@ def replay(cfg: ReplayConfig, inner: Rule, column=None) -> Rule:
 
     def update(params, state, trace):
         gen = torch.Generator()
-        gen.set_state(state["rng"])
+        gen.set_state(state["rng"].cpu())
+        # the buffer, its labels and the RNG live on the CPU (.cpu() is a no-op there); a checkpoint holds no
+        # template for the buffer, so on a resumed CUDA run it may come back on the run's device
+        stored = {k: v.cpu() for k, v in state["buf"].items()}
+        labels = state["labels"].cpu()
         inputs = trace["inputs"]
         valid = trace["valid"].detach().cpu()
         B = valid.shape[0]
@@ -111,23 +115,22 @@ def replay(cfg: ReplayConfig, inner: Rule, column=None) -> Rule:
         if filled >= R:
             idx = torch.randperm(filled, generator=gen)[:R]  # (R,)
             dev = trace["valid"].device
-            rep_in = {k: v[idx].to(dev) for k, v in state["buf"].items()}
+            rep_in = {k: v[idx].to(dev) for k, v in stored.items()}
             rep = column.forward_inputs(rep_in, local=bool(trace["local"]))
             if "labels" in trace:
-                rep["labels"] = {"class": state["labels"][idx]}
+                rep["labels"] = {"class": labels[idx]}
             merged = merge_traces(trace, rep)
         else:
             merged = trace
         grads, s_in, metrics = inner.update(params, state["inner"], merged)
         # 4. reservoir insertion of this step's valid items
-        buf = dict(state["buf"])
+        buf = dict(stored)
         if not buf:
             buf = {k: torch.zeros((K, *v.shape[1:]), dtype=v.dtype) for k, v in inputs.items()
                    if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == B}
         items = valid.nonzero().flatten()  # (k,) streams with a prediction
         slots = reservoir_slots(state["seen"], int(items.numel()), K, gen)
         keep = slots >= 0
-        labels = state["labels"]
         if bool(keep.any()):
             src, dst = items[keep], slots[keep]
             for k in buf:

@@ -113,6 +113,17 @@ def test_restore_like_rebuilds_named_tuples():
     assert len(back.buf) == 1 and torch.equal(back.buf[0], torch.ones(1))
 
 
+def test_restore_like_keeps_each_tensor_where_its_template_is():
+    """A state restored for a CUDA run: tensors whose fresh template lies on the CPU (a replay RNG state, a
+    byte tensor that torch.Generator.set_state needs there) stay on the CPU; those without a template go to
+    the run's device. ('meta' stands in for CUDA here; tests/test_device.py resumes a replay run on a GPU.)"""
+    template = {"rng": torch.Generator().get_state(), "buf": {}}
+    saved = {"rng": torch.Generator().manual_seed(3).get_state(), "buf": {"x": torch.ones(2)}}
+    back = restore_like(template, saved, "meta")
+    assert back["rng"].device.type == "cpu" and torch.equal(back["rng"], saved["rng"])
+    assert back["buf"]["x"].device.type == "meta"
+
+
 def _roundtrip(obj):
     import io
 
