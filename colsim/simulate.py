@@ -85,9 +85,17 @@ _heap_kept: Optional[bool] = None
 def build_for_run(cfg):
     """What every run does before its first step (``colsim run``, ``--resume``, a sweep task):
     deterministic algorithms (warn only), :func:`keep_freed_memory` on CPU, then
-    ``colsim.build.build_run(cfg)`` -> (world, column, rule, local, optimizer)."""
+    ``colsim.build.build_run(cfg)`` -> (world, column, rule, local, optimizer).
+
+    On CUDA it also sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when the environment leaves it unset: cuBLAS
+    (CUDA >= 10.2) is deterministic only with a fixed workspace, read when its first handle is made, so
+    it must be set before the run's first matrix product (NVIDIA's cuBLAS docs, "Results reproducibility";
+    PyTorch's "Reproducibility" notes). With it a CUDA run repeats bit for bit and resumes exactly
+    (tests/test_device.py, run on an H200)."""
     from colsim.build import build_run
 
+    if cfg.device != "cpu":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     if cfg.device == "cpu":
         keep_freed_memory()  # reuse activation memory between steps (see its docstring)

@@ -26,6 +26,7 @@ from typing import Annotated, Literal, Optional, Union
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from colsim.config import Strict
 from colsim.models.crate import CrateAggregator, CratePredictor
@@ -233,6 +234,11 @@ class TransformerAggregator(nn.Module):
         B = tokens.shape[0]
         x = torch.cat([self.agg.expand(B, -1, -1), tokens], dim=1)  # (B, 1+M, dim)
         mask = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=tokens.device), pad_mask], dim=1)
+        if tokens.is_cuda and torch.are_deterministic_algorithms_enabled():
+            # CUDA's fused attention kernels (cuDNN, memory-efficient) have non-deterministic backwards; the
+            # math kernel is plain matrix products and a softmax, and costs nothing at 1 + M <= ~10 tokens.
+            with sdpa_kernel(SDPBackend.MATH):
+                return self.encoder(x, src_key_padding_mask=mask)[:, 0]
         return self.encoder(x, src_key_padding_mask=mask)[:, 0]
 
     def diagnostics(self) -> dict[str, float]:

@@ -240,6 +240,61 @@ def test_autocast_on_cuda_activations_bf16():
     assert math.isfinite(float(z.float().sum()))
 
 
+@cuda
+def test_cuda_float32_run_tracks_the_cpu_run(tmp_path, monkeypatch):
+    """The same run (tiny column, backprop, seed 0, float32: ``model.autocast=none``) on the CPU and on CUDA:
+    the same initial parameters and stream, so the losses agree step by step up to float rounding. The
+    aggregator's dropout is off (its masks come from the CUDA generator on the GPU, another stream of
+    numbers: with it the losses differed by 3-19 % on an H200) and so is cuDNN's TF32 (a 10-bit mantissa,
+    PyTorch's default for convolutions)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    losses = {}
+    for d in ("cpu", "cuda"):
+        res = runner.invoke(app, ["run", "nonstationary", "--rule", "backprop", "--device", d, "--steps", "12", "--quiet",
+                                  "--out", str(tmp_path / d), "--set", "model.autocast=none",
+                                  "--set", "model.aggregator.dropout=0", *SETS])
+        assert res.exit_code == 0, res.output
+        loss = xr.open_datatree(tmp_path / d / "store.zarr", engine="zarr")["metrics"]["loss"].values
+        losses[d] = loss[~np.isnan(loss)]
+    cpu, gpu = losses["cpu"], losses["cuda"]
+    assert len(cpu) == len(gpu) >= 6  # the losses of 12 steps in 5 phases (a phase's first tick has none)
+    rel = np.abs(gpu - cpu) / np.abs(cpu)
+    print(f"cuda vs cpu float32, relative loss difference per step: first {rel[0]:.2e}, max {rel.max():.2e}")
+    assert rel[0] < 1e-3 and rel.max() < 2e-2, (cpu, gpu)
+
+
+def _colsim_proc(*args) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "colsim.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@cuda
+def test_cuda_runs_repeat_and_resume_bit_for_bit(tmp_path):
+    """On CUDA (bf16 autocast, channels-last: the device defaults), in fresh processes as `colsim run` starts them:
+    the same seed twice gives bit-identical parameters (deterministic algorithms, and the cuBLAS workspace
+    setting that ``build_for_run`` sets on CUDA), and a resume from a phase checkpoint, with the stateful rules'
+    state (SI importances, the replay buffer and its RNG, metaplastic availabilities) on the GPU, ends where the
+    uninterrupted run ends."""
+    run = ["run", "nonstationary", "--rule", "backprop+metaplastic+si+replay", "--device", "cuda", "--steps", "10",
+           "--seed", "1", "--quiet", *SETS]
+    for name in ("a", "b"):
+        res = _colsim_proc(*run, "--out", str(tmp_path / name))
+        assert res.returncode == 0, res.stderr
+    res = _colsim_proc("run", "nonstationary", "--resume", str(tmp_path / "a" / "checkpoints" / "phase02-digits45.pt"),
+                       "--out", str(tmp_path / "resumed"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    final = {n: torch.load(tmp_path / n / "checkpoints" / "phase04-digits89.pt", weights_only=True)["model"]
+             for n in ("a", "b", "resumed")}
+    for n in ("b", "resumed"):
+        diff = max(float((final["a"][k].float() - v.float()).abs().max()) for k, v in final[n].items())
+        assert all(torch.equal(final["a"][k], v) for k, v in final[n].items()), (n, diff)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_bench_step_device_cuda_without_cuda_exits_2():
     import subprocess
