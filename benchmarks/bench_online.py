@@ -2,8 +2,9 @@
 forward and backward, measured in the same run, for AdamW foreach (the default) and fused.
 
 Runs ``colsim.simulate.run`` on the online protocol (B = 1, one stream, rule backprop, the store
-written by a ZarrRecorder as ``colsim run`` does) once per AdamW implementation (``--optimizers``,
-one after the other in this process) and times, tick by tick:
+written by a ZarrRecorder as ``colsim run`` does) ``--reps`` times per AdamW implementation
+(``--optimizers``), alternated with a hand-written loop doing the same work (the baseline, below), and
+times, tick by tick:
 
 * the tick: between successive ``on_step`` calls (everything the step schedule does in one tick);
 * the column forward (``column.forward``) and the backward (``rule.update``: backprop's
@@ -68,6 +69,14 @@ falls by 0.5 ms but the tick does not (ratio 0.996-0.998): the column's forward 
 simulator's own part 0.16 ms slower while the world's Python, holding the GIL, runs beside them (the step
 itself takes 1.4 ms on the other thread against 0.7 in place). At B = 1 the world's view is mostly Python
 dispatch, so a second thread cannot hide it; the look-ahead stays off by default (``COLSIM_STEP_AHEAD=1``).
+
+The baseline (2026-12-04): a hand-written loop doing the same work — the world's step, the forward, ``rule.update``,
+AdamW and the EMA, nothing else — alternated with the simulator run (ABBA, ``--reps 3``, 1 thread, 549 ticks after
+50, ms, foreach / fused): baseline 13.49 / 12.15, simulator 14.37 / 13.09, so the simulator adds **0.88 / 0.95 ms
+per tick (1.065x / 1.078x)**; the timed parts put its own share at 0.75 / 0.76 ms. Single runs drift by ~1 ms on
+this shared host (one pair of unalternated runs put the baseline 1.5 ms *above* the simulator), hence the
+alternation. tick - forward - backward was 4.46 / 2.72 ms: AdamW 2.68 / 1.01, EMA 0.26 / 0.26, world 0.76 /
+0.71 — work that the hand-written loop does too.
 
 On a GPU (``--device cuda``: one NVIDIA H200, torch 2.11.0+cu130, bf16 autocast, 1 CPU thread, 2026-12-04,
 ``--steps 400 --warmup 50``; each timed part synchronizes, so it holds its GPU time; ms, foreach / fused): tick
@@ -239,6 +248,8 @@ ROWS = [("tick", "tick"), ("fwd", "column forward"), ("bwd", "column backward (r
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--reps", type=int, default=3,
+                    help="simulator runs and hand-written-loop runs per column, alternated; medians over them")
     ap.add_argument("--warmup", type=int, default=50, help="ticks left out of the medians")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default="seqjepa_cnn")
@@ -264,17 +275,26 @@ def main() -> None:
     kinds = [k.strip() for k in args.optimizers.split(",") if k.strip()]
     aheads = [a.strip() == "on" for a in args.step_ahead.split(",") if a.strip()]
     cols = [(k, a) for k in kinds for a in aheads]
-    res, bare = {}, {}
-    for k, a in cols:  # the hand-written loop right before each simulator run, same settings
+    res, bare, spread = {}, {}, {}
+    for k, a in cols:  # the hand-written loop and the simulator alternated (ABBA): the host's drift cancels
         run_sets = sets + [f"rule.optimizer.fused={'true' if k == 'fused' else 'false'}"] + args.set
-        bare[k, a] = _bare_loop(args, run_sets)
-        res[k, a] = _measure(args, run_sets, a)
+        bares, sims = [], []
+        for r in range(args.reps):
+            for is_bare in ((True, False) if r % 2 == 0 else (False, True)):
+                if is_bare:
+                    bares.append(_bare_loop(args, run_sets))
+                else:
+                    sims.append(_measure(args, run_sets, a))
+        res[k, a] = {key: (statistics.median(m[key] for m in sims) if isinstance(v, float) else v)
+                     for key, v in sims[0].items()}
+        bare[k, a] = statistics.median(bares)
+        spread[k, a] = (min(bares), max(bares), min(m["tick"] for m in sims), max(m["tick"] for m in sims))
     first = next(iter(res.values()))
     n, numel = first["grads"]
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"online protocol on {where}, model {args.model} ({numel / 1e6:.2f} M trained values in {n} tensors), B = 1, "
           f"{args.threads} thread(s), recording {args.record}; per-tick medians over {first['n']} ticks after "
-          f"{args.warmup} warm-up")
+          f"{args.warmup} warm-up; the median of {args.reps} runs each")
     names = [f"{k}, ahead {'on' if a else 'off'}" for k, a in cols]
     print(f"  {'ms per tick (AdamW, step-ahead)':40s}" + "".join(f"{c:>20s}" for c in names))
     for key, label in ROWS:
@@ -282,6 +302,8 @@ def main() -> None:
     for key, label in (("over_mean", "overhead, mean (with GC pauses)"), ("own_mean", "  simulator's own, mean")):
         print(f"  {label:40s}" + "".join(f"{res[c][key] * 1e3:20.3f}" for c in cols))
     print(f"  {'hand-written loop, same work (baseline)':40s}" + "".join(f"{bare[c] * 1e3:20.3f}" for c in cols))
+    print(f"  {'  (min-max over reps: baseline; tick)':40s}" + "".join(
+        f"  {'%.1f-%.1f; %.1f-%.1f' % tuple(x * 1e3 for x in spread[c]):>18s}" for c in cols))
     print(f"  {'simulator tick - baseline tick':40s}" + "".join(f"{(res[c]['tick'] - bare[c]) * 1e3:20.3f}" for c in cols))
     print(f"  {'ratio simulator / baseline tick':40s}" + "".join(f"{res[c]['tick'] / bare[c]:19.3f}x" for c in cols))
     if len(kinds) == 2:
