@@ -236,7 +236,8 @@ class TransformerAggregator(nn.Module):
         mask = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=tokens.device), pad_mask], dim=1)
         if tokens.is_cuda and torch.are_deterministic_algorithms_enabled():
             # CUDA's fused attention kernels (cuDNN, memory-efficient) have non-deterministic backwards; the
-            # math kernel is plain matrix products and a softmax, and costs nothing at 1 + M <= ~10 tokens.
+            # math kernel is plain matrix products and a softmax (at 1 + M <= ~10 tokens its cost should be small;
+            # not measured separately).
             with sdpa_kernel(SDPBackend.MATH):
                 return self.encoder(x, src_key_padding_mask=mask)[:, 0]
         return self.encoder(x, src_key_padding_mask=mask)[:, 0]
