@@ -10,8 +10,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT_DIR=${1:-gpu_check}
-mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
+if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "error: gpu_check.sh: CUDA is not available to $PY on this machine; run it on a machine with a GPU" >&2
+    exit 2
+fi
+mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $PY -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(), os.cpu_count(), 'cpus')"
 status=0
