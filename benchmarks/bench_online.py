@@ -92,7 +92,6 @@ tick (launch-bound small kernels, and a host slower per thread: the world's step
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -105,11 +104,9 @@ import colsim.models  # noqa: F401  (registers)
 import colsim.protocols  # noqa: F401
 import colsim.rules  # noqa: F401
 import colsim.simulate as sim
-from colsim.build import build_run
 from colsim.config import resolve_run_config
 from colsim.device import autocast_context
 from colsim.record import ZarrRecorder
-from colsim.simulate import keep_freed_memory
 from colsim.stream import StepAhead
 from colsim.simulate import run as simulate
 
@@ -133,9 +130,7 @@ def _measure(args, sets: list[str], ahead: bool) -> dict:
     """One run of the online protocol with ``sets``; per-tick medians (seconds) of every part."""
     cfg = resolve_run_config("online", model=args.model, overrides=sets, steps=args.steps, device=args.device)
     assert cfg.protocol.stream.batch == 1
-    if args.device != "cpu":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as build_for_run
-    world, column, rule, local, optimizer = build_run(cfg)
+    world, column, rule, local, optimizer = sim.build_for_run(cfg)  # as `colsim run` builds a run
     sync = torch.cuda.synchronize if args.device != "cpu" else None
     t = {k: [] for k in ("fwd", "bwd", "world", "wait", "opt", "teacher", "rec", "diag", "check")}
     diag_z = _timed(sim.collapse_diagnostics, t["diag"])  # twice per recorded tick, + the column's once
@@ -209,7 +204,7 @@ def _bare_loop(args, sets: list[str]) -> float:
     world's next view, the column's forward, the rule's gradients (``rule.update``), AdamW's step and the
     teacher's EMA, nothing else (no divergence check, no metrics, no recorder). Median seconds per tick."""
     cfg = resolve_run_config("online", model=args.model, overrides=sets, steps=args.steps, device=args.device)
-    world, column, rule, local, optimizer = build_run(cfg)
+    world, column, rule, local, optimizer = sim.build_for_run(cfg)
     dev = cfg.device
     amp = autocast_context(dev, getattr(cfg.model, "autocast", None))
     params = column.trainable()
@@ -225,9 +220,7 @@ def _bare_loop(args, sets: list[str]) -> float:
         with amp():
             cs, trace = column(cs, st.obs.to(dev), st.action.to(dev), st.start.to(dev) | (t == 0), local=local)
             grads, rstate, _ = rule.update(params, rstate, trace)
-        for n, p in params.items():
-            p.grad = None if grads.get(n) is None else grads[n].to(p.dtype)
-        optimizer.step()
+        rstate = sim.apply_update(params, grads, optimizer, rule, rstate)  # AdamW's step, as the simulator's
         column.update_target(t + 1)
         if dev != "cpu":
             torch.cuda.synchronize()
@@ -266,8 +259,6 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.exit(2, "error: --device cuda: CUDA is not available on this machine; use --device cpu\n")
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    keep_freed_memory()
     sets = ["protocol.evaluation.at_start=false", "protocol.evaluation.probe_samples=10",
             "protocol.evaluation.views=2", "protocol.record.probe=false"]
     if args.record == "off":

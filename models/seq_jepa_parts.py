@@ -20,6 +20,7 @@ the column's loss (sign -1 for rates that are maximised).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Annotated, Literal, Optional, Union
 
@@ -234,13 +235,12 @@ class TransformerAggregator(nn.Module):
         B = tokens.shape[0]
         x = torch.cat([self.agg.expand(B, -1, -1), tokens], dim=1)  # (B, 1+M, dim)
         mask = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=tokens.device), pad_mask], dim=1)
-        if tokens.is_cuda and torch.are_deterministic_algorithms_enabled():
-            # CUDA's fused attention kernels (cuDNN, memory-efficient) have non-deterministic backwards; the
-            # math kernel is plain matrix products and a softmax (at 1 + M <= ~10 tokens its cost should be small;
-            # not measured separately).
-            with sdpa_kernel(SDPBackend.MATH):
-                return self.encoder(x, src_key_padding_mask=mask)[:, 0]
-        return self.encoder(x, src_key_padding_mask=mask)[:, 0]
+        # CUDA's fused attention kernels (cuDNN, memory-efficient) have non-deterministic backwards; under
+        # deterministic algorithms the math kernel (plain matrix products and a softmax; at 1 + M <= ~10 tokens
+        # its cost should be small, not measured separately) runs instead
+        exact = tokens.is_cuda and torch.are_deterministic_algorithms_enabled()
+        with sdpa_kernel(SDPBackend.MATH) if exact else contextlib.nullcontext():
+            return self.encoder(x, src_key_padding_mask=mask)[:, 0]
 
     def diagnostics(self) -> dict[str, float]:
         return {}

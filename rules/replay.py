@@ -101,11 +101,11 @@ def replay(cfg: ReplayConfig, inner: Rule, column=None) -> Rule:
 
     def update(params, state, trace):
         gen = torch.Generator()
-        gen.set_state(state["rng"].cpu())
-        # the buffer, its labels and the RNG live on the CPU (.cpu() is a no-op there); a checkpoint holds no
-        # template for the buffer, so on a resumed CUDA run it may come back on the run's device
+        gen.set_state(state["rng"])
+        # the buffer lives on the CPU (.cpu() is a no-op there): a fresh state holds no template for it, so
+        # restore_like puts a resumed CUDA run's buffer on the GPU (the RNG state and labels keep their templates')
         stored = {k: v.cpu() for k, v in state["buf"].items()}
-        labels = state["labels"].cpu()
+        labels = state["labels"]
         inputs = trace["inputs"]
         valid = trace["valid"].detach().cpu()
         B = valid.shape[0]
