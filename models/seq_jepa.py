@@ -92,7 +92,7 @@ from colsim.models.encoders import build_encoder
 from colsim.models.regularizers import regularizer_loss
 from colsim.models.seq_jepa_parts import (
     ActionEmbed, AggregatorConfig, EncoderConfig, MLPPredictor, PredictorConfig, RegularizerConfig, TeacherConfig,
-    TransformerAggregator, build_aggregator, build_predictor, ema_momentum, encoder_width,
+    TransformerAggregator, build_aggregator, build_predictor, ema_momentum, ema_pairs, ema_update, encoder_width,
 )
 from colsim.registry import register_model
 from colsim.types import Trace, WorldSpec
@@ -185,6 +185,7 @@ class SeqJepaColumn(AbstractColumn):
             self.target_encoder = copy.deepcopy(self.encoder)
             for p in self.target_encoder.parameters():
                 p.requires_grad_(False)
+            self._ema = ema_pairs(self.target_encoder, self.encoder)
         else:
             self.target_encoder = None
         if cfg.compile:  # Module.compile keeps parameter names, so checkpoints and the EMA update are unchanged
@@ -521,11 +522,7 @@ class SeqJepaColumn(AbstractColumn):
         Buffers (e.g. BatchNorm statistics) are copied."""
         if self.target_encoder is None:
             return
-        m = ema_momentum(self.cfg.teacher, int(step))
-        for p_t, p in zip(self.target_encoder.parameters(), self.encoder.parameters()):
-            p_t.lerp_(p.detach(), 1.0 - m)
-        for b_t, b in zip(self.target_encoder.buffers(), self.encoder.buffers()):
-            b_t.copy_(b)
+        ema_update(self._ema, ema_momentum(self.cfg.teacher, int(step)))
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("target_encoder.")}

@@ -70,6 +70,7 @@ from colsim.models._spiking_lif import THETA, LIFBlock, SpikingEncoder, input_tr
 from colsim.models.seq_jepa import SeqJepaColumn
 from colsim.models.seq_jepa_parts import (
     ActionEmbed, AggregatorConfig, PredictorConfig, TeacherConfig, build_aggregator, build_predictor, ema_momentum,
+    ema_pairs, ema_update,
 )
 from colsim.registry import register_model
 from colsim.types import Trace, WorldSpec
@@ -138,6 +139,7 @@ class SpikingColumn(AbstractColumn):
             self.target_encoder = copy.deepcopy(self.encoder)
             for p in self.target_encoder.parameters():
                 p.requires_grad_(False)
+            self._ema = ema_pairs(self.target_encoder, self.encoder)
         else:
             self.target_encoder = None
         with torch.no_grad():  # neurons per block (flattened) and pooled widths, from a dry run
@@ -359,9 +361,7 @@ class SpikingColumn(AbstractColumn):
         """EMA teacher update once ``step`` optimizer steps are done (seq_jepa_parts.ema_momentum)."""
         if self.target_encoder is None:
             return
-        m = ema_momentum(self.cfg.teacher, int(step))
-        for p_t, p in zip(self.target_encoder.parameters(), self.encoder.parameters()):
-            p_t.lerp_(p.detach(), 1.0 - m)
+        ema_update(self._ema, ema_momentum(self.cfg.teacher, int(step)), buffers=False)  # parameters only
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("target_encoder.")}

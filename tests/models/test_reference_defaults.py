@@ -120,6 +120,27 @@ def test_update_target_takes_the_integer_step_not_a_fraction_of_the_run():
     assert _teacher_after(column, 10) == pytest.approx(0.0, abs=1e-7)  # m = 1 from the horizon on
 
 
+def test_update_target_equals_one_lerp_per_tensor_and_copies_buffers_after_to():
+    """The fused EMA (seq_jepa_parts.ema_update) gives the values of one ``lerp_`` per parameter, bit for bit,
+    copies every buffer, and still reaches the column's tensors after ``.to()`` replaced them."""
+    _, _, column, *_ = build("seqjepa_cnn")
+    column.double()  # replaces every buffer and every parameter's data: the EMA must follow
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in list(column.encoder.parameters()) + list(column.target_encoder.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+        for b in column.encoder.buffers():
+            b.copy_(torch.randint(1, 9, b.shape, generator=g).to(b.dtype))
+    want = [t.detach().clone().lerp_(s.detach(), 1 - 0.996)
+            for t, s in zip(column.target_encoder.parameters(), column.encoder.parameters())]
+    column.update_target(1)  # constant momentum 0.996
+    got = list(column.target_encoder.parameters())
+    assert got[0].dtype == torch.float64 and len(got) == len(want) == 4  # TINY: two conv layers
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    bufs = list(zip(column.target_encoder.buffers(), column.encoder.buffers()))
+    assert len(bufs) == 3 and all(torch.equal(a, b) for a, b in bufs)  # BatchNorm mean, var, count
+
+
 @pytest.mark.parametrize("bad, msg", [
     (["model.teacher.momentum_end=0.999"], "horizon_steps"),
     (["model.teacher.kind=stopgrad", "model.teacher.horizon_steps=100"], "teacher.horizon_steps"),
