@@ -246,7 +246,6 @@ def _bare_loop(args, sets: list[str]) -> dict:
     parts = {k: [] for k in ("tick", "fwd", "bwd", "world", "learn", "free")}
     last = clock()
     for t in range(args.steps):
-        t0 = clock()
         ss, st = stream.step(ss)
         t1 = clock()
         with amp():
@@ -262,7 +261,7 @@ def _bare_loop(args, sets: list[str]) -> dict:
         t4 = clock()
         del trace, grads  # the tick's graph and gradients freed inside the tick, outside the forward and backward
         now = clock()  # (the simulator frees them when the next tick rebinds them, outside its timed forward too)
-        for k, v in zip(parts, (now - last, t2 - t1, t3 - t2, t1 - t0, t4 - t3, now - t4)):
+        for k, v in zip(parts, (now - last, t2 - t1, t3 - t2, t1 - last, t4 - t3, now - t4)):
             parts[k].append(v)
         last = now
     w = slice(args.warmup + 1, None)

@@ -78,7 +78,6 @@ parameters, as the global path does; so does ``forward_inputs`` (replay has no c
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Literal, Optional
 
 import torch
@@ -92,7 +91,7 @@ from colsim.models.encoders import build_encoder
 from colsim.models.regularizers import regularizer_loss
 from colsim.models.seq_jepa_parts import (
     ActionEmbed, AggregatorConfig, EncoderConfig, MLPPredictor, PredictorConfig, RegularizerConfig, TeacherConfig,
-    TransformerAggregator, build_aggregator, build_predictor, ema_momentum, ema_pairs, ema_update, encoder_width,
+    TransformerAggregator, build_aggregator, build_predictor, ema_momentum, ema_teacher, ema_update, encoder_width,
 )
 from colsim.registry import register_model
 from colsim.types import Trace, WorldSpec
@@ -182,10 +181,7 @@ class SeqJepaColumn(AbstractColumn):
             self.encoder.to(memory_format=torch.channels_last)
             self.encoder.channels_last = True
         if cfg.teacher.kind == "ema":
-            self.target_encoder = copy.deepcopy(self.encoder)
-            for p in self.target_encoder.parameters():
-                p.requires_grad_(False)
-            self._ema = ema_pairs(self.target_encoder, self.encoder)
+            self.target_encoder, self._ema = ema_teacher(self.encoder)
         else:
             self.target_encoder = None
         if cfg.compile:  # Module.compile keeps parameter names, so checkpoints and the EMA update are unchanged

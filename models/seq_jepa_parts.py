@@ -21,6 +21,7 @@ the column's loss (sign -1 for rates that are maximised).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Annotated, Literal, Optional, Union
 
@@ -140,11 +141,14 @@ def ema_momentum(t: TeacherConfig, step: int) -> float:
     return t.momentum_end - (t.momentum_end - t.momentum) * (math.cos(math.pi * frac) + 1) / 2
 
 
-def ema_pairs(target: nn.Module, online: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """The (teacher, student) sub-module pairs :func:`ema_update` walks, built once per column: modules
-    are never replaced, while ``.to()`` may replace the tensors inside them, which ``ema_update`` reads
-    at every call. ``target`` is a deep copy of ``online``, so the pairs line up."""
-    return list(zip(target.modules(), online.modules()))
+def ema_teacher(online: nn.Module) -> tuple[nn.Module, list[tuple[nn.Module, nn.Module]]]:
+    """The EMA teacher of ``online``: a frozen deep copy, and the (teacher, student) sub-module pairs
+    :func:`ema_update` walks, built once per column: modules are never replaced, while ``.to()`` may
+    replace the tensors inside them, which ``ema_update`` reads at every call."""
+    target = copy.deepcopy(online)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target, list(zip(target.modules(), online.modules()))
 
 
 @torch.no_grad()

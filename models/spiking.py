@@ -56,7 +56,6 @@ the view) and saturated (a spike in every bin) neurons of the last forward.
 """
 from __future__ import annotations
 
-import copy
 from typing import Literal, Optional
 
 import torch
@@ -70,7 +69,7 @@ from colsim.models._spiking_lif import THETA, LIFBlock, SpikingEncoder, input_tr
 from colsim.models.seq_jepa import SeqJepaColumn
 from colsim.models.seq_jepa_parts import (
     ActionEmbed, AggregatorConfig, PredictorConfig, TeacherConfig, build_aggregator, build_predictor, ema_momentum,
-    ema_pairs, ema_update,
+    ema_teacher, ema_update,
 )
 from colsim.registry import register_model
 from colsim.types import Trace, WorldSpec
@@ -136,10 +135,7 @@ class SpikingColumn(AbstractColumn):
         self.aggregator = build_aggregator(cfg.aggregator, D + E, cfg.window)
         self.predictor = build_predictor(cfg.predictor, D + E, E, D)
         if cfg.teacher.kind == "ema":
-            self.target_encoder = copy.deepcopy(self.encoder)
-            for p in self.target_encoder.parameters():
-                p.requires_grad_(False)
-            self._ema = ema_pairs(self.target_encoder, self.encoder)
+            self.target_encoder, self._ema = ema_teacher(self.encoder)
         else:
             self.target_encoder = None
         with torch.no_grad():  # neurons per block (flattened) and pooled widths, from a dry run
