@@ -26,11 +26,15 @@ try:  # typer metadata only; the functions work without typer
                                                                            "dashboard.html in the first run folder)")]
     _Metric = Annotated[Optional[list[str]], typer.Option("--metric", help="a summary metric to tabulate "
                                                                            "(repeatable; default: the key metrics)")]
+    _Vs = Annotated[Optional[list[str]], typer.Option("--vs", help="also print each rule's per-seed paired "
+                                                                   "difference from this rule (repeatable; e.g. "
+                                                                   "--vs backprop --vs frozen)")]
     _Serve = Annotated[bool, typer.Option("--serve", help="serve with panel on localhost instead of writing a file")]
     _Port = Annotated[int, typer.Option("--port", help="port for --serve")]
 except ImportError:  # pragma: no cover - typer is a core dependency
     _Runs, _By, _Out, _Output, _Serve, _Port = list[str], Optional[list[str]], Optional[str], Optional[str], bool, int
     _Metric = Optional[list[str]]
+    _Vs = Optional[list[str]]
 
 
 def _console():
@@ -139,8 +143,10 @@ def analyze(runs: _Runs) -> None:
             console.print("[green]no health alarms[/]")
 
 
-def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = None) -> None:
-    """Table of key metrics (mean ± 95 % CI over seeds) grouped by run attributes; saved as CSV and HTML."""
+def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = None, vs: _Vs = None) -> None:
+    """Table of key metrics (mean ± 95 % CI over seeds) grouped by run attributes; saved as CSV and HTML.
+    With ``--vs RULE``: each rule's per-seed paired difference from RULE (same protocol and seed), with its CI
+    and the minimum detectable effect at 80 % power, also saved as ``paired-vs-RULE.csv``."""
     from colsim.analysis.compare import KEY_METRICS, compare_runs_to_files
 
     paths = _check(runs)
@@ -157,6 +163,34 @@ def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = Non
     console = _console()
     console.print(table.to_rich(title=f"colsim compare by {', '.join(by)}"))
     console.print(f"wrote {csv_path} and {html_path}", highlight=False)
+    for base in vs or []:
+        _paired(paths, base, out or ".", console)
+
+
+def _paired(paths, base: str, out: str, console) -> None:
+    import csv
+    from pathlib import Path
+
+    from rich.table import Table as RichTable
+
+    from colsim.analysis.compare import PAIRED_METRICS, paired_rows
+
+    rows = paired_rows(paths, base)
+    if not rows:
+        _fail(f"--vs {base!r}: no completed run of rule {base!r} shares a protocol and seed with another rule")
+    t = RichTable(title=f"paired difference rule - {base} (same protocol and seed): mean ± 95 % CI [MDE at 80 % power]")
+    for c in ("protocol", "rule", "n", *PAIRED_METRICS):
+        t.add_column(c, justify="left" if c in ("protocol", "rule") else "right", overflow="fold")
+    for r in rows:
+        t.add_row(r["protocol"], r["rule"], str(r["n"]),
+                  *[f"{r[m]:+.3f} ± {r[m + '_ci95']:.3f} [{r[m + '_mde']:.3f}]" for m in PAIRED_METRICS])
+    console.print(t)
+    path = Path(out) / f"paired-vs-{base.replace('+', '_')}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    console.print(f"wrote {path}", highlight=False)
 
 
 def dashboard(runs: _Runs, output: _Output = None, serve: _Serve = False, port: _Port = 5006) -> None:

@@ -19,7 +19,8 @@ import numpy as np
 from colsim.analysis.analyze import analyze_run, summary_from_store
 from colsim.analysis.store import run_point
 
-__all__ = ["KEY_METRICS", "Table", "t_quantile_975", "mean_ci", "compare_runs", "compare_runs_to_files"]
+__all__ = ["KEY_METRICS", "Table", "t_quantile_975", "mean_ci", "compare_runs", "compare_runs_to_files",
+           "min_detectable_effect", "paired_rows", "PAIRED_METRICS"]
 
 # summary key -> column label (higher is better unless noted in the label)
 KEY_METRICS = {
@@ -192,6 +193,55 @@ def compare_runs(paths, by=("rule",), metrics=None, analyze_missing: bool = True
             row[m], row[f"{m}_ci95"] = mu, ci
         rows.append(row)
     return Table(group_keys=by, metrics=present, rows=rows, labels={m: KEY_METRICS.get(m, m) for m in present})
+
+
+# the read-outs a paired comparison reports by default (colsim compare --vs RULE)
+PAIRED_METRICS = ("frozen_forgetting", "forgetting", "prediction_forgetting", "probe_acc_agg_final")
+
+
+def min_detectable_effect(sd: float, n: int, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test at alpha = 0.05 detects with
+    probability ``power`` from ``n`` pairs whose differences have standard deviation ``sd``:
+    ``(t_{0.975, n-1} + t_{power, n-1}) sd / sqrt(n)`` (the usual normal-shift approximation)."""
+    if n < 2 or not math.isfinite(sd):
+        return float("nan")
+    from scipy.stats import t as student_t
+
+    return float((student_t.ppf(0.975, n - 1) + student_t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
+def paired_rows(paths, vs: str, metrics=PAIRED_METRICS, by=("protocol",), analyze_missing: bool = True) -> list[dict]:
+    """Per-seed paired differences ``rule - vs`` of each metric, for every rule other than ``vs``.
+
+    Runs are matched on ``seed`` within each group of ``by`` (default: the protocol), so each difference
+    compares two runs that saw the same stream and started from the same weights. A row per (group, rule):
+    ``{**group, "rule", "vs", "n", f"{m}": mean, f"{m}_ci95", f"{m}_mde"}``, where ``_ci95`` is the t-based
+    half-width of the mean difference and ``_mde`` the minimum detectable effect at 80 % power
+    (:func:`min_detectable_effect`) with these pairs' spread. For a forgetting, a negative difference means
+    the rule forgets less than ``vs``."""
+    summaries = [_summary(p, analyze_missing) for p in paths]
+    cells: dict[tuple, dict[str, dict]] = {}
+    for s in summaries:
+        if s.get("status") != "completed":
+            continue
+        g = tuple(str(s.get(k, "unknown")) for k in by)
+        cells.setdefault(g, {}).setdefault(str(s.get("rule")), {})[str(s.get("seed"))] = s
+    rows = []
+    for g in sorted(cells):
+        base = cells[g].get(vs)
+        if not base:
+            continue
+        for rule in sorted(r for r in cells[g] if r != vs):
+            seeds = sorted(set(cells[g][rule]) & set(base), key=lambda x: (len(x), x))
+            row: dict = {**dict(zip(by, g)), "rule": rule, "vs": vs, "n": len(seeds)}
+            for m in metrics:
+                d = [cells[g][rule][k].get(m) - base[k].get(m) for k in seeds
+                     if isinstance(cells[g][rule][k].get(m), (int, float)) and isinstance(base[k].get(m), (int, float))]
+                mu, ci, n = mean_ci(d)
+                sd = float(np.std(d, ddof=1)) if n >= 2 else float("nan")
+                row[m], row[f"{m}_ci95"], row[f"{m}_mde"] = mu, ci, min_detectable_effect(sd, n)
+            rows.append(row)
+    return rows
 
 
 def compare_runs_to_files(paths, by=("rule",), out_dir=".", metrics=None) -> tuple[Table, Path, Path]:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from colsim.sensors import Sensor, sense
 from colsim.types import PyTree, Trace
 
-__all__ = ["AbstractColumn", "Circuit", "vote"]
+__all__ = ["AbstractColumn", "Circuit", "vote", "running_stat_buffers"]
 
 
 class AbstractColumn(nn.Module, abc.ABC):
@@ -64,6 +64,19 @@ class AbstractColumn(nn.Module, abc.ABC):
     def trainable(self) -> dict[str, nn.Parameter]:
         """The parameters rules may change (teacher copies are excluded)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+
+def running_stat_buffers(module: nn.Module) -> list[str]:
+    """Names of the buffers that training-mode forward passes re-estimate from the data and evaluation
+    then reads: the running statistics of normalisation layers (BatchNorm, InstanceNorm with
+    ``track_running_stats``). No rule consolidates them (a rule changes parameters only), so a column
+    that has them forgets, or is "protected" by replay, with no weight changing; a run's summary lists
+    them as ``unconsolidated_buffers`` (README, "Measuring forgetting"). The packaged columns have none."""
+    out = []
+    for name, m in module.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            out += [f"{name}.{b}" if name else b for b, v in m.named_buffers(recurse=False) if v is not None]
+    return out
 
 
 def vote(x: Tensor, kind: str) -> Tensor:

@@ -164,7 +164,7 @@ class PhaseConfig(Strict):
     name: str
     steps: int = Field(gt=0)
     classes: Optional[list[int]] = None  # None: every class of the world
-    learn: bool = True
+    learn: bool = True  # false: this phase runs as protocol.learn=false does (evaluation mode, no rule call)
     world: dict[str, Any] = Field(default_factory=dict)  # per-phase world overrides (action ranges, context)
 
 
@@ -210,8 +210,11 @@ class ProtocolConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     model: str = "seqjepa_cnn"  # default model preset
     rule: str = "backprop"  # default rule spec
-    # false: no phase learns (the negative control: forgetting must be 0 within its error), whatever
-    # the phases say; `--set protocol.learn=false`
+    # false: no phase learns, whatever the phases say (`--set protocol.learn=false`). This freezes MORE than
+    # the weights: the column runs in evaluation mode (dropout off, normalisation layers on their running
+    # statistics, left unchanged), under no_grad, and the rule is never called (no update, no phase-end
+    # boundary, no replay). Every forgetting is then exactly 0. The frozen-weights control arm is
+    # `--rule frozen` instead (rules/frozen.py): training-mode passes, no parameter update.
     learn: bool = True
     # the learning-rate schedule after warm-up of every optimizer whose rule leaves
     # `rule.optimizer.schedule` unset: a stationary run anneals ("cosine", as seq-JEPA trains), a
@@ -308,6 +311,12 @@ def rule_spec_to_config(data: Any, prefix: str = "rule") -> RuleSpec:
         raise ConfigError(f"{prefix}.name: {data['name']!r} is a modifier; use it as 'BASE+{data['name']}' "
                           f"(e.g. --rule lpl+{data['name']})")
     cfg = validate_as(e.config, data, prefix)
+    if not e.updates:  # a control arm that changes no parameter: nothing for a consolidating modifier to act on
+        for i, m in enumerate(mods):
+            if registry.RULES[m.name].updates:
+                raise ConfigError(f"{prefix}.wrap[{i}]: {m.name!r} acts on parameter updates and rule "
+                                  f"{data['name']!r} makes none; drop '+{m.name}' (or use a learning rule, "
+                                  f"e.g. backprop+{m.name})")
     full = "+".join([data["name"]] + [m.name for m in mods])
     return RuleSpec(name=full, config=cfg, optimizer=opt, wrap=mods)
 

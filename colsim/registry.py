@@ -28,6 +28,10 @@ class Entry(NamedTuple):
     factory: Callable[..., Any]
     kind: str  # "world" | "model" | "base" | "modifier"
     summary: str
+    # rules only. base: the rule changes parameters (False: the ``frozen`` control arm); modifier: it acts on the
+    # inner rule's parameter updates (si, ewc, metaplastic; False: replay, which acts on its inputs). A modifier
+    # that acts on updates around a base rule that makes none is refused (colsim.config.rule_spec_to_config).
+    updates: bool = True
 
 
 WORLDS: dict[str, Entry] = {}
@@ -55,12 +59,12 @@ def register_model(name: str, config: type):
     return deco
 
 
-def register_rule(name: str, config: type, kind: str = "base"):
+def register_rule(name: str, config: type, kind: str = "base", updates: bool = True):
     if kind not in ("base", "modifier"):
         raise ValueError(f"rule kind must be 'base' or 'modifier', got {kind!r}")
 
     def deco(fn):
-        RULES[name] = Entry(name, config, fn, kind, _summary(fn))
+        RULES[name] = Entry(name, config, fn, kind, _summary(fn), updates)
         return fn
     return deco
 
@@ -83,7 +87,7 @@ def preset(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict:
 
     A preset may start from another of the same kind with ``extends: BASE``: the result is BASE's
     dict (itself resolved the same way) with this file's top-level keys replacing BASE's whole (a
-    nested dict given here is not merged into BASE's), e.g. ``models/seqjepa_cnn_cr.yaml`` is
+    nested dict given here is not merged into BASE's), e.g. ``models/seqjepa_cnn_bn.yaml`` is
     ``extends: seqjepa_cnn`` plus one ``regularizers`` key.
     """
     from colsim.config import ConfigError, load_yaml_text

@@ -67,7 +67,7 @@ from colsim._circuit_eval import (COLUMN_SUMMARY_KEYS, circuit_eval_data, circui
 from colsim.build import lr_at
 from colsim.checkpoint import (prune_step_checkpoints, restore_like, rng_states, save_checkpoint, set_rng_states,
                                step_checkpoint_path)
-from colsim.column import Circuit
+from colsim.column import Circuit, running_stat_buffers
 from colsim.config import ProtocolConfig
 from colsim.device import autocast_context, host_to_device, pin_probe_set
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
@@ -496,6 +496,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
             gc.unfreeze()
     wall = time.perf_counter() - t0
     summary = make_summary(evals, names, step, wall, status, at_start=ev.at_start, columns=entries or None)
+    summary["unconsolidated_buffers"] = running_stat_buffers(column)  # state no rule consolidates (none by default)
     summary["eval_s"] = round(eval_seconds[0], 3)
     summary["eval_share"] = round(eval_seconds[0] / wall, 4) if wall > 0 else None
     if diverged is not None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from colsim.analysis.compare import mean_ci
 
-RULES = ["backprop", "lpl", "layerwise", "sparse_coding", "backprop+replay", "backprop+si", "backprop+ewc",
+RULES = ["frozen", "backprop", "lpl", "layerwise", "sparse_coding", "backprop+replay", "backprop+si", "backprop+ewc",
          "backprop+metaplastic", "lpl+replay"]
 PROTOCOLS = ["action_shift", "nonstationary"]
 # summary key -> column label; forgetting: positive = worse after later phases

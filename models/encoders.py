@@ -41,9 +41,9 @@ class Encoder(nn.Module):
             h = block(h.detach() if detach_blocks else h)
             layers.append(self.pool(h))
         z = layers[-1]  # (B, D)
-        norm = self._modules.get("out_norm")  # optional BatchNorm1d(affine=False) set by build_encoder
+        norm = self._modules.get("out_norm")  # optional LayerNorm / BatchNorm1d (affine=False) set by build_encoder
         if norm is not None:
-            if self.training and z.shape[0] < 2:  # one sample has no batch statistics: use the running ones
+            if isinstance(norm, nn.BatchNorm1d) and self.training and z.shape[0] < 2:  # one sample has no batch statistics: use the running ones
                 z = torch.nn.functional.batch_norm(z, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
             else:
                 z = norm(z)
@@ -131,9 +131,12 @@ class ResNet18Encoder(Encoder):
 
 
 def build_encoder(kind: str, obs_shape: Sequence[int], channels: Sequence[int] = (32, 64, 128),
-                  hidden: Sequence[int] = (512, 256), cifar_stem: bool = True, output_norm: bool = False) -> Encoder:
-    """``output_norm``: z = BatchNorm1d(affine=False)(pooled last block) — centres z across the batch
-    (the per-block ``layers`` stay raw for layer-local rules)."""
+                  hidden: Sequence[int] = (512, 256), cifar_stem: bool = True,
+                  output_norm: "bool | str" = False) -> Encoder:
+    """``output_norm`` on z = the pooled last block (the per-block ``layers`` stay raw for layer-local rules):
+    ``"layer"`` = LayerNorm(elementwise_affine=False), each sample over its units, no buffers;
+    ``"batch"`` / True = BatchNorm1d(affine=False), each unit over the batch, with running statistics;
+    ``"none"`` / False = none."""
     if kind == "cnn":
         enc: Encoder = ConvEncoder(obs_shape[0], channels)
     elif kind == "mlp":
@@ -142,6 +145,11 @@ def build_encoder(kind: str, obs_shape: Sequence[int], channels: Sequence[int] =
         enc = ResNet18Encoder(obs_shape[0], cifar_stem=cifar_stem)
     else:
         raise ValueError(f"unknown encoder kind {kind!r}; valid: cnn, mlp, resnet18")
-    if output_norm:
+    norm = {True: "batch", False: "none"}.get(output_norm, output_norm) if isinstance(output_norm, bool) else output_norm
+    if norm == "batch":
         enc.out_norm = nn.BatchNorm1d(enc.width, affine=False)
+    elif norm == "layer":
+        enc.out_norm = nn.LayerNorm(enc.width, elementwise_affine=False)
+    elif norm != "none":
+        raise ValueError(f"encoder.output_norm must be none, layer or batch, got {output_norm!r}")
     return enc

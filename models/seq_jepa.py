@@ -6,9 +6,12 @@ observations and their actions; ``start`` resets it). At tick t, with context vi
 x_{t-c..t-1} (c <= M) and their actions a (a_i leads from view i to view i+1):
 
 1. z_i = f(x_i) for the context views (encoder f, (B*c, C, H, W) -> (B*c, D));
-2. tokens u_i = concat(z_i, e(a_i)) with e = Linear(A -> E) + BatchNorm(affine=False); the
+2. tokens u_i = concat(z_i, e(a_i)) with e = Linear(A -> E) + a parameter-free norm; the
    last context token's action embedding is zeroed (the action to the target goes to the
-   predictor) — paper section 3;
+   predictor) — paper section 3. The paper's norm is BatchNorm (``action_norm: batch``);
+   colsim's default is LayerNorm (``action_norm: layer``), which keeps no running statistics, so
+   evaluation does not depend on the actions of the phase last trained (README, "Measuring
+   forgetting");
 3. z_AGG = g([AGG]; u) — aggregator (``aggregator.kind``: transformer | crate | crate_alpha |
    tost, models/seq_jepa_parts.py; padded window slots masked);
 4. z_hat = h(z_AGG, e(a_{t-1})) predicts the embedding of x_t (``predictor.kind``: mlp | crate);
@@ -45,7 +48,9 @@ totals of such a tick as NaN (colsim/simulate.py), and diagnostics not computed 
 non-zero fraction and per-head MSSA coding rate per CRATE layer, TSSA membership entropy per
 ToST layer) and each regulariser's value ``reg.<name>.<on>``.
 
-Batch 1 (``protocols/online.yaml``): one stream has no batch statistics. A BatchNorm layer in
+Batch 1 (``protocols/online.yaml``): one stream has no batch statistics. (The default column has no
+BatchNorm layer: ``encoder.output_norm: layer`` and ``action_norm: layer`` normalise each sample alone;
+this paragraph concerns ``batch`` norms and the ResNet-18 encoder.) A BatchNorm layer in
 training would otherwise normalise across whatever stack of views it is given — the c context
 views of the one episode (which subtracts the object they share) or a single view (the action
 embedding then outputs 0) — while the current view used the running statistics. So a training
@@ -107,6 +112,9 @@ class SeqJepaConfig(Strict):
     name: Literal["seqjepa"] = "seqjepa"
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     action_embed: int = Field(128, ge=1)
+    # e(a)'s normalisation: layer (LayerNorm, no buffers; default) or batch (seq-JEPA's BatchNorm, whose running
+    # statistics follow each phase's actions and confound forgetting: README "Measuring forgetting")
+    action_norm: Literal["layer", "batch"] = "layer"
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -166,7 +174,7 @@ class SeqJepaColumn(AbstractColumn):
         E = cfg.action_embed if cfg.action_conditioning else 0
         self.dim, self.action_dim = D, E
         self.window = cfg.window
-        self.action_embed = ActionEmbed(spec.action_dim, E) if cfg.action_conditioning else None
+        self.action_embed = ActionEmbed(spec.action_dim, E, cfg.action_norm) if cfg.action_conditioning else None
         self.aggregator = build_aggregator(cfg.aggregator, D + E, cfg.window + (1 if cfg.lateral else 0))
         self.predictor = build_predictor(cfg.predictor, D + E, E, D)
         self.symmetric = cfg.teacher.kind == "symmetric"

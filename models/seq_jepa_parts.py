@@ -26,7 +26,7 @@ import math
 from typing import Annotated, Literal, Optional, Union
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -47,10 +47,18 @@ class EncoderConfig(Strict):
     channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)  # cnn
     hidden: list[int] = Field(default_factory=lambda: [512, 256], min_length=1)  # mlp
     cifar_stem: bool = True  # resnet18
-    # parameter-free BatchNorm on z = f(x) (not in seq-JEPA, off by default): it centres and whitens
-    # each unit across the batch, which acts as an anti-collapse device of its own and so confounds
-    # comparisons of teachers and regularisers (measured in models/README.md)
-    output_norm: bool = False
+    # parameter-free normalisation of z = f(x) (not in seq-JEPA, off by default):
+    #   layer (LayerNorm without affine): each sample's z centred and scaled over its units; no buffers, so
+    #     training and evaluation normalise alike and nothing drifts with the data (the CPU presets' choice);
+    #   batch / true (BatchNorm without affine): each unit centred and scaled over the batch, an anti-collapse
+    #     device of its own; evaluation uses running statistics re-estimated from each phase's data, a
+    #     forgetting no parameter-level rule can prevent (README "Measuring forgetting", models/README.md)
+    output_norm: Union[bool, Literal["none", "layer", "batch"]] = "none"
+
+    @field_validator("output_norm")
+    @classmethod
+    def _norm_kind(cls, v):
+        return {True: "batch", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
 def encoder_width(e: EncoderConfig) -> int:
@@ -236,16 +244,28 @@ assert {c.model_fields["name"].annotation.__args__[0] for c in _REG_CLASSES} == 
 # --------------------------------------------------------------------------- modules
 
 class ActionEmbed(nn.Module):
-    """e(a) = BatchNorm(Linear(a)) without affine; statistics over the valid entries only."""
+    """e(a) = Norm(Linear(a)) without affine.
 
-    def __init__(self, action_dim: int, dim: int):
+    ``norm="layer"`` (default): LayerNorm over the E embedding units of each action — no buffers, the
+    same in training and evaluation, any batch size. ``norm="batch"``: seq-JEPA's BatchNorm
+    (Ghaemi et al. 2025), statistics over the valid entries only; its running statistics follow each
+    phase's action distribution and evaluation uses them (README, "Measuring forgetting")."""
+
+    def __init__(self, action_dim: int, dim: int, norm: str = "layer"):
         super().__init__()
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"action_norm must be 'layer' or 'batch', got {norm!r}")
         self.linear = nn.Linear(action_dim, dim)
-        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False) if norm == "layer" else nn.BatchNorm1d(dim, affine=False)
+        self.batch_stats = norm == "batch"
 
     def forward(self, a: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """a (N, A), mask (N,) bool of entries that enter the batch statistics -> (N, E); masked-out rows are 0."""
+        """a (N, A), mask (N,) bool of the valid entries (those that enter BatchNorm's statistics) -> (N, E);
+        masked-out rows are 0."""
         h = self.linear(a)  # (N, E)
+        if not self.batch_stats:  # per-sample: no batch, no running statistics
+            e = self.norm(h)
+            return e if mask is None else e * mask.unsqueeze(-1).to(e.dtype)
         if mask is None:
             return self.norm(h) if h.shape[0] > 1 or not self.training else h
         out = torch.zeros_like(h)

@@ -94,6 +94,9 @@ class SpikingConfig(Strict):
     coding: Literal["rate", "latency"] = "rate"
     readout: Literal["rate", "count"] = "rate"  # z: last block's spikes per bin or per view
     action_embed: int = Field(32, ge=1)
+    # e(a)'s normalisation: layer (LayerNorm, no buffers; default) or batch (seq-JEPA's BatchNorm, whose running
+    # statistics follow each phase's actions and confound forgetting: README "Measuring forgetting")
+    action_norm: Literal["layer", "batch"] = "layer"
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     predictor: PredictorConfig = Field(default_factory=lambda: PredictorConfig(hidden=256))
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -131,7 +134,7 @@ class SpikingColumn(AbstractColumn):
         D = self.encoder.width
         E = cfg.action_embed if cfg.action_conditioning else 0
         self.dim, self.window, self.T = D, cfg.window, cfg.T
-        self.action_embed = ActionEmbed(spec.action_dim, E) if cfg.action_conditioning else None
+        self.action_embed = ActionEmbed(spec.action_dim, E, cfg.action_norm) if cfg.action_conditioning else None
         self.aggregator = build_aggregator(cfg.aggregator, D + E, cfg.window)
         self.predictor = build_predictor(cfg.predictor, D + E, E, D)
         if cfg.teacher.kind == "ema":
@@ -187,10 +190,10 @@ class SpikingColumn(AbstractColumn):
         ``local`` with ``encoder_graph=False`` (ESPP): the current view's T-bin encoder pass builds no
         autograd graph (nothing reads the block-local graphs; the Trace's values are the same).
 
-        Batch 1 (protocols/online.yaml): as SeqJepaColumn, the action embedding's BatchNorm runs on its
-        running statistics (one stream has no batch statistics; a lone action would embed to 0)."""
+        Batch 1 (protocols/online.yaml): as SeqJepaColumn, an action embedding with ``action_norm: batch`` runs
+        on its running statistics (one stream has no batch statistics; a lone action would embed to 0)."""
         emb = self.action_embed
-        if self.training and obs.shape[0] == 1 and emb is not None:
+        if self.training and obs.shape[0] == 1 and emb is not None and emb.batch_stats:
             emb.train(False)  # BatchNorm on running statistics, left unchanged
             try:
                 return self._forward(state, obs, action, start, local, encoder_graph)

@@ -49,7 +49,9 @@ backprop / layerwise / lpl; the K = 32 re-runs take 0.3-0.4 s on one CPU thread)
 lambda on validation data, never on the reported probe sets. gamma = 1 (plain accumulation).
 
 Metrics: ``si.Omega.<group>`` / ``ewc.F.<group>`` (L2 norms per parameter group, see
-rules/_params.py), ``si.omega.total``, ``si.penalty`` / ``ewc.penalty``, ``ewc.held`` (inputs
+rules/_params.py), ``si.omega.total``, ``si.penalty`` / ``ewc.penalty``, ``si.penalty_share`` /
+``ewc.penalty_share`` (the penalty's share of the total loss, :func:`penalty_share`: an inert
+regulariser shows as a share near 0 in the dashboard), ``ewc.held`` (inputs
 held for the next Fisher), ``ewc.fisher_samples``.
 """
 from __future__ import annotations
@@ -64,20 +66,30 @@ from colsim.registry import register_rule
 from colsim.rule import Rule
 from colsim.rules._params import group_norms, zeros_like_tree
 
-__all__ = ["SIConfig", "EWCConfig", "si", "ewc", "per_sample_fisher"]
+__all__ = ["SIConfig", "EWCConfig", "si", "ewc", "per_sample_fisher", "penalty_share"]
 
 
 class SIConfig(Strict):
     name: Literal["si"] = "si"
-    c: float = Field(0.1, ge=0)  # penalty strength
+    c: float = Field(0.1, ge=0, allow_inf_nan=False)  # penalty strength
     xi: float = Field(1e-3, gt=0)  # damping of the phase displacement
 
 
 class EWCConfig(Strict):
     name: Literal["ewc"] = "ewc"
-    lam: float = Field(1e4, ge=0)  # lambda: penalty strength
+    lam: float = Field(1e4, ge=0, allow_inf_nan=False)  # lambda: penalty strength
     gamma: float = Field(1.0, ge=0, le=1)  # online decay of earlier Fishers
     fisher_samples: int = Field(32, ge=1)  # K: held inputs (the phase's last ones) for the per-sample Fisher
+
+
+def penalty_share(penalty: float, trace) -> float:
+    """The penalty's share of the total loss, ``penalty / (penalty + |loss|)`` (loss = the column's, the
+    inner rule's objective for loss-based rules): 0 = the regulariser is inert, 1 = it dominates. NaN on
+    a tick with no prediction (the loss total is then not a measurement)."""
+    if "loss" not in trace or ("valid" in trace and not bool(trace["valid"].any())):
+        return float("nan")
+    loss = abs(float(trace["loss"].detach()))
+    return penalty / (penalty + loss) if penalty + loss > 0 else 0.0
 
 
 def _snapshot(params):
@@ -115,6 +127,7 @@ def si(cfg: SIConfig, inner: Rule, column=None) -> Rule:
                 penalty += float((state["Omega"][n] * d * d).sum())
         metrics = dict(metrics)
         metrics["si.penalty"] = cfg.c * penalty
+        metrics["si.penalty_share"] = penalty_share(cfg.c * penalty, trace)
         metrics.update(group_norms(state["Omega"], "si.Omega"))
         metrics["si.omega.total"] = group_norms(state["omega"], "si.omega")["si.omega.total"]
         return grads, {**state, "inner": s_in, "g": last}, metrics
@@ -166,6 +179,7 @@ def ewc(cfg: EWCConfig, inner: Rule, column=None) -> Rule:
         held, held_n = _hold(state["held"], state["held_n"], trace["inputs"], trace["valid"], K)
         metrics = dict(metrics)
         metrics["ewc.penalty"] = 0.5 * cfg.lam * penalty
+        metrics["ewc.penalty_share"] = penalty_share(0.5 * cfg.lam * penalty, trace)
         metrics["ewc.held"] = float(min(held_n, K))
         metrics["ewc.fisher_samples"] = float(state["fisher_n"])
         metrics.update(group_norms(state["F"], "ewc.F"))

@@ -86,7 +86,7 @@ def merge_traces(live: Trace, rep: Trace) -> Trace:
     return out
 
 
-@register_rule("replay", ReplayConfig, kind="modifier")
+@register_rule("replay", ReplayConfig, kind="modifier", updates=False)
 def replay(cfg: ReplayConfig, inner: Rule, column=None) -> Rule:
     """Reservoir replay: re-run stored column inputs and train the inner rule on live + replayed batch."""
     if column is None or not hasattr(column, "forward_inputs"):

@@ -158,7 +158,7 @@ def test_packaged_presets_that_extend_resolve_to_their_base_plus_their_own_keys(
     from colsim import registry
 
     base = registry.preset("models", "seqjepa_cnn")
-    for name in ("seqjepa_cnn_cr", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost"):
+    for name in ("seqjepa_cnn_cr", "seqjepa_cnn_bn", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost"):
         own = load_yaml_text((resources.files("colsim.models") / f"{name}.yaml").read_text(), name)
         assert own.pop("extends") == "seqjepa_cnn"
         assert registry.preset("models", name) == {**base, **own}

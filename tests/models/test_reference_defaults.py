@@ -30,24 +30,38 @@ def build(model: str = "seqjepa_cnn", extra=()):
 # --------------------------------------------------------------------------- output norm
 
 def test_output_norm_is_off_by_default_and_every_preset_states_it():
-    """Off in the encoder config and in the paper's column (seqjepa_resnet18); the CPU-sized presets keep
-    it on deliberately (without it the small CNN collapses under backprop: models/README.md)."""
+    """Off in the encoder config and in the paper's column (seqjepa_resnet18); the CPU-sized presets normalise
+    z per sample (LayerNorm, no running statistics: issue 27) and the old BatchNorm column stays a preset."""
     import colsim.models  # noqa: F401
 
-    assert EncoderConfig().output_norm is False
-    want = {"seqjepa_resnet18": False, "seqjepa_cnn": True, "seqjepa_cnn_cr": True,
-            "seqjepa_crate": True, "seqjepa_crate_alpha": True,
-            "seqjepa_tost": True}
+    assert EncoderConfig().output_norm == "none"
+    assert EncoderConfig(output_norm=True).output_norm == "batch"  # the former boolean still reads
+    want = {"seqjepa_resnet18": "none", "seqjepa_cnn": "layer", "seqjepa_cnn_cr": "layer",
+            "seqjepa_crate": "layer", "seqjepa_crate_alpha": "layer", "seqjepa_tost": "layer"}
     assert set(want) == set(PRESETS)
-    for name, on in want.items():
-        assert registry.preset("models", name)["encoder"]["output_norm"] is on, name
+    for name, kind in want.items():
+        cfg = registry.MODELS["seqjepa"].config.model_validate(registry.preset("models", name))
+        assert cfg.encoder.output_norm == kind, name
     _, _, column, *_ = build("seqjepa_cnn", extra=["model.encoder.output_norm=false"])
     assert column.encoder._modules.get("out_norm") is None
     assert column.target_encoder._modules.get("out_norm") is None
 
 
-def test_output_norm_stays_an_option_and_standardises_z_over_the_batch():
-    _, _, column, *_ = build("seqjepa_cnn", extra=["model.encoder.output_norm=true"])
+def test_output_norm_layer_standardises_each_z_over_its_units():
+    _, _, column, *_ = build("seqjepa_cnn")
+    column.train()
+    x = torch.rand(8, *column.spec.obs_shape, generator=torch.Generator().manual_seed(0))
+    z, layers = column.encoder(x)
+    raw = layers[-1]  # (B, D) the pooled last block, before the norm
+    want = (raw - raw.mean(1, keepdim=True)) / torch.sqrt(raw.var(1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-4)
+    column.eval()
+    torch.testing.assert_close(column.encoder(x)[0], z)  # no running statistics: the same in evaluation
+    torch.testing.assert_close(column.encoder(x[:1])[0], z[:1])  # and for any batch
+
+
+def test_output_norm_batch_stays_an_option_and_standardises_z_over_the_batch():
+    _, _, column, *_ = build("seqjepa_cnn", extra=["model.encoder.output_norm=batch"])
     assert column.encoder._modules.get("out_norm") is not None
     column.train()
     x = torch.rand(8, *column.spec.obs_shape, generator=torch.Generator().manual_seed(0))
@@ -57,19 +71,40 @@ def test_output_norm_stays_an_option_and_standardises_z_over_the_batch():
     torch.testing.assert_close(z, want, atol=1e-5, rtol=1e-4)
 
 
-def test_stationary_column_is_seqjepa_cnn_plus_one_coding_rate_term_on_z():
-    """`stationary`'s model differs from the default column in one thing, so its trained-vs-untrained
-    figures (README) compare with the forgetting tables' column: the coding-rate term on z, whose value the
-    run records as ``reg.coding_rate.z`` = logdet(I + 256 C) of the batch of z it was computed on."""
+def test_action_embedding_is_a_per_sample_layernorm_of_a_linear_map():
+    """e(a) = LN(W a + b) without affine (action_norm: layer, the default); masked-out entries are 0."""
+    from colsim.models.seq_jepa_parts import ActionEmbed
+
+    torch.manual_seed(0)
+    emb = ActionEmbed(4, 8)
+    a = torch.randn(5, 4)
+    h = a @ emb.linear.weight.T + emb.linear.bias
+    want = (h - h.mean(1, keepdim=True)) / torch.sqrt(h.var(1, unbiased=False, keepdim=True) + 1e-5)
+    mask = torch.tensor([True, False, True, True, False])
+    out = emb(a, mask)
+    torch.testing.assert_close(out[mask], want[mask], atol=1e-6, rtol=1e-5)
+    assert torch.equal(out[~mask], torch.zeros(2, 8))
+    emb.eval()
+    torch.testing.assert_close(emb(a, mask), out)
+    assert list(emb.buffers()) == []
+    bn = ActionEmbed(4, 8, "batch")
+    assert [n for n, _ in bn.named_buffers()] == ["norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]
+
+
+def test_default_column_carries_the_coding_rate_term_on_z():
+    """The anti-collapse role of the former BatchNorm on z is the coding-rate term on z
+    (``reg.coding_rate.z`` = logdet(I + 256 C) of the batch of z); seqjepa_cnn_cr is now an alias, and
+    seqjepa_cnn_bn the former default (BatchNorms, no term)."""
     from colsim.config import load_protocol
     from colsim.models.regularizers import coding_rate
 
     base, cr = registry.preset("models", "seqjepa_cnn"), registry.preset("models", "seqjepa_cnn_cr")
-    assert {k: v for k, v in cr.items() if k != "regularizers"} == base and "regularizers" not in base
-    assert len(cr["regularizers"]) == 1  # (YAML reads the key `on` as True; the config maps it back)
+    assert cr == base and len(base["regularizers"]) == 1  # (YAML reads the key `on` as True; the config maps it back)
     assert load_protocol("stationary")["model"] == "seqjepa_cnn_cr"
+    bn = registry.preset("models", "seqjepa_cnn_bn")
+    assert (bn["encoder"]["output_norm"], bn["action_norm"], bn["regularizers"]) == ("batch", "batch", [])
 
-    _, _, column, *_ = build("seqjepa_cnn_cr")
+    _, _, column, *_ = build("seqjepa_cnn")
     (term,) = column.regularizers
     assert (term.name, term.on, term.weight, term.options()) == ("coding_rate", "z", 0.003,
                                                                       {"kind": "cov", "eps2": 0.5, "alpha": None})
@@ -122,8 +157,9 @@ def test_update_target_takes_the_integer_step_not_a_fraction_of_the_run():
 
 def test_update_target_equals_one_lerp_per_tensor_and_copies_buffers_after_to():
     """The fused EMA (seq_jepa_parts.ema_update) gives the values of one ``lerp_`` per parameter, bit for bit,
-    copies every buffer, and still reaches the column's tensors after ``.to()`` replaced them."""
-    _, _, column, *_ = build("seqjepa_cnn")
+    copies every buffer, and still reaches the column's tensors after ``.to()`` replaced them (on the
+    BatchNorm column, the one with buffers)."""
+    _, _, column, *_ = build("seqjepa_cnn_bn")
     column.double()  # replaces every buffer and every parameter's data: the EMA must follow
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

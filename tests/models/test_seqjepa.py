@@ -141,7 +141,7 @@ def test_no_action_conditioning_ignores_actions(model):
 def test_symmetric_teacher_uses_both_directions():
     out = {}
     for kind in ("stopgrad", "symmetric"):
-        cfg, world, column, *_ = build(extra=[f"model.teacher.kind={kind}"])
+        cfg, world, column, *_ = build(extra=[f"model.teacher.kind={kind}", "model.regularizers=[]"])  # loss = the two terms
         column.eval()  # no dropout: the two columns compute the same forward direction
         _, tr = _run(column, _stream_steps(cfg, world, 4))
         out[kind] = (column, tr)
@@ -271,7 +271,7 @@ def test_diagnostics_keys_and_ranges(model, heads, layers):
 
 
 def test_transformer_column_has_no_block_diagnostics():
-    cfg, world, column, *_ = build()
+    cfg, world, column, *_ = build(extra=["model.regularizers=[]"])  # (a regulariser reports reg.<name>.<on>)
     _run(column, _stream_steps(cfg, world, 2))
     assert column.diagnostics() == {}
 

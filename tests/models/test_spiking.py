@@ -211,8 +211,10 @@ def test_direct_factory_and_seeded_init():
 
 
 def test_batch_one_uses_running_statistics():
-    """One stream (protocols/online.yaml): the action embedding is not zeroed and its statistics stay."""
-    cfg, world, column, rule, local, opt = _build("spiking_mlp", "espp", extra=["protocol.stream.batch=1"])
+    """One stream (protocols/online.yaml): the action embedding is not zeroed and its statistics stay
+    (``action_norm: batch``; the default LayerNorm keeps none)."""
+    cfg, world, column, rule, local, opt = _build("spiking_mlp", "espp", extra=["protocol.stream.batch=1",
+                                                                                 "model.action_norm=batch"])
     column.train()
     cs = column.init_state(1, "cpu")
     before = column.action_embed.norm.running_mean.clone()
