@@ -241,8 +241,9 @@ SETS = [a for s in TINY + ["protocol.evaluation.probe_samples=10", "protocol.eva
 
 def test_two_column_run_end_to_end_store_has_a_column_dim(tmp_path):
     out = tmp_path / "run"
-    # seqjepa_cnn, the circuits protocols' column: stationary's own adds a regulariser to what the rule minimises
+    # seqjepa_cnn without its coding-rate term (a regulariser adds to what the rule minimises, not to `loss`)
     res = runner.invoke(app, ["run", "stationary", "--model", "seqjepa_cnn", "--steps", "8", "--quiet", *SETS,
+                              "--set", "model.regularizers=[]",
                               "--set", "protocol.evaluation.views=3",
                               "--set", "protocol.evaluation.probe_samples=20", "--set", PAIR % "false", "--out", str(out)])
     assert res.exit_code == 0, res.output

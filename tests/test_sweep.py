@@ -40,9 +40,9 @@ def test_packaged_rules_seeds_sweep_plans_the_readme_comparison():
     sw, path = load_sweep("protocols/sweeps/rules_seeds.yaml")
     assert path.name == "rules_seeds.yaml" and sw.name == "rules_seeds"
     runs = plan_runs(sw)
-    assert len(runs) == 9 * 2 * 3
+    assert len(runs) == 10 * 2 * 3
     rules = [r.point["rule"] for r in runs]
-    assert sorted(set(rules)) == sorted(["backprop", "lpl", "layerwise", "sparse_coding", "backprop+replay",
+    assert sorted(set(rules)) == sorted(["frozen", "backprop", "lpl", "layerwise", "sparse_coding", "backprop+replay",
                                          "backprop+si", "backprop+ewc", "backprop+metaplastic", "lpl+replay"])
     r = next(r for r in runs if r.point == {"rule": "lpl+replay", "protocol": "action_shift", "seed": 2})
     assert r.name == "rule=lpl+replay__protocol=action_shift__seed=2"
@@ -51,6 +51,18 @@ def test_packaged_rules_seeds_sweep_plans_the_readme_comparison():
     assert r.config["protocol"]["name"] == "action_shift"
     assert r.config["seed"] == 2 and r.config["protocol"]["phases"][0]["steps"] == 250  # full length
     assert load_sweep("rules_seeds", steps=40)[0].base.steps == 40  # packaged name; --steps replaces base.steps
+
+
+@pytest.mark.parametrize("name", ["forgetting_action_shift", "forgetting_nonstationary", "si_scan", "ewc_scan"])
+def test_packaged_forgetting_sweeps_plan_ten_seeds_and_the_scans(name):
+    sw, _ = load_sweep(name)
+    runs = plan_runs(sw)
+    if name.startswith("forgetting_"):
+        assert len(runs) == 9 * 10 and {r.point["seed"] for r in runs} == set(range(10))
+        assert {"frozen", "frozen+replay", "backprop"} <= {r.point["rule"] for r in runs}
+        assert runs[0].config["protocol"]["phases"][0]["steps"] == (100 if "action" in name else 80)  # 400 steps
+    else:
+        assert all(r.config["protocol"]["evaluation"]["pool"] == "validation" for r in runs)  # never the probe sets
 
 
 def test_plan_grid_times_zip_over_set_paths(tmp_path):

@@ -34,3 +34,25 @@ def test_compare_writes_csv_and_html(sweep_runs, tmp_path):
     assert float(rows[0]["acc_agg"]) == pytest.approx(table.rows[0]["acc_agg"])
     page = html_path.read_text()
     assert "<table>" in page and "lpl+metaplastic" in page and "±" in page
+
+
+def test_paired_rows_are_per_seed_differences_with_their_ci_and_mde(sweep_runs):
+    """rule - vs, matched on seed within a protocol: the mean and t-CI of the differences, and the minimum
+    detectable effect (t_0.975 + t_0.8) sd / sqrt(n) (hand-computed)."""
+    from scipy.stats import t as student_t
+
+    from colsim.analysis.compare import min_detectable_effect, paired_rows
+
+    rows = paired_rows(sweep_runs, "backprop", metrics=("acc_agg", "forgetting"))
+    assert [(r["rule"], r["vs"], r["n"]) for r in rows] == [("lpl+metaplastic", "backprop", 2)]
+    base = {summary_from_store(p)["seed"]: summary_from_store(p) for p in sweep_runs[:2]}
+    other = {summary_from_store(p)["seed"]: summary_from_store(p) for p in sweep_runs[2:]}
+    d = np.array([other[k]["acc_agg"] - base[k]["acc_agg"] for k in sorted(base)])
+    assert rows[0]["acc_agg"] == pytest.approx(d.mean())
+    assert rows[0]["acc_agg_ci95"] == pytest.approx(12.706 * d.std(ddof=1) / math.sqrt(2))
+    assert rows[0]["acc_agg_mde"] == pytest.approx((12.706 + student_t.ppf(0.8, 1)) * d.std(ddof=1) / math.sqrt(2),
+                                                   rel=1e-3)
+    # 10 pairs with a spread of 0.1: (2.262 + 0.883) * 0.1 / sqrt(10) = 0.0995
+    assert min_detectable_effect(0.1, 10) == pytest.approx(0.0995, abs=2e-4)
+    assert math.isnan(min_detectable_effect(0.1, 1))
+    assert paired_rows(sweep_runs, "no-such-rule") == []

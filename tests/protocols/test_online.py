@@ -46,7 +46,10 @@ def _bn_stats(column):
 
 
 def test_batch_one_forward_uses_running_statistics():
-    cfg, world, column, rule, local, opt = build_tiny("backprop", "online", extra=["model.aggregator.dropout=0.0"])
+    # the BatchNorm column (seqjepa_cnn_bn's norms): the packaged default has no running statistics
+    cfg, world, column, rule, local, opt = build_tiny("backprop", "online", extra=["model.aggregator.dropout=0.0",
+                                                                                  "model.encoder.output_norm=batch",
+                                                                                  "model.action_norm=batch"])
     column.train()
     before = _bn_stats(column)
     assert before  # the tiny CNN column has the output norm and the action embedding's norm
