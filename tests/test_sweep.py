@@ -58,8 +58,8 @@ def test_packaged_forgetting_sweeps_plan_ten_seeds_and_the_scans(name):
     sw, _ = load_sweep(name)
     runs = plan_runs(sw)
     if name.startswith("forgetting_"):
-        assert len(runs) == 9 * 10 and {r.point["seed"] for r in runs} == set(range(10))
-        assert {"frozen", "frozen+replay", "backprop"} <= {r.point["rule"] for r in runs}
+        assert len(runs) == 8 * 10 and {r.point["seed"] for r in runs} == set(range(10))
+        assert {"frozen", "backprop", "backprop+replay", "lpl+replay"} <= {r.point["rule"] for r in runs}
         assert runs[0].config["protocol"]["phases"][0]["steps"] == (100 if "action" in name else 80)  # 400 steps
     else:
         assert all(r.config["protocol"]["evaluation"]["pool"] == "validation" for r in runs)  # never the probe sets
