@@ -56,7 +56,8 @@ def _pm(values, digits=3) -> str:
 
 
 def tables(runs: list[dict]) -> str:
-    rules = list(dict.fromkeys(r["rule"] for r in runs))
+    seen = list(dict.fromkeys(r["rule"] for r in runs))
+    rules = [r for r in ("frozen", "backprop") if r in seen] + [r for r in seen if r not in ("frozen", "backprop")]
     by = {rule: {r["seed"]: r["summary"] for r in runs if r["rule"] == rule} for rule in rules}
     seeds = sorted({r["seed"] for r in runs})
     lines = [f"seeds {seeds[0]}-{seeds[-1]} (n per rule below); mean ± 95 % CI half-width over seeds", "",
