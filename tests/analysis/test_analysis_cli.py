@@ -50,6 +50,13 @@ def test_analyze_compare_dashboard_through_typer(app, sweep_runs, tmp_path):
     assert "lpl+metaplastic" in r.output
     r = CliRunner().invoke(app, ["compare", *runs, "--by", "colour"])
     assert r.exit_code == 2 and "colour" in r.output
+    r = CliRunner().invoke(app, ["compare", *runs, "--by", "rule", "--vs", "backprop", "--out", str(tmp_path / "pv")])
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "pv" / "paired-vs-backprop.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[1:4] == ["lpl+metaplastic", "backprop", "2"]
+    assert "paired difference rule - backprop" in r.output
+    r = CliRunner().invoke(app, ["compare", *runs, "--vs", "frozen", "--out", str(tmp_path / "pv2")])
+    assert r.exit_code == 2 and "--vs 'frozen'" in r.output
     r = CliRunner().invoke(app, ["compare", *runs, "--metric", "forgeting", "--out", str(tmp_path / "cmp")])
     assert r.exit_code == 2 and "--metric 'forgeting'" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(app, ["compare", *runs, "--metric", "forgetting", "--out", str(tmp_path / "cmp2")])
