@@ -20,7 +20,7 @@ from colsim.analysis.analyze import analyze_run, summary_from_store
 from colsim.analysis.store import run_point
 
 __all__ = ["KEY_METRICS", "Table", "t_quantile_975", "mean_ci", "compare_runs", "compare_runs_to_files",
-           "min_detectable_effect", "paired_rows", "PAIRED_METRICS"]
+           "min_detectable_effect", "paired_rows", "paired_from_summaries", "PAIRED_METRICS"]
 
 # summary key -> column label (higher is better unless noted in the label)
 KEY_METRICS = {
@@ -219,7 +219,11 @@ def paired_rows(paths, vs: str, metrics=PAIRED_METRICS, by=("protocol",), analyz
     half-width of the mean difference and ``_mde`` the minimum detectable effect at 80 % power
     (:func:`min_detectable_effect`) with these pairs' spread. For a forgetting, a negative difference means
     the rule forgets less than ``vs``."""
-    summaries = [_summary(p, analyze_missing) for p in paths]
+    return paired_from_summaries([_summary(p, analyze_missing) for p in paths], vs, metrics, by)
+
+
+def paired_from_summaries(summaries, vs: str, metrics=PAIRED_METRICS, by=("protocol",)) -> list[dict]:
+    """:func:`paired_rows` on summary dicts that carry ``status``, ``rule``, ``seed`` and the ``by`` keys."""
     cells: dict[tuple, dict[str, dict]] = {}
     for s in summaries:
         if s.get("status") != "completed":

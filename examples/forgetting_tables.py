@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from colsim.analysis.compare import mean_ci, min_detectable_effect
+from colsim.analysis.compare import mean_ci, paired_from_summaries
 
 COLUMNS = {
     "frozen_forgetting": "frozen read-out forgetting",
@@ -68,16 +68,19 @@ def tables(runs: list[dict]) -> str:
     lines += ["", "Frozen read-out forgetting, paired per seed (rule − reference; negative = forgets less): "
                   "mean ± 95 % CI [minimum detectable effect at 80 % power]", "",
               "| rule | vs backprop | vs frozen |", "|---|---|---|"]
+    summaries = [{**r["summary"], "rule": r["rule"], "seed": r["seed"]} for r in runs]
+    paired = {ref: {p["rule"]: p for p in paired_from_summaries(summaries, ref, ("frozen_forgetting",), by=())}
+              for ref in ("backprop", "frozen")}
     for rule in rules:
         cells = []
         for ref in ("backprop", "frozen"):
-            if rule == ref or ref not in by:
+            p = paired[ref].get(rule)
+            if p is None:
                 cells.append("")
                 continue
-            common = sorted(set(by[rule]) & set(by[ref]))
-            d = [by[rule][k]["frozen_forgetting"] - by[ref][k]["frozen_forgetting"] for k in common]
-            sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
-            cells.append(f"{_pm(d)} [{min_detectable_effect(sd, len(d)):.3f}] (n={len(d)})")
+            m, h, n = p["frozen_forgetting"], p["frozen_forgetting_ci95"], p["n"]
+            pm = f"{m:+.3f} ± {h:.3f}" if n > 1 else (f"{m:+.3f}" if n else "–")
+            cells.append(f"{pm} [{p['frozen_forgetting_mde']:.3f}] (n={n})")
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

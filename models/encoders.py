@@ -132,11 +132,11 @@ class ResNet18Encoder(Encoder):
 
 def build_encoder(kind: str, obs_shape: Sequence[int], channels: Sequence[int] = (32, 64, 128),
                   hidden: Sequence[int] = (512, 256), cifar_stem: bool = True,
-                  output_norm: "bool | str" = False) -> Encoder:
+                  output_norm: str = "none") -> Encoder:
     """``output_norm`` on z = the pooled last block (the per-block ``layers`` stay raw for layer-local rules):
     ``"layer"`` = LayerNorm(elementwise_affine=False), each sample over its units, no buffers;
-    ``"batch"`` / True = BatchNorm1d(affine=False), each unit over the batch, with running statistics;
-    ``"none"`` / False = none."""
+    ``"batch"`` = BatchNorm1d(affine=False), each unit over the batch, with running statistics;
+    ``"none"`` = none (``EncoderConfig`` maps the former booleans to these names)."""
     if kind == "cnn":
         enc: Encoder = ConvEncoder(obs_shape[0], channels)
     elif kind == "mlp":
@@ -145,11 +145,10 @@ def build_encoder(kind: str, obs_shape: Sequence[int], channels: Sequence[int] =
         enc = ResNet18Encoder(obs_shape[0], cifar_stem=cifar_stem)
     else:
         raise ValueError(f"unknown encoder kind {kind!r}; valid: cnn, mlp, resnet18")
-    norm = {True: "batch", False: "none"}.get(output_norm, output_norm) if isinstance(output_norm, bool) else output_norm
-    if norm == "batch":
+    if output_norm == "batch":
         enc.out_norm = nn.BatchNorm1d(enc.width, affine=False)
-    elif norm == "layer":
+    elif output_norm == "layer":
         enc.out_norm = nn.LayerNorm(enc.width, elementwise_affine=False)
-    elif norm != "none":
+    elif output_norm != "none":
         raise ValueError(f"encoder.output_norm must be none, layer or batch, got {output_norm!r}")
     return enc

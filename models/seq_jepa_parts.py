@@ -58,7 +58,7 @@ class EncoderConfig(Strict):
     @field_validator("output_norm")
     @classmethod
     def _norm_kind(cls, v):
-        return {True: "batch", False: "none"}.get(v, v) if isinstance(v, bool) else v
+        return ("batch" if v else "none") if isinstance(v, bool) else v
 
 
 def encoder_width(e: EncoderConfig) -> int:
