@@ -27,17 +27,14 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from colsim.errors import ConfigError
+from colsim.strict import Strict
 
 __all__ = ["PatchConfig", "SensorConfig", "ColumnConfig", "CircuitConfig", "check_circuit_names", "check_circuit"]
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-class Strict(BaseModel):
-    """colsim.config.Strict's settings (that module imports this one): unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
 class PatchConfig(Strict):
@@ -80,8 +77,6 @@ class CircuitConfig(Strict):
 
 def check_circuit_names(c: CircuitConfig, where: str = "protocol.circuit") -> None:
     """Names and wiring (no world needed): identifiers, unique, not ``vote``; reads of known, other columns."""
-    from colsim.config import ConfigError
-
     seen: set[str] = set()
     for i, col in enumerate(c.columns):
         if not _NAME.fullmatch(col.name):
@@ -109,8 +104,6 @@ def check_circuit(c: CircuitConfig, obs_shape: "tuple[int, int, int]", channel_n
                   where: str = "protocol.circuit") -> "list[tuple[tuple[int, ...], int, int, int, int]]":
     """Check the sensors against the world's view ``obs_shape`` (C, H, W) -> per column
     ``(channels, top, left, height, width)`` (resolved; channel names mapped to indices)."""
-    from colsim.config import ConfigError
-
     check_circuit_names(c, where)
     C, H, W = obs_shape
     out = []

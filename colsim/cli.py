@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from colsim import registry
-from colsim.config import ConfigError, ConfigWarning, RunConfig, resolve_run_config
+from colsim.config import ConfigError, ConfigWarning, RunConfig, parse_seeds, resolve_run_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="colsim: cortical-column learning modules under pluggable plasticity rules.")
@@ -172,25 +172,6 @@ def run(
     if failed:
         err_console.print(f"[bold red]runs failed[/] for seeds {failed}")
         raise typer.Exit(1)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` / ``"0-4"`` / ``"0-2,7"`` -> [0, 1, 2] / [0, ..., 4] / [0, 1, 2, 7]; ConfigError naming --seeds."""
-    out: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
-        try:
-            vals = list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
-        except ValueError:
-            raise ConfigError(f"--seeds {text!r}: {part!r} is not a seed; give integers like 0,1,2 or a range 0-4") \
-                from None
-        if sep and int(hi) < int(lo) or any(v < 0 for v in vals):
-            raise ConfigError(f"--seeds {text!r}: {part!r} is not an increasing range of seeds >= 0")
-        out.extend(vals)
-    if not out or len(set(out)) != len(out):
-        raise ConfigError(f"--seeds {text!r}: seeds must be distinct non-negative integers, e.g. 0,1,2")
-    return out
 
 
 def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume, suffix: str = ""):

@@ -20,113 +20,20 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from colsim import registry
+from colsim import presets, registry
+from colsim.errors import ConfigError, ConfigWarning
+from colsim.presets import load_yaml_file, load_yaml_text
+from colsim.strict import Strict, format_validation_error, validate_as
 from colsim._circuit_config import CircuitConfig, check_circuit_names
 
 __all__ = [
     "ConfigError", "ConfigWarning", "Strict", "OptimizerConfig", "PhaseConfig", "StreamConfig", "EvaluationConfig",
     "RecordConfig", "CheckpointConfig", "ProtocolConfig", "RunConfig", "load_yaml_text", "load_yaml_file",
-    "resolve_run_config", "apply_override", "format_validation_error", "validate_as", "rule_spec_to_config",
+    "resolve_run_config", "apply_override", "parse_seeds", "format_validation_error", "validate_as", "rule_spec_to_config",
 ]
 
-
-class ConfigError(ValueError):
-    """Bad user input (file, field, name). The CLI prints it on one line and exits 2."""
-
-
-class ConfigWarning(UserWarning):
-    """A legal setting that cannot do what it is likely meant to (e.g. a gate that can never close).
-    The CLI prints it on one line, ``warning: <field>: ...``, and the run goes on."""
-
-
-class Strict(BaseModel):
-    """Base of every config model: unknown keys are rejected, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-
-# ------------------------------------------------------------------------------------------
-# error formatting
-
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _message(err: dict) -> str:
-    t, ctx = err["type"], err.get("ctx") or {}
-    if t == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if t == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if t == "less_than":
-        return f"must be < {ctx['lt']}"
-    if t == "less_than_equal":
-        return f"must be <= {ctx['le']}"
-    if t == "extra_forbidden":
-        return "unknown key (remove it or check its spelling)"
-    if t == "missing":
-        return "required field is missing"
-    if t == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    return msg[0].lower() + msg[1:] if msg else msg
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    errs = exc.errors()
-    e = errs[0]
-    path = _loc(tuple(prefix.split(".")) + tuple(e["loc"]) if prefix else tuple(e["loc"]))
-    more = f" (and {len(errs) - 1} more error{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-    return f"{path}: {_message(e)}{more}"
-
-
-def validate_as(cls: type, data: Any, prefix: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: must be a mapping, got {type(data).__name__}")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix)) from None
-
-
-# ------------------------------------------------------------------------------------------
-# YAML
-
-def load_yaml_text(text: str, source: str) -> dict:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}:{where}: malformed YAML ({problem})") from None
-    if not isinstance(doc, dict):
-        kind = "empty" if doc is None else type(doc).__name__
-        raise ConfigError(f"{source}: the document must be a mapping of keys to values, got {kind}")
-    return doc
-
-
-def load_yaml_file(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: file not found")
-    if not p.is_file():
-        raise ConfigError(f"{p}: not a file")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read ({exc.__class__.__name__}: {exc})") from None
-    return load_yaml_text(text, str(p))
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,13 +247,12 @@ def rule_preset(spec: str) -> dict:
 
 
 def _rule_preset_one(name: str) -> dict:
-    from importlib import resources
-
-    if (resources.files(registry.PACKAGES["rules"]) / f"{name}.yaml").is_file():
-        return registry.preset("rules", name)
+    if presets.is_path(name) or name in presets.preset_names("rules"):
+        return presets.load("rules", name)
     if name in registry.RULES:
         return {"name": name}
-    raise ConfigError(f"unknown rule {name!r}; valid: {', '.join(sorted(set(registry.RULES) | set(registry.preset_names('rules'))))}")
+    raise ConfigError(f"unknown rule {name!r}; valid: {', '.join(sorted(set(registry.RULES) | set(presets.preset_names('rules'))))} "
+                      "(or a rule YAML file)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -405,6 +311,25 @@ def apply_override(doc: dict, assignment: str) -> None:
         node[last] = value
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` / ``"0-4"`` / ``"0-2,7"`` -> [0, 1, 2] / [0, ..., 4] / [0, 1, 2, 7]; ConfigError naming --seeds."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            vals = list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r}: {part!r} is not a seed; give integers like 0,1,2 or a range 0-4") \
+                from None
+        if sep and int(hi) < int(lo) or any(v < 0 for v in vals):
+            raise ConfigError(f"--seeds {text!r}: {part!r} is not an increasing range of seeds >= 0")
+        out.extend(vals)
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"--seeds {text!r}: seeds must be distinct non-negative integers, e.g. 0,1,2")
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # resolution
 
@@ -427,7 +352,7 @@ def resolve_run_config(
         raise ConfigError("protocol.model / protocol.rule: must be preset names (strings)")
     doc: dict[str, Any] = {
         "protocol": proto_raw,
-        "model": registry.preset("models", model_name),
+        "model": presets.load("models", model_name),
         "rule": rule_preset(rule_name),
         "seed": 0 if seed is None else seed,
         "device": device or "cpu",
@@ -441,15 +366,8 @@ def resolve_run_config(
 
 
 def load_protocol(protocol: str | Path) -> dict:
-    p = Path(protocol)
-    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in str(protocol):
-        if not p.exists():
-            # "protocols/stationary.yaml" from any directory: fall back to the packaged file
-            packaged = p.stem in registry.preset_names("protocols") and p.parent.name in ("protocols", "")
-            if packaged:
-                return registry.preset("protocols", p.stem)
-        return load_yaml_file(p)
-    return registry.preset("protocols", str(protocol))
+    """A packaged protocol by name or a protocol file by path, ``extends`` resolved (:mod:`colsim.presets`)."""
+    return presets.load("protocols", protocol)
 
 
 def build_run_config(doc: dict, steps: Optional[int] = None) -> RunConfig:
@@ -484,7 +402,7 @@ def build_run_config(doc: dict, steps: Optional[int] = None) -> RunConfig:
     device = doc.get("device", "cpu")
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"device: must be cpu, cuda or cuda:N, got {device!r}")
-    from colsim.device import resolve_device_defaults  # (colsim.device imports this module)
+    from colsim.device import resolve_device_defaults  # here: colsim.device imports torch
 
     model_cfg = resolve_device_defaults(model_cfg, device)  # autocast / channels-last left unset: per device
     return RunConfig(protocol=proto, model=model_cfg, rule=rule_cfg, seed=seed, device=device)

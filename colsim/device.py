@@ -29,7 +29,7 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
-from colsim.config import ConfigError
+from colsim.errors import ConfigError
 
 __all__ = ["is_cuda", "check_device", "resolve_device_defaults", "autocast_dtype", "autocast_context", "pins_memory",
            "host_to_device", "pin_probe_set", "AUTOCAST"]

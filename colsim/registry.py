@@ -10,12 +10,14 @@ a pydantic config class (unknown keys rejected) and a factory:
           ``factory(cfg, inner: Rule, column) -> Rule`` (kind ``"modifier"``: wraps a rule)
 
 Presets are YAML files shipped inside the registering package (``rules/lpl.yaml`` ->
-``colsim.rules``), read with ``importlib.resources``.
+``colsim.rules``), read and extended by :mod:`colsim.presets`.
 """
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any, Callable, NamedTuple
+
+from colsim.errors import ConfigError
+from colsim.presets import PACKAGES, preset, preset_names  # noqa: F401 (re-exported: presets by kind)
 
 
 __all__ = ["Entry", "WORLDS", "MODELS", "RULES", "register_world", "register_model", "register_rule",
@@ -37,7 +39,6 @@ class Entry(NamedTuple):
 WORLDS: dict[str, Entry] = {}
 MODELS: dict[str, Entry] = {}
 RULES: dict[str, Entry] = {}
-PACKAGES = {"rules": "colsim.rules", "models": "colsim.models", "protocols": "colsim.protocols"}
 
 
 def _summary(fn) -> str:
@@ -70,42 +71,6 @@ def register_rule(name: str, config: type, kind: str = "base", updates: bool = T
 
 
 def lookup(table: dict[str, Entry], name: str, what: str) -> Entry:
-    from colsim.config import ConfigError
-
     if name not in table:
         raise ConfigError(f"unknown {what} {name!r}; valid: {', '.join(sorted(table)) or '(none registered)'}")
     return table[name]
-
-
-def preset_names(kind: str) -> list[str]:
-    root = resources.files(PACKAGES[kind])
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def preset(kind: str, name: str, _chain: tuple[str, ...] = ()) -> dict:
-    """The YAML preset ``name`` of ``kind`` ("rules", "models", "protocols") as a dict.
-
-    A preset may start from another of the same kind with ``extends: BASE``: the result is BASE's
-    dict (itself resolved the same way) with this file's top-level keys replacing BASE's whole (a
-    nested dict given here is not merged into BASE's), e.g. ``models/seqjepa_cnn_bn.yaml`` is
-    ``extends: seqjepa_cnn`` plus one ``regularizers`` key.
-    """
-    from colsim.config import ConfigError, load_yaml_text
-
-    root = resources.files(PACKAGES[kind])
-    path = root / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown {kind[:-1]} preset {name!r}; valid: {', '.join(preset_names(kind))}")
-    where = f"{kind}/{name}.yaml"
-    doc = load_yaml_text(path.read_text(), where)
-    if "extends" not in doc:
-        return doc
-    base = doc.pop("extends")
-    if not isinstance(base, str) or not (root / f"{base}.yaml").is_file():
-        raise ConfigError(f"{where}: extends: must name another {kind[:-1]} preset, got {base!r}; valid: "
-                          f"{', '.join(n for n in preset_names(kind) if n != name)}")
-    if base in (*_chain, name):
-        raise ConfigError(f"{where}: extends: cycle {' -> '.join((*_chain, name, base))}; remove one extends")
-    out = preset(kind, base, (*_chain, name))
-    out.update(doc)
-    return out

@@ -163,7 +163,7 @@ def load_sweep(path: str, steps: Optional[int] = None) -> tuple[SweepConfig, Pat
 
 def _values(where: str, key: str, vals: Any) -> list:
     if key == "seed" and isinstance(vals, str):
-        from colsim.cli import parse_seeds
+        from colsim.config import parse_seeds
 
         try:
             return parse_seeds(vals)

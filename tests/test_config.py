@@ -123,42 +123,56 @@ def _preset_pkg(tmp_path, monkeypatch, files: dict[str, str]) -> None:
     monkeypatch.setitem(registry.PACKAGES, "models", pkg.name)
 
 
-def test_extends_replaces_top_level_keys_whole_and_chains(tmp_path, monkeypatch):
+def test_extends_merges_mappings_replaces_lists_and_sections_of_another_kind(tmp_path, monkeypatch):
     from colsim import registry
 
     _preset_pkg(tmp_path, monkeypatch, {
-        "base": "name: seqjepa\nwindow: 3\naggregator: {kind: transformer, layers: 2, dropout: 0.1}\n",
+        "base": "name: seqjepa\nwindow: 3\naggregator: {kind: transformer, layers: 2, dropout: 0.1}\n"
+                "regularizers: [{name: a}, {name: b}]\n",
+        "deeper": "extends: base\naggregator: {layers: 4}\nregularizers: [{name: c}]\n",
         "child": "extends: base\naggregator: {kind: tost, layers: 1}\n",
         "grandchild": "extends: child\nwindow: 5\n",
     })
-    assert registry.preset("models", "child") == {"name": "seqjepa", "window": 3,
-                                                  "aggregator": {"kind": "tost", "layers": 1}}  # no dropout merged in
-    assert registry.preset("models", "grandchild") == {"name": "seqjepa", "window": 5,
+    # a mapping merges key by key; a list replaces the base's whole
+    assert registry.preset("models", "deeper") == {
+        "name": "seqjepa", "window": 3, "aggregator": {"kind": "transformer", "layers": 4, "dropout": 0.1},
+        "regularizers": [{"name": "c"}]}
+    # a section whose kind changes replaces the base's section whole: no transformer dropout on a tost
+    assert registry.preset("models", "child") == {"name": "seqjepa", "window": 3, "regularizers": [{"name": "a"}, {"name": "b"}],
+                                                  "aggregator": {"kind": "tost", "layers": 1}}
+    assert registry.preset("models", "grandchild") == {"name": "seqjepa", "window": 5, "regularizers": [{"name": "a"}, {"name": "b"}],
                                                        "aggregator": {"kind": "tost", "layers": 1}}
     assert registry.preset("models", "base")["aggregator"]["dropout"] == 0.1  # the base is not modified
 
 
-@pytest.mark.parametrize("files, match", [
-    ({"a": "extends: nope\nwindow: 3\n"}, r"^models/a\.yaml: extends: must name another model preset, got 'nope'"),
-    ({"a": "extends: [b]\n", "b": "window: 3\n"}, r"^models/a\.yaml: extends: must name another model preset"),
-    ({"a": "extends: a\n"}, r"^models/a\.yaml: extends: cycle a -> a;"),
-    ({"a": "extends: b\n", "b": "extends: a\n"}, r"^models/b\.yaml: extends: cycle a -> b -> a;"),
-])
-def test_extends_errors_name_the_file(tmp_path, monkeypatch, files, match):
-    from colsim import registry
-
-    _preset_pkg(tmp_path, monkeypatch, files)
-    with pytest.raises(ConfigError, match=match):
-        registry.preset("models", "a")
+def test_a_protocol_file_extends_by_name_and_by_path(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.yaml").write_text("extends: nonstationary\nstream: {batch: 4}\n")
+    (tmp_path / "mine.yaml").write_text("extends: sub/base.yaml\nname: mine\n"
+                                        "phases: [{name: only, steps: 3, classes: [0, 1]}]\n")
+    cfg = resolve_run_config(tmp_path / "mine.yaml")
+    ref = resolve_run_config("nonstationary")
+    assert cfg.protocol.name == "mine" and cfg.protocol.stream.batch == 4
+    assert cfg.protocol.stream.episode_length == ref.protocol.stream.episode_length == 8  # merged, not replaced
+    assert [p.steps for p in cfg.protocol.phases] == [3]
+    assert cfg.protocol.world == ref.protocol.world and cfg.rule == ref.rule
+    assert "extends" not in cfg.to_dict()["protocol"]  # the resolved config.yaml stays flat
+    (tmp_path / "loop.yaml").write_text("extends: ./loop.yaml\n")
+    with pytest.raises(ConfigError, match=r"loop\.yaml: extends: cycle .*loop\.yaml -> .*loop\.yaml; remove one extends"):
+        resolve_run_config(tmp_path / "loop.yaml")
+    (tmp_path / "bad.yaml").write_text("extends: nowhere/x.yaml\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: extends: .*nowhere/x\.yaml is not a file"):
+        resolve_run_config(tmp_path / "bad.yaml")
 
 
 def test_packaged_presets_that_extend_resolve_to_their_base_plus_their_own_keys():
     from importlib import resources
 
     from colsim import registry
+    from colsim.presets import deep_merge
 
     base = registry.preset("models", "seqjepa_cnn")
     for name in ("seqjepa_cnn_cr", "seqjepa_cnn_bn", "seqjepa_crate", "seqjepa_crate_alpha", "seqjepa_tost"):
         own = load_yaml_text((resources.files("colsim.models") / f"{name}.yaml").read_text(), name)
         assert own.pop("extends") == "seqjepa_cnn"
-        assert registry.preset("models", name) == {**base, **own}
+        assert registry.preset("models", name) == deep_merge(base, own)

@@ -163,7 +163,7 @@ def test_seeds_bad_list_exit_2(bad):
 
 
 def test_parse_seeds():
-    from colsim.cli import parse_seeds
+    from colsim.config import parse_seeds
 
     assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("0-1,7") == [0, 1, 7]
 
