@@ -40,7 +40,7 @@ Prints figures, and ratios against baselines measured in the same run:
    One NVIDIA H200, torch 2.11.0+cu130, 2026-12-04 (the CPU column on its 16-core host; ``--steps 60
    --resnet-steps 6``): steps/s CPU / cuda bf16 / cuda float32 = seqjepa_cnn backprop 31.6 / 54.6 (1.7x) /
    54.6 (1.7x), lpl 35.3 / 46.7 (1.3x) / 53.4 (1.5x), seqjepa_resnet18 1.64 / 22.8 (13.9x) / 24.5 (14.9x)
-   (README, "The GPU path"; ``benchmarks/gpu_check.sh`` runs this part with the CUDA tests).
+   (docs/guide/gpu.md; ``benchmarks/gpu_check.sh`` runs this part with the CUDA tests).
    Without CUDA, ``--device cuda`` exits 2 with one line.
 
     python benchmarks/bench_step.py [--steps 80] [--full] [--skip-default] [--skip-resnet] [--resnet-steps 3]

@@ -20,7 +20,7 @@ load average around each measurement: the host may be shared, and a loaded host 
 unevenly (the sweep's processes compete with other jobs for the same cores; several torch threads of
 one process wait on each other when the cores are oversubscribed).
 
-Measured (2-core VM shared with other jobs; README, section Sweeps), 6 runs x 40 steps, --one-thread:
+Measured (2-core VM shared with other jobs; docs/guide/sweeps.md), 6 runs x 40 steps, --one-thread:
 
     load 16-13: back to back 214.6 s · sweep 57.3 s · ratio 0.267 · 1 thread 33.1 s (sweep / (that / 2) = 3.46)
     load 13-12: back to back 174.4 s · sweep 30.7 s · ratio 0.176 · 1 thread 18.6 s (sweep / (that / 2) = 3.29)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path's checks in one go, on a machine with CUDA (README, "The GPU path"):
+# The GPU path's checks in one go, on a machine with CUDA (docs/guide/gpu.md):
 #   1. the CUDA tests (tests/test_device.py): the demo protocol on CUDA, bf16 vs float32, a float32 CUDA run
 #      against the CPU run, bit-for-bit repeat and resume on CUDA, pinned transfers, bf16 activations;
 #   2. bench_online.py --device cuda: the per-tick overhead at batch 1 (issue 13 item 4) on the GPU;

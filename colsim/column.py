@@ -71,7 +71,7 @@ def running_stat_buffers(module: nn.Module) -> list[str]:
     then reads: the running statistics of normalisation layers (BatchNorm, InstanceNorm with
     ``track_running_stats``). No rule consolidates them (a rule changes parameters only), so a column
     that has them forgets, or is "protected" by replay, with no weight changing; a run's summary lists
-    them as ``unconsolidated_buffers`` (README, "Measuring forgetting"). The packaged columns have none."""
+    them as ``unconsolidated_buffers`` (docs/results/forgetting.md. The packaged columns have none."""
     out = []
     for name, m in module.named_modules():
         if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:

@@ -245,7 +245,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     ``step_ahead``: compute the stream's next Step on a second thread while the column works on this
     one (:class:`colsim.stream.StepAhead`); the run is bit-identical either way. None: off unless the
     environment sets ``COLSIM_STEP_AHEAD=1``. Off by default: on the 2-core CPU host it measured no
-    faster (README, "Online batch-1"); it is meant for hosts with a spare core, e.g. a GPU run's.
+    faster (docs/reference/protocols.md, the `online` protocol's step-ahead paragraph); it is meant for hosts with a spare core, e.g. a GPU run's.
     """
     t0 = time.perf_counter()
     diverged: Optional[dict] = None  # {"step", "phase", "terms"}: what went non-finite where

@@ -1,4 +1,4 @@
-"""The README's voting-vs-single-column comparison (issue 14): the ``columns`` protocols over seeds.
+"""The voting-vs-single-column comparison of docs/guide/circuits.md (issue 14): the ``columns`` protocols over seeds.
 
     python examples/compare_columns.py                      # columns + columns_percolumn, seeds 0,1,2
     python examples/compare_columns.py --protocols columns --seeds 0,1 --steps 100

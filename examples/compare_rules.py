@@ -1,6 +1,6 @@
-"""The rule comparison the README quotes: rules x protocols x seeds, then mean ± 95 % CI per rule.
+"""The rule comparison the docs quote: rules x protocols x seeds, then mean ± 95 % CI per rule.
 
-    python examples/compare_rules.py                                  # the README's table (defaults below)
+    python examples/compare_rules.py                                  # the docs' table (defaults below)
     python examples/compare_rules.py --rules backprop,lpl --protocols nonstationary --seeds 0,1 --steps 200
 
 Every run is an ordinary ``colsim run PROTOCOL --rule R --seed S --steps N --quiet --out DIR`` (so any

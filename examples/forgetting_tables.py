@@ -1,4 +1,4 @@
-"""The README's forgetting tables, generated from a sweep folder (nothing typed by hand).
+"""The forgetting tables of docs/results/forgetting.md, generated from a sweep folder (nothing typed by hand).
 
     colsim sweep protocols/sweeps/forgetting_action_shift.yaml        # -> runs/forgetting_action_shift/
     python examples/forgetting_tables.py runs/forgetting_action_shift  # markdown on stdout

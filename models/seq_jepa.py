@@ -10,8 +10,7 @@ x_{t-c..t-1} (c <= M) and their actions a (a_i leads from view i to view i+1):
    last context token's action embedding is zeroed (the action to the target goes to the
    predictor) — paper section 3. The paper's norm is BatchNorm (``action_norm: batch``);
    colsim's default is LayerNorm (``action_norm: layer``), which keeps no running statistics, so
-   evaluation does not depend on the actions of the phase last trained (README, "Measuring
-   forgetting");
+   evaluation does not depend on the actions of the phase last trained (docs/results/forgetting.md;
 3. z_AGG = g([AGG]; u) — aggregator (``aggregator.kind``: transformer | crate | crate_alpha |
    tost, models/seq_jepa_parts.py; padded window slots masked);
 4. z_hat = h(z_AGG, e(a_{t-1})) predicts the embedding of x_t (``predictor.kind``: mlp | crate);
@@ -113,7 +112,7 @@ class SeqJepaConfig(Strict):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     action_embed: int = Field(128, ge=1)
     # e(a)'s normalisation: layer (LayerNorm, no buffers; default) or batch (seq-JEPA's BatchNorm, whose running
-    # statistics follow each phase's actions and confound forgetting: README "Measuring forgetting")
+    # statistics follow each phase's actions and confound forgetting: docs/results/forgetting.md
     action_norm: Literal["layer", "batch"] = "layer"
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)

@@ -52,7 +52,7 @@ class EncoderConfig(Strict):
     #     training and evaluation normalise alike and nothing drifts with the data (the CPU presets' choice);
     #   batch / true (BatchNorm without affine): each unit centred and scaled over the batch, an anti-collapse
     #     device of its own; evaluation uses running statistics re-estimated from each phase's data, a
-    #     forgetting no parameter-level rule can prevent (README "Measuring forgetting", models/README.md)
+    #     forgetting no parameter-level rule can prevent (docs/results/forgetting.md, models/README.md)
     output_norm: Union[bool, Literal["none", "layer", "batch"]] = "none"
 
     @field_validator("output_norm")
@@ -249,7 +249,7 @@ class ActionEmbed(nn.Module):
     ``norm="layer"`` (default): LayerNorm over the E embedding units of each action — no buffers, the
     same in training and evaluation, any batch size. ``norm="batch"``: seq-JEPA's BatchNorm
     (Ghaemi et al. 2025), statistics over the valid entries only; its running statistics follow each
-    phase's action distribution and evaluation uses them (README, "Measuring forgetting")."""
+    phase's action distribution and evaluation uses them (docs/results/forgetting.md."""
 
     def __init__(self, action_dim: int, dim: int, norm: str = "layer"):
         super().__init__()

@@ -95,7 +95,7 @@ class SpikingConfig(Strict):
     readout: Literal["rate", "count"] = "rate"  # z: last block's spikes per bin or per view
     action_embed: int = Field(32, ge=1)
     # e(a)'s normalisation: layer (LayerNorm, no buffers; default) or batch (seq-JEPA's BatchNorm, whose running
-    # statistics follow each phase's actions and confound forgetting: README "Measuring forgetting")
+    # statistics follow each phase's actions and confound forgetting: docs/results/forgetting.md
     action_norm: Literal["layer", "batch"] = "layer"
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
     predictor: PredictorConfig = Field(default_factory=lambda: PredictorConfig(hidden=256))

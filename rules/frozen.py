@@ -1,4 +1,4 @@
-"""Frozen weights: the control arm of every rule comparison (README, "Measuring forgetting").
+"""Frozen weights: the control arm of every rule comparison (docs/results/forgetting.md.
 
 ``--rule frozen`` runs the same schedule as any rule — the same stream, the column's forward in
 training mode (dropout on, any normalisation layer with running statistics updating them), the

@@ -1,6 +1,6 @@
 """Science check of ESPP on the spiking column (issue 12, item 6), slow.
 
-Two claims, measured on the same runs (README, "ESPP on the spiking column: measured"):
+Two claims, measured on the same runs (docs/results/espp.md):
 
 1. The issue's claim: training the spiking column with ``--rule espp`` raises its pooled z_AGG
    probe accuracy above the same column untrained (its step-0 evaluation), by a margin outside the
@@ -12,10 +12,10 @@ Two claims, measured on the same runs (README, "ESPP on the spiking column: meas
    ESPP's LIF layers beat the frozen ones, per seed, outside the noise. Measured: they do not (the
    paired difference is ~0), so the gain of claim 1 is the aggregator's, not ESPP's. That claim
    stays marked ``xfail(strict=True)``: a change that makes ESPP's layers help turns it into an
-   unexpected pass, which fails the suite until the README and this mark are updated.
+   unexpected pass, which fails the suite until docs/results/espp.md and this mark are updated.
 
 Setting (mild affine digits, c = +-1e-3, ESPP lr 1e-4, 8,000 steps at batch 16) chosen on the
-validation pool, seeds 0-2; this test reads the probe pool at seeds 0-2 (the README: seeds 0-4).
+validation pool, seeds 0-2; this test reads the probe pool at seeds 0-2 (docs/results/espp.md: seeds 0-4).
 The two arms run side by side as two ``colsim run --seeds 0-2`` processes of one torch thread each
 (about 10 minutes on 2 cores). Runs are seeded, so the outcome is the same on every run on one platform.
 """
@@ -80,7 +80,7 @@ class NotAboveFrozen(Exception):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=NotAboveFrozen,
-                   reason="measured (README): ESPP's LIF layers do not beat the same layers frozen; the pooled "
+                   reason="measured (docs/results/espp.md): ESPP's LIF layers do not beat the same layers frozen; the pooled "
                           "z_AGG gain of --rule espp is the seq-JEPA-trained aggregator's")
 def test_espp_layers_beat_the_same_layers_frozen(accuracies, capsys):
     # the two arms start from the same column (same seed): equal step-0 accuracies

@@ -1,7 +1,7 @@
 """Science check (slow): forgetting beyond the frozen-weights arm, on the packaged column (issue 27).
 
 Protocol: protocols/action_shift.yaml shortened to 400 steps (rotation -> translation -> scale ->
-rotation, 100 steps each; the README's 10-seed table, protocols/sweeps/forgetting_action_shift.yaml,
+rotation, 100 steps each; the 10-seed table of docs/results/forgetting.md, protocols/sweeps/forgetting_action_shift.yaml,
 uses the same length), seeds 0, 1, 2. Read-out: the *frozen* read-out (colsim.evaluate; Davari et
 al., CVPR 2022), the linear probe fitted on phase k's probe set right after phase k and re-applied
 unchanged at the end; ``frozen_forgetting`` is the mean over phases k < last of its accuracy just
@@ -18,7 +18,7 @@ Claims, each over the three seeds with a t-based 95 % CI (colsim.analysis.compar
    replay's extra forward passes change no weight and no buffer);
 2. backprop forgets beyond the frozen arm: the per-seed paired difference backprop - frozen has a CI
    that excludes 0;
-3. replay's claim where it survives the 10-seed sweep (README, "Measuring forgetting"): it lowers
+3. replay's claim where it survives the 10-seed sweep (docs/results/forgetting.md: it lowers
    backprop's *prediction-loss* forgetting (10 seeds: -0.050 +- 0.005; seeds 0-2: -0.046 +- 0.024),
    against a replay control that forgets nothing (claim 1). Its effect on the frozen read-out
    (-0.043 +- 0.047 at 10 seeds) is not resolved and is not asserted.

@@ -6,7 +6,7 @@ episodes, model ``seqjepa_cnn_cr``: the default column plus a coding-rate term o
 (``summary.json["gain"]``). A claim holds when the lower end of the t-based 95 % CI over seeds of the
 gain is above 0 (``colsim.analysis.compare.mean_ci``).
 
-Measured (README, "Trained vs untrained", one torch thread per run): both rules lower their own
+Measured (docs/results/forgetting.md, "Trained vs untrained", one torch thread per run): both rules lower their own
 prediction loss (backprop +0.329 +- 0.224, LPL +0.305 +- 0.221) and raise the pooled 10-way z_AGG
 probe accuracy (backprop +0.315 +- 0.101, LPL +0.239 +- 0.119) outside the CI. Without the coding-rate
 term (``--set 'model.regularizers=[]'``, the default column) backprop's pooled z_AGG gain stayed inside
