@@ -157,9 +157,9 @@ def _measure(args, sets: list[str], ahead: bool) -> dict:
     assert cfg.protocol.stream.batch == 1
     world, column, rule, local, optimizer = sim.build_for_run(cfg)  # as `colsim run` builds a run
     sync = torch.cuda.synchronize if args.device != "cpu" else None
-    t = {k: [] for k in ("fwd", "bwd", "world", "wait", "opt", "teacher", "rec", "diag", "check")}
-    diag_z = _timed(sim.collapse_diagnostics, t["diag"])  # twice per recorded tick, + the column's once
-    column.diagnostics = _timed(column.diagnostics, t["diag"])
+    # the column's own work and the learning are timed by wrapping the objects the loop is given; the loop's own
+    # parts (the wait for the Step, the finite check, the diagnostics and the recorder) come from its profile
+    t = {k: [] for k in ("fwd", "bwd", "world", "opt", "teacher")}
     ticks: list[float] = []
     column.forward = _timed(column.forward, t["fwd"], sync)
     column.update_target = _timed(column.update_target, t["teacher"], sync)
@@ -180,42 +180,27 @@ def _measure(args, sets: list[str], ahead: bool) -> dict:
         return s._replace(step=_timed(s.step, t["world"]))
 
     world.stream = stream
-
-    class TimedAhead(StepAhead):  # the main thread's wait for its Step (the whole step when not computed ahead)
-        def step(self, state):
-            tw = time.perf_counter()
-            out = super().step(state)
-            t["wait"].append(time.perf_counter() - tw)
-            return out
-
-    saved = sim.grad_norm, sim.collapse_diagnostics, sim.StepAhead
-    sim.grad_norm, sim.collapse_diagnostics = _timed(sim.grad_norm, t["check"]), diag_z
-    sim.StepAhead = TimedAhead
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            rec = ZarrRecorder(Path(tmp) / "store.zarr", {"bench": "online"},
-                               flush_every=cfg.protocol.record.flush_every)
-            rec.record = _timed(rec.record, t["rec"])
-            with warnings.catch_warnings():  # the 10-sample probe's R^2 warnings
-                warnings.simplefilter("ignore")
-                res = simulate(column, rule, cfg.protocol, rec, world=world, optimizer=optimizer, seed=0,
-                               device=cfg.device, local=local, step_ahead=ahead,
-                               autocast=getattr(cfg.model, "autocast", None),
-                               on_step=lambda info: ticks.append(time.perf_counter()))
-    finally:
-        sim.grad_norm, sim.collapse_diagnostics, sim.StepAhead = saved
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = ZarrRecorder(Path(tmp) / "store.zarr", {"bench": "online"},
+                           flush_every=cfg.protocol.record.flush_every)
+        with warnings.catch_warnings():  # the 10-sample probe's R^2 warnings
+            warnings.simplefilter("ignore")
+            res = simulate(column, rule, cfg.protocol, rec, world=world, optimizer=optimizer, seed=0,
+                           device=cfg.device, local=local, step_ahead=ahead, profile=True,
+                           autocast=getattr(cfg.model, "autocast", None),
+                           on_step=lambda info: ticks.append(time.perf_counter()))
     assert res.status == "completed", res.status
+    prof = res.timings["per_tick"]
+    t["wait"], t["check"], t["rec"] = prof["stream"], prof["check"], prof["record"]
     w = args.warmup
     tick = [b - a for a, b in zip(ticks[w:-1], ticks[w + 1:])]  # tick t+1 = on_step(t+1) - on_step(t)
     k = slice(w + 1, w + 1 + len(tick))
-    per = {n: v[k] for n, v in t.items() if n not in ("diag", "rec")}
-    per["rec"] = t["rec"][k] if t["rec"] else [0.0] * len(tick)
-    per["diag"] = [sum(t["diag"][3 * i:3 * i + 3]) for i in range(len(t["diag"]) // 3)][k] or [0.0] * len(tick)
+    per = {n: v[k] for n, v in t.items()}
     per["tick"] = tick
     per["over"] = [a - f - b for a, f, b in zip(tick, per["fwd"], per["bwd"])]
     per["learn"] = [o + e for o, e in zip(per["opt"], per["teacher"])]
     per["own"] = [o - ln - wd for o, ln, wd in zip(per["over"], per["learn"], per["wait"])]
-    per["rest"] = [o - c - d - r for o, c, d, r in zip(per["own"], per["check"], per["diag"], per["rec"])]
+    per["rest"] = [o - c - r for o, c, r in zip(per["own"], per["check"], per["rec"])]
     out = {n: statistics.median(v) for n, v in per.items()}
     out["over_mean"], out["own_mean"] = statistics.fmean(per["over"]), statistics.fmean(per["own"])
     out["n"] = len(tick)
@@ -273,8 +258,8 @@ ROWS = [("tick", "tick"), ("fwd", "column forward"), ("bwd", "column backward (r
         ("over", "overhead = tick - fwd - bwd"), ("learn", "  learning: optimizer + teacher"),
         ("opt", "    optimizer.step"), ("teacher", "    teacher EMA"),
         ("wait", "  world: waiting for the Step"), ("own", "  simulator's own"),
-        ("check", "    divergence check + grad norm"), ("diag", "    diagnostics"),
-        ("rec", "    recorder.record"), ("rest", "    rest (bookkeeping, freeing the graph)"),
+        ("check", "    divergence check + grad norm"), ("rec", "    diagnostics + recorder.record"),
+        ("rest", "    rest (bookkeeping, freeing the graph)"),
         ("world", "(stream.step itself, either thread)")]
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from colsim.analysis.summary import COLUMN_SUMMARY_KEYS
 from colsim.evaluate import Embeddings, probe_scores
 
 __all__ = ["entry_embeddings", "circuit_scores", "circuit_eval_data", "circuit_probe_data", "COLUMN_SUMMARY_KEYS"]
-
-COLUMN_SUMMARY_KEYS = ("probe_acc_agg", "probe_acc_agg_se", "probe_acc_z", "probe_acc_z_se")
 
 
 def entry_embeddings(emb: Embeddings, k: int) -> Embeddings:

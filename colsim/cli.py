@@ -36,8 +36,21 @@ from colsim.config import ConfigError, ConfigWarning, RunConfig, parse_seeds, re
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="colsim: cortical-column learning modules under pluggable plasticity rules.")
-console = Console()
-err_console = Console(stderr=True)
+
+
+class _Console:
+    """A rich Console made when it is used, so its width follows the terminal (and ``COLUMNS``) of each command,
+    not of the moment colsim.cli was imported."""
+
+    def __init__(self, **kw):
+        self._kw = kw
+
+    def __getattr__(self, name):
+        return getattr(Console(**self._kw), name)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 _python_showwarning = warnings.showwarning
 
 
@@ -334,7 +347,7 @@ def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimiz
     cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
             TimeElapsedColumn()]
-    with Progress(*cols, console=console, transient=False) as prog:
+    with Progress(*cols, console=Console(), transient=False) as prog:
         task = prog.add_task("run", total=cfg.protocol.total_steps, phase="init", loss=float("nan"), rate=0.0)
 
         def on_step(info):
@@ -471,7 +484,7 @@ def sweep(
     from colsim._sweep_dask import sweep_main
 
     try:
-        code = sweep_main(sweep_file, out, steps, scheduler, cluster, workers, threads, quiet, console,
+        code = sweep_main(sweep_file, out, steps, scheduler, cluster, workers, threads, quiet, Console(),
                           git_revision=_git_revision())
     except ConfigError as exc:
         _fail(str(exc))

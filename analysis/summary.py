@@ -1,0 +1,107 @@
+"""``summary.json`` of a run: the read-out matrices over evaluations and probe sets, and forgetting / BWT / FWT of
+every read-out on its phase-end rows (Avalanche's definitions, :mod:`colsim.analysis.continual`).
+
+numpy only (no torch): the run writes it (:func:`colsim.simulate.run`) and any analysis can recompute it from the
+same evaluation rows.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from colsim.analysis.continual import bwt, forgetting, fwt
+
+__all__ = ["make_summary", "READOUTS", "COLUMN_SUMMARY_KEYS"]
+
+# a circuit's per-column pooled accuracies in the summary (colsim/_circuit_eval.py fills them per evaluation)
+COLUMN_SUMMARY_KEYS = ("probe_acc_agg", "probe_acc_agg_se", "probe_acc_z", "probe_acc_z_se")
+# summary prefix -> (evaluation key, higher is better)
+READOUTS = {"": ("acc_agg", True), "seen_": ("seen_acc", True), "frozen_": ("frozen_acc", True),
+            "prediction_": ("prediction_loss", False)}
+
+
+def _f(x) -> Optional[float]:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+
+def _rows(evals: list[dict], key: str) -> list:
+    return [[_f(v) for v in e[key]] for e in evals]
+
+
+def _continual(evals: list[dict], names: list[str], key: str, higher_better: bool, at_start: bool) -> dict:
+    """Forgetting / BWT / FWT (Avalanche's definitions, colsim.analysis.continual) on the phase-end rows of
+    ``key`` (eval x probe_set) of the phases completed (a run that stopped early: forgetting and BWT over
+    its completed phases, FWT keeps the next-phase cells it measured), with the standard error of the forgetting from the cells' standard errors
+    (cells treated as independent). For a loss (``higher_better=False``) the matrix is negated first, so
+    forgetting > 0 means the loss went up and BWT / FWT > 0 mean it went down."""
+    out: dict[str, Any] = {"forgetting": None, "bwt": None, "fwt": None, "forgetting_se": None}
+    ends: dict[str, dict] = {}
+    for e in evals:
+        if e["phase"] != "init":
+            ends[e["phase"]] = e  # the last evaluation of a phase closes it
+    P = len(names)
+    T = 0  # phases completed (a run that stopped early has fewer)
+    while T < P and names[T] in ends:
+        T += 1
+    if T == 0:
+        return out
+    sign = 1.0 if higher_better else -1.0
+    A = sign * np.stack([np.asarray(ends[n][key], dtype=float) for n in names[:T]])  # (T, P)
+    SE = np.stack([np.asarray(ends[n].get(f"{key}_se", np.full(P, np.nan)), dtype=float) for n in names[:T]])
+    if T >= 2:
+        out["forgetting"], out["bwt"] = _f(forgetting(A[:, :T])), _f(bwt(A[:, :T]))
+        out["forgetting_se"] = _f(np.sqrt(sum(SE[k, k] ** 2 + SE[T - 1, k] ** 2 for k in range(T - 1))) / (T - 1))
+    if at_start and evals and evals[0]["phase"] == "init" and P >= 2:
+        out["fwt"] = _f(fwt(A, sign * np.asarray(evals[0][key], dtype=float)))  # keeps A[T-1, T] when T < P
+    return out
+
+
+def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, status: str, at_start: bool,
+                 columns: Optional[list[str]] = None) -> dict:
+    """summary.json. Matrices have rows = evaluations (init first when present) and columns = probe
+    sets, each with a ``_se`` twin: ``accuracy_matrix`` (task probe on z_AGG), ``seen_matrix``,
+    ``frozen_matrix``, ``prediction_loss_matrix``. For each read-out, forgetting / BWT / FWT on its
+    phase-end rows: ``forgetting``, ``bwt``, ``fwt`` (task probe), ``seen_*``, ``frozen_*``,
+    ``prediction_*`` (loss: forgetting > 0 = the loss went up), each forgetting with ``_se``.
+    ``gain`` holds every headline metric's change from the step-0 evaluation (positive = better; a
+    loss counts as its decrease) with its standard error."""
+    P = len(names)
+    out: dict[str, Any] = {
+        "accuracy_matrix": _rows(evals, "acc_agg"),
+        "accuracy_matrix_se": _rows(evals, "acc_agg_se"),
+        "seen_matrix": _rows(evals, "seen_acc"),
+        "seen_matrix_se": _rows(evals, "seen_acc_se"),
+        "frozen_matrix": _rows(evals, "frozen_acc"),
+        "frozen_matrix_se": _rows(evals, "frozen_acc_se"),
+        "prediction_loss_matrix": _rows(evals, "prediction_loss"),
+        "prediction_loss_matrix_se": _rows(evals, "prediction_loss_se"),
+        "evaluations": [{"phase": e["phase"], "step": int(e["step"])} for e in evals],
+        "probe_sets": names,
+    }
+    for prefix, (key, hb) in READOUTS.items():
+        out.update({f"{prefix}{k}": v for k, v in _continual(evals, names, key, hb, at_start).items()})
+    for key in ("probe_acc_agg", "probe_acc_z", "equivariance_r2"):
+        out[key] = [_f(e[key]) for e in evals]
+        out[f"{key}_se"] = [_f(e[f"{key}_se"]) for e in evals]
+    out["prediction_loss"] = [_f(np.nanmean(e["prediction_loss"])) if np.isfinite(e["prediction_loss"]).any()
+                              else None for e in evals]
+    out["prediction_loss_se"] = [_f(np.sqrt(np.nansum(np.square(e["prediction_loss_se"]))) / P) for e in evals]
+    out["equivariance_probe"] = "linear"
+    gain: dict[str, Any] = {}
+    if at_start and len(evals) >= 2 and evals[0]["phase"] == "init":
+        for key, sign in (("probe_acc_agg", 1), ("probe_acc_z", 1), ("equivariance_r2", 1), ("prediction_loss", -1)):
+            v, se = out[key], out[f"{key}_se"]
+            if v[0] is not None and v[-1] is not None:
+                gain[key] = _f(sign * (v[-1] - v[0]))
+                gain[f"{key}_se"] = _f(math.sqrt((se[-1] or 0.0) ** 2 + (se[0] or 0.0) ** 2)) \
+                    if se[0] is not None and se[-1] is not None else None
+    out["gain"] = gain
+    if columns:  # a circuit: the matrices above are the vote's; pooled accuracies per column and the vote
+        out["columns"] = {"names": list(columns), **{k: [[_f(x) for x in np.asarray(e[f"col_{k}"])] for e in evals]
+                                                      for k in COLUMN_SUMMARY_KEYS if all(f"col_{k}" in e for e in evals)}}
+    out.update({"steps": int(steps), "wall_s": round(float(wall), 3), "status": status})
+    return out

@@ -1,0 +1,61 @@
+"""Per-tick diagnostics recorded with the metrics (schedule step 7): collapse of z and z_AGG, and a circuit's
+per-column metric row."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from colsim.column import Circuit
+
+__all__ = ["collapse_diagnostics", "circuit_metrics"]
+
+
+def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """Per-dim std (min / mean), effective ranks and mean pairwise cosine of the rows of z (B, D).
+
+    ``valid`` (B,) bool keeps only the rows that hold a representation (z_AGG of the streams with a
+    context). Fewer than 2 rows: every value is NaN (recorded as missing, not as a number no
+    computation produced). ``{prefix}_eff_rank`` = the participation ratio of the centred
+    covariance and ``{prefix}_rankme`` = RankMe of the uncentred singular values — the functions
+    and names :mod:`colsim.analysis.metrics` uses for the same quantities (REFERENCE.md section 5).
+    """
+    from colsim.analysis.metrics import participation_ratio, rankme  # numpy only; analysis never imports torch
+
+    keys = [f"{prefix}_{k}" for k in ("std_min", "std_mean", "eff_rank", "rankme", "mean_cos")]
+    if z.shape[0] < 2:  # B = 1 (the online protocol): no tensor work, no host sync
+        return dict.fromkeys(keys, float("nan"))
+    z = z.detach().float()
+    if valid is not None:
+        z = z[valid.to(torch.bool)]
+    if z.shape[0] < 2:
+        return dict.fromkeys(keys, float("nan"))
+    std = z.std(0)
+    s_c = torch.linalg.svdvals(z - z.mean(0, keepdim=True)).double().cpu().numpy()  # centred
+    s_u = torch.linalg.svdvals(z).double().cpu().numpy()  # uncentred
+    zn = torch.nn.functional.normalize(z, dim=-1)
+    cos = zn @ zn.T
+    B = z.shape[0]
+    mean_cos = float((cos.sum() - cos.diagonal().sum()) / (B * B - B))
+    vals = [float(std.min()), float(std.mean()), participation_ratio(s_c ** 2 / (B - 1)), rankme(s_u), mean_cos]
+    return dict(zip(keys, vals))
+
+
+def circuit_metrics(circ: Circuit, trace, metrics: dict) -> dict:
+    """A circuit's metric row: ``loss`` (column,) each column's prediction loss, ``loss_circuit`` what the rule
+    minimised, collapse diagnostics per column (``z_*`` over its B streams), and every ``<column>/<key>``
+    (per-column rules' metrics, per-column models' diagnostics) as a (column,) array."""
+    out = dict(metrics)
+    if "loss" in out:
+        out["loss_circuit"] = out.pop("loss")
+    if "loss_pred" in trace:
+        out["loss"] = circ.column_losses(trace)
+    if "z" in trace:
+        N = circ.n
+        z, za = trace["z"].detach().view(N, -1, trace["z"].shape[-1]), trace["z_agg"].detach().view(N, -1, trace["z_agg"].shape[-1])
+        valid = trace["valid"].view(N, -1) if "valid" in trace else None
+        for i, n in enumerate(circ.names):
+            out.update({f"{n}/{k}": v for k, v in collapse_diagnostics(z[i], "z").items()})
+            out.update({f"{n}/{k}": v for k, v in collapse_diagnostics(za[i], "zagg", None if valid is None
+                                                                         else valid[i]).items()})
+    return circ.group_metrics(out)
