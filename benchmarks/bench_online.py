@@ -128,7 +128,7 @@ import torch
 import colsim.models  # noqa: F401  (registers)
 import colsim.protocols  # noqa: F401
 import colsim.rules  # noqa: F401
-import colsim.simulate as sim
+from colsim.rundir import build_for_run
 from colsim.config import resolve_run_config
 from colsim.device import autocast_context
 from colsim.record import ZarrRecorder
@@ -155,7 +155,7 @@ def _measure(args, sets: list[str], ahead: bool) -> dict:
     """One run of the online protocol with ``sets``; per-tick medians (seconds) of every part."""
     cfg = resolve_run_config("online", model=args.model, overrides=sets, steps=args.steps, device=args.device)
     assert cfg.protocol.stream.batch == 1
-    world, column, rule, local, optimizer = sim.build_for_run(cfg)  # as `colsim run` builds a run
+    world, column, rule, local, optimizer = build_for_run(cfg)  # as `colsim run` builds a run
     sync = torch.cuda.synchronize if args.device != "cpu" else None
     # the column's own work and the learning are timed by wrapping the objects the loop is given; the loop's own
     # parts (the wait for the Step, the finite check, the diagnostics and the recorder) come from its profile
@@ -216,7 +216,7 @@ def _bare_loop(args, sets: list[str]) -> dict:
     the tick, and its tick - forward - backward (``over``) with the world's, the learning's (optimizer +
     EMA) and the freeing of the tick's graph: the overhead that the same work costs without any simulator."""
     cfg = resolve_run_config("online", model=args.model, overrides=sets, steps=args.steps, device=args.device)
-    world, column, rule, local, optimizer = sim.build_for_run(cfg)
+    world, column, rule, local, optimizer = build_for_run(cfg)
     dev = cfg.device
     sync = torch.cuda.synchronize if dev != "cpu" else (lambda: None)
     amp = autocast_context(dev, getattr(cfg.model, "autocast", None))

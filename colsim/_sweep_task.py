@@ -1,7 +1,6 @@
 """One sweep run as a dask task: :func:`execute` runs in a worker process (colsim.sweep).
 
-It does what ``colsim run`` does for one resolved config (build, ZarrRecorder, simulate, summary)
-in the run folder, with ``threads`` torch threads, and never raises for a failing run: the error
+It sets up and runs the run folder exactly as ``colsim run`` does (:mod:`colsim.rundir`), with ``threads`` torch threads, and never raises for a failing run: the error
 is recorded in ``sweep_run.json`` (status ``failed``) and ``error.txt`` and returned, so the
 other runs go on. ``sweep_run.json`` is written as ``running`` before the run starts, so a worker
 that dies leaves a run that the next sweep runs again.
@@ -9,7 +8,6 @@ that dies leaves a run that the next sweep runs again.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import json
 import os
 import shutil
@@ -61,36 +59,17 @@ def execute(spec: dict) -> dict:
 
 def _run(spec: dict, run_dir: Path):
     import torch
-    import yaml
 
     from colsim import registry
-    from colsim.config import ConfigError, build_run_config
+    from colsim.config import build_run_config
+    from colsim.device import check_device
+    from colsim.rundir import build_for_run, execute, new_run
 
-    for pkg in registry.PACKAGES.values():  # the plugin packages register their worlds, models and rules
-        importlib.import_module(pkg)
-    from colsim.record import ZarrRecorder
-    from colsim.simulate import build_for_run, run_attrs
-    from colsim.simulate import run as simulate
-
+    registry.load_plugins()  # the plugin packages register their worlds, models and rules
     torch.set_num_threads(int(spec["threads"]))
     cfg = build_run_config(spec["config"])
-    resolved = cfg.to_dict()
-    config_yaml = yaml.safe_dump(resolved, sort_keys=False)
-    (run_dir / "config.yaml").write_text(config_yaml)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {cfg.device}: CUDA is not available on this worker ({socket.gethostname()})")
-    world, column, rule_obj, local, optimizer = build_for_run(cfg)
-    attrs = run_attrs(cfg, resolved, sweep_point=spec["point"], **spec.get("attrs", {}))
-    recorder = ZarrRecorder(run_dir / "store.zarr", attrs, flush_every=cfg.protocol.record.flush_every)
-    try:
-        result = simulate(column, rule_obj, cfg.protocol, recorder, world=world, optimizer=optimizer, seed=cfg.seed,
-                          device=cfg.device, local=local, ckpt_dir=run_dir / "checkpoints", config_yaml=config_yaml,
-                          autocast=getattr(cfg.model, "autocast", None))
-    except Exception:
-        try:
-            recorder.close("failed")
-        except Exception:  # noqa: BLE001 — the original error is the one to report
-            pass
-        raise
-    (run_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
-    return result
+    check_device(cfg.device, f"device {cfg.device}", where=f"on this worker ({socket.gethostname()})",
+                 fix="run the sweep where the workers have CUDA")
+    built = build_for_run(cfg)
+    config_yaml, recorder = new_run(run_dir, cfg, sweep_point=spec["point"], **spec.get("attrs", {}))
+    return execute(run_dir, cfg, built, recorder, config_yaml)

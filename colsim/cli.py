@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import json
 import os
 import signal
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -54,12 +51,6 @@ err_console = _Console(stderr=True)
 _python_showwarning = warnings.showwarning
 
 
-def _load_plugins() -> None:
-    import colsim.models  # noqa: F401
-    import colsim.protocols  # noqa: F401
-    import colsim.rules  # noqa: F401
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for the CLI: a ConfigWarning is one line on stderr, ``warning: ...``;
     any other warning is shown as Python shows it."""
@@ -75,19 +66,9 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _resolve(protocol, rule, model, sets, seed, device, steps) -> RunConfig:
-    _load_plugins()
+    registry.load_plugins()
     return resolve_run_config(protocol, rule=rule, model=model, overrides=sets or (), seed=seed, device=device,
                               steps=steps)
-
-
-def _git_revision() -> str:
-    try:
-        here = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _out_dir(out: Optional[Path], cfg: RunConfig, suffix: str = "") -> Path:
@@ -188,13 +169,10 @@ def run(
 
 
 def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume, suffix: str = ""):
-    import torch
-
     from colsim.checkpoint import load_checkpoint
     from colsim.config import build_run_config, load_yaml_text
-    from colsim.record import ZarrRecorder
-    from colsim.simulate import build_for_run, run_attrs
-    from colsim.simulate import run as simulate
+    from colsim.device import check_device
+    from colsim.rundir import build_for_run, git_revision, new_run
 
     ckpt = None
     try:
@@ -206,46 +184,40 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
             except Exception as exc:  # noqa: BLE001 — any unreadable file is bad input
                 raise ConfigError(f"--resume {resume}: not a colsim checkpoint ({type(exc).__name__})") from None
             ckpt.pop("evals", None)  # a new run folder: its store and summary start at the checkpoint
-            _load_plugins()
+            registry.load_plugins()
             cfg = build_run_config(load_yaml_text(ckpt["config"], str(resume)))
             if Path(protocol).stem != cfg.protocol.name and protocol != cfg.protocol.name:
                 raise ConfigError(f"--resume {resume}: checkpoint is of protocol {cfg.protocol.name!r}, not {protocol!r}")
         else:
             cfg = _resolve(protocol, rule, model, set_, seed, device, steps)
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu")
+        check_device(cfg.device, f"--device {cfg.device}")
         # the rule is built first: it may attach parameters (layerwise's predictors) the checkpoint holds
-        world, column, rule_obj, local, optimizer = build_for_run(cfg)
+        built = build_for_run(cfg)
         if ckpt is not None:
-            column.load_state_dict(ckpt["model"])  # in place: the optimizer keeps the same tensors
+            built[1].load_state_dict(ckpt["model"])  # the column, in place: the optimizer keeps the same tensors
         out_dir = _out_dir(out, cfg, suffix)
         lock = _lock(out_dir, "--out")
     except ConfigError as exc:
         _fail(str(exc))
         return
     try:
-        resolved = cfg.to_dict()
-        config_yaml = yaml.safe_dump(resolved, sort_keys=False)
         try:
-            (out_dir / "config.yaml").write_text(config_yaml)
-            recorder = ZarrRecorder(out_dir / "store.zarr", run_attrs(cfg, resolved, git_revision=_git_revision()),
-                                    flush_every=cfg.protocol.record.flush_every)
+            config_yaml, recorder = new_run(out_dir, cfg, git_revision=git_revision())
         except OSError as exc:
             _fail(f"--out {out_dir}: cannot write the run folder ({exc.strerror or exc})")
         console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
                       f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> "
                       f"{out_dir}")
-        _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet, ckpt)
+        _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt)
     finally:
         lock.close()
 
 
-def _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet, ckpt):
-    """Run the simulator, write summary.json, print the table; exit 1 (failed), 128 + signal (stopped)."""
+def _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt):
+    """Run the simulator in its run folder (summary.json included), print the table; exit 1 (failed), 128 + signal
+    (stopped)."""
     try:
-        result = _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir,
-                                    config_yaml, quiet, ckpt)
-        (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
+        result = _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt)
     except OSError as exc:  # a full disk, a vanished folder: the store stays readable up to its last flush
         what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         _fail(f"run stopped: {what} while writing {exc.filename or out_dir}; everything up to the last flush is "
@@ -269,14 +241,13 @@ def _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, 
 def _resume_in_place(run_dir: Path, quiet: bool) -> None:
     """``colsim run --resume RUN_DIR``: the run's config.yaml, its latest checkpoint, its store cut back
     to that checkpoint (no duplicate, no missing row), then the same step schedule from there."""
-    import torch
     import zarr
 
     from colsim.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
     from colsim.config import build_run_config, load_yaml_text
+    from colsim.device import check_device
     from colsim.record import ZarrRecorder
-    from colsim.simulate import build_for_run
-    from colsim.simulate import run as simulate
+    from colsim.rundir import build_for_run
 
     what = "--resume"
     try:
@@ -290,7 +261,7 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
                 config_yaml = (run_dir / "config.yaml").read_text()
             except OSError:
                 raise ConfigError(f"{what} {run_dir}: no config.yaml; not a colsim run folder") from None
-            _load_plugins()
+            registry.load_plugins()
             cfg = build_run_config(load_yaml_text(config_yaml, str(run_dir / "config.yaml")))
             path = latest_checkpoint(run_dir / "checkpoints", cfg.protocol.phase_end_steps)
             if path is None:
@@ -309,11 +280,11 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
                 raise ConfigError(f"{what} {run_dir}: store.zarr cannot be opened ({type(exc).__name__})") from None
             if status == "completed" or int(ckpt["phase"]) >= len(cfg.protocol.phases):
                 raise ConfigError(f"{what} {run_dir}: the run is {status or 'complete'}; nothing to resume")
-            if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-                raise ConfigError(f"{what} {run_dir}: the run is on {cfg.device}, but CUDA is not available here")
-            world, column, rule_obj, local, optimizer = build_for_run(cfg)
+            check_device(cfg.device, f"{what} {run_dir}: the run is on {cfg.device}",
+                         fix="resume it on a machine with CUDA")
+            built = build_for_run(cfg)
             try:
-                column.load_state_dict(ckpt["model"])
+                built[1].load_state_dict(ckpt["model"])  # the column
             except RuntimeError as exc:
                 raise ConfigError(f"{what} {run_dir}: {path.name} does not fit the run's model "
                                   f"({str(exc).splitlines()[0]})") from None
@@ -330,20 +301,18 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
                       f"[cyan]{cfg.rule.name}[/] · "
                       f"from step {int(ckpt['step'])} of {cfg.protocol.total_steps} ({path.name})")
         (run_dir / "summary.json").unlink(missing_ok=True)
-        _finish(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, run_dir, config_yaml, quiet, ckpt)
+        _finish(cfg, built, recorder, run_dir, config_yaml, quiet, ckpt)
     finally:
         lock.close()
 
 
-def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimizer, local, out_dir, config_yaml, quiet,
-                       ckpt=None):
+def _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    kw = dict(world=world, optimizer=optimizer, seed=cfg.seed, device=cfg.device, local=local,
-              ckpt_dir=out_dir / "checkpoints", config_yaml=config_yaml, resume=ckpt,
-              autocast=getattr(cfg.model, "autocast", None))
+    from colsim.rundir import execute
+
     if quiet:
-        return simulate(column, rule_obj, cfg.protocol, recorder, **kw)
+        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt)
     cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
             TimeElapsedColumn()]
@@ -353,7 +322,7 @@ def _run_with_progress(simulate, column, rule_obj, cfg, recorder, world, optimiz
         def on_step(info):
             prog.update(task, completed=info["step"], phase=info["phase"], loss=info["loss"], rate=info["steps_per_s"])
 
-        return simulate(column, rule_obj, cfg.protocol, recorder, on_step=on_step, **kw)
+        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt, on_step=on_step)
 
 
 def print_summary(s: dict) -> None:
@@ -429,7 +398,7 @@ def validate(
 @app.command("list")
 def list_(what: str = typer.Argument(..., help="rules | models | protocols | worlds")):
     """List registered rules, model presets, packaged protocols or worlds."""
-    _load_plugins()
+    registry.load_plugins()
     t = Table()
     if what == "rules":
         t.add_column("rule"), t.add_column("kind"), t.add_column("description")
@@ -482,10 +451,11 @@ def sweep(
 ):
     """Run a sweep on dask: one task per run, all under one folder that colsim.analysis opens as one dataset."""
     from colsim._sweep_dask import sweep_main
+    from colsim.rundir import git_revision
 
     try:
         code = sweep_main(sweep_file, out, steps, scheduler, cluster, workers, threads, quiet, Console(),
-                          git_revision=_git_revision())
+                          git_revision=git_revision())
     except ConfigError as exc:
         _fail(str(exc))
         return

@@ -41,10 +41,13 @@ def is_cuda(device: "str | torch.device") -> bool:
     return str(device).startswith("cuda")
 
 
-def check_device(device: str, what: str = "--device") -> None:
-    """ConfigError (one line, exit 2 in the CLI) when ``device`` is CUDA and this machine has none."""
+def check_device(device: str, what: str = "--device", *, where: str = "on this machine", fix: str = "use --device cpu",
+                 error: type = ConfigError) -> None:
+    """The one CUDA check: ``error`` (one line, exit 2 in the CLI) when ``device`` is CUDA and there is none here.
+
+    ``what`` names the input (``--device cuda``, ``--resume RUN: the run is on cuda``), ``fix`` what to do."""
     if is_cuda(device) and not torch.cuda.is_available():
-        raise ConfigError(f"{what} {device}: CUDA is not available on this machine; use --device cpu")
+        raise error(f"{what}: CUDA is not available {where}; {fix}")
 
 
 def resolve_device_defaults(model_cfg: Any, device: str) -> Any:

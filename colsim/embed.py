@@ -39,7 +39,6 @@ malloc tuning are not applied). Circuit runs (several columns) are refused with 
 """
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -47,7 +46,9 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import torch
 
+from colsim import registry
 from colsim.config import ConfigError
+from colsim.device import check_device
 
 __all__ = ["load_column", "EmbeddedColumn", "StepResult", "LoadError"]
 
@@ -178,13 +179,11 @@ def load_column(run_dir: "str | Path", *, device: str = "cpu", column: Optional[
     if "probe" in tree.children and "column" in tree["probe"].dims:
         raise LoadError(f"{run_dir}: is a circuit run (the probe group has a column dimension); load_column loads "
                         "single-column runs only")
-    for pkg in ("colsim.models", "colsim.protocols", "colsim.rules"):  # register the run's parts (core imports none)
-        importlib.import_module(pkg)
+    registry.load_plugins()  # register the run's parts (the core imports none)
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise LoadError(f"device={device!r}: must be 'cpu', 'cuda' or 'cuda:N'")
     cfg = build_run_config(raw).model_copy(update={"device": device})
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LoadError(f"device={device!r}: CUDA is not available on this machine; use device='cpu'")
+    check_device(device, f"device={device!r}", fix="use device='cpu'", error=LoadError)
     path = latest_checkpoint(run_dir / "checkpoints", cfg.protocol.phase_end_steps)
     if path is None:
         raise LoadError(f"{run_dir}: no checkpoint in checkpoints/ (every run writes one per phase end); rerun it "

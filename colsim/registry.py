@@ -21,7 +21,7 @@ from colsim.presets import PACKAGES, preset, preset_names  # noqa: F401 (re-expo
 
 
 __all__ = ["Entry", "WORLDS", "MODELS", "RULES", "register_world", "register_model", "register_rule",
-           "preset", "preset_names", "lookup", "PACKAGES"]
+           "preset", "preset_names", "lookup", "load_plugins", "PACKAGES"]
 
 
 class Entry(NamedTuple):
@@ -68,6 +68,14 @@ def register_rule(name: str, config: type, kind: str = "base", updates: bool = T
         RULES[name] = Entry(name, config, fn, kind, _summary(fn), updates)
         return fn
     return deco
+
+
+def load_plugins() -> None:
+    """Import the packages that register colsim's worlds, models and rules (the core imports none of them)."""
+    import importlib
+
+    for pkg in PACKAGES.values():
+        importlib.import_module(pkg)
 
 
 def lookup(table: dict[str, Entry], name: str, what: str) -> Entry:

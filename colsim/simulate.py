@@ -78,39 +78,7 @@ from colsim.sim.tick import TickContext, mask_missing_losses, tick
 from colsim.stream import StepAhead
 
 __all__ = ["run", "RunResult", "RunState", "apply_update", "collapse_diagnostics", "keep_freed_memory", "grad_norm",
-           "build_for_run", "run_attrs", "make_summary"]
-
-
-def build_for_run(cfg):
-    """What every run does before its first step (``colsim run``, ``--resume``, a sweep task):
-    deterministic algorithms (warn only), :func:`keep_freed_memory` on CPU, then
-    ``colsim.build.build_run(cfg)`` -> (world, column, rule, local, optimizer).
-
-    On CUDA it also sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when the environment leaves it unset: cuBLAS
-    (CUDA >= 10.2) is deterministic only with a fixed workspace, read when its first handle is made, so
-    it must be set before the run's first matrix product (NVIDIA's cuBLAS docs, "Results reproducibility";
-    PyTorch's "Reproducibility" notes). With it a CUDA run repeats bit for bit and resumes exactly
-    (tests/test_device.py, run on an H200)."""
-    from colsim.build import build_run
-
-    if cfg.device != "cpu":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if cfg.device == "cpu":
-        keep_freed_memory()  # reuse activation memory between steps (see its docstring)
-    return build_run(cfg)
-
-
-def run_attrs(cfg, resolved: dict, **extra) -> dict:
-    """The run store's root attributes (DESIGN.md, the run store): the resolved config, the run's
-    identity (rule, model, protocol, seed, device), versions and start time, then ``extra``."""
-    import datetime as _dt
-
-    from colsim import __version__
-
-    return {"config": resolved, "rule": cfg.rule.name, "model": cfg.protocol.model, "protocol": cfg.protocol.name,
-            "seed": cfg.seed, "device": cfg.device, "colsim_version": __version__, "torch_version": torch.__version__,
-            "started": _dt.datetime.now().isoformat(timespec="seconds"), **extra}
+           "make_summary"]
 
 
 class RunResult(NamedTuple):
