@@ -15,7 +15,7 @@ from colsim.analysis.continual import bwt, forgetting, fwt
 
 __all__ = ["make_summary", "READOUTS", "COLUMN_SUMMARY_KEYS"]
 
-# a circuit's per-column pooled accuracies in the summary (colsim/_circuit_eval.py fills them per evaluation)
+# a circuit's per-column pooled accuracies in the summary (colsim/circuit/evaluate.py fills them per evaluation)
 COLUMN_SUMMARY_KEYS = ("probe_acc_agg", "probe_acc_agg_se", "probe_acc_z", "probe_acc_z_se")
 # summary prefix -> (evaluation key, higher is better)
 READOUTS = {"": ("acc_agg", True), "seen_": ("seen_acc", True), "frozen_": ("frozen_acc", True),

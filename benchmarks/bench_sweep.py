@@ -10,7 +10,7 @@ process timed from start to exit (imports, planning and start-up included on bot
   ``cores`` worker processes x 1 torch thread (each imports torch and colsim), one task per run,
   close the cluster.
 * back to back: one process that plans the same sweep and runs each run through the same task
-  function (colsim._sweep_task.execute) with ``cores`` torch threads, one after the other.
+  function (colsim.sweep.task.execute) with ``cores`` torch threads, one after the other.
 * ``--one-thread`` adds back to back with 1 torch thread: (its time / cores) is what a perfectly
   parallel sweep without start-up would take, so sweep / that is the sweep's own overhead.
 
@@ -55,11 +55,11 @@ def _sweep_doc(n: int, steps: int) -> dict:
 
 
 def _back_to_back_here(sweep_file: str, out: str, threads: int) -> None:
-    from colsim._sweep_dask import _load_plugins
-    from colsim._sweep_task import execute
+    from colsim.registry import load_plugins
+    from colsim.sweep.task import execute
     from colsim.sweep import load_sweep, plan_runs
 
-    _load_plugins()
+    load_plugins()
     for r in plan_runs(load_sweep(sweep_file)[0]):
         meta = execute({"name": r.name, "point": r.point, "identity": r.identity, "config": r.config,
                         "dir": str(Path(out) / r.name), "threads": threads})

@@ -16,7 +16,7 @@ import torch
 from colsim import registry
 from colsim.column import AbstractColumn
 from colsim.config import ConfigError, OptimizerConfig, RuleSpec, RunConfig
-from colsim.rule import Rule, partition
+from colsim.rule import Rule, first_match, partition
 
 __all__ = ["Built", "build_run", "build_world", "build_column", "build_rule", "build_optimizer", "check_rule", "lr_at",
            "MultiOptimizer"]
@@ -38,8 +38,8 @@ def build_run(cfg: RunConfig) -> Built:
     world = build_world(cfg)
     for j, ph in enumerate(cfg.protocol.phases):  # every phase's probe set can be drawn (classes, pool)
         world.check_phase(ph.classes, ph.world, pool=cfg.protocol.evaluation.pool, where=f"protocol.phases[{j}]")
-    if cfg.protocol.circuit is not None:  # several columns (issue 14): colsim/_build_circuit.py
-        from colsim._build_circuit import build_circuit, build_circuit_rule
+    if cfg.protocol.circuit is not None:  # several columns (issue 14): colsim/circuit/build.py
+        from colsim.circuit.build import build_circuit, build_circuit_rule
 
         column = build_circuit(cfg, world).to(cfg.device)
         rule, local, opt_spec = build_circuit_rule(cfg.rule, column, build_rule, check_rule)
@@ -79,13 +79,7 @@ def _groups(spec: RuleSpec, params: dict) -> list[tuple[RuleSpec, dict]]:
     """(sub-spec, params) per partition group (first matching pattern wins), or one group."""
     if spec.partition is None:
         return [(spec, params)]
-    taken: set[str] = set()
-    out = []
-    for pat, sub in spec.partition.items():
-        grp = {n: p for n, p in params.items() if n not in taken and fnmatch.fnmatchcase(n, pat)}
-        taken |= set(grp)
-        out.append((sub, grp))
-    return out
+    return list(zip(spec.partition.values(), first_match(params, spec.partition)))
 
 
 def _needs(spec: RuleSpec, column) -> frozenset:
@@ -210,15 +204,13 @@ def _override_split(o: OptimizerConfig, params: dict, schedule: str) -> list[tup
     silently leave the defaults in place)."""
     default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps,
                "schedule": o.schedule or schedule, "name": None}
-    taken: set[str] = set()
     out = []
-    for pat, ov in o.groups.items():
-        part = {n: p for n, p in params.items() if n not in taken and fnmatch.fnmatchcase(n, pat)}
+    for (pat, ov), part in zip(o.groups.items(), first_match(params, o.groups)):
         if not part:
             raise ConfigError(f"rule.optimizer.groups: pattern {pat!r} matches no trainable parameter of this rule "
                               f"(names look like {', '.join(sorted(params)[:3])}); fix or remove it")
-        taken |= set(part)
         out.append(({k: (default[k] if v is None else v) for k, v in ov.model_dump().items()}, part))
+    taken = {n for _, part in out for n in part}
     rest = {n: p for n, p in params.items() if n not in taken}
     if rest:
         out.insert(0, (default, rest))

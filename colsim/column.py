@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from colsim.sensors import Sensor, sense
+from colsim.circuit.sensors import Sensor, sense
 from colsim.types import PyTree, Trace
 
 __all__ = ["AbstractColumn", "Circuit", "vote", "running_stat_buffers"]
@@ -97,7 +97,7 @@ def vote(x: Tensor, kind: str) -> Tensor:
 class Circuit(AbstractColumn):
     """N named columns, their sensors, their lateral wiring (t-1 only) and a vote (DESIGN.md "Circuits").
 
-    Each tick every column sees its sensor's patch of the view (:func:`colsim.sensors.sense`,
+    Each tick every column sees its sensor's patch of the view (:func:`colsim.circuit.sensors.sense`,
     (B, C, H, W) -> (N, B, c, h, w)), the shared action and episode starts. Column n also reads
     ``context`` (B, W): the mean of the z_AGG its ``wiring[n]`` sources produced at t-1 (detached;
     masked at an episode's first view and before a source had a context of its own).

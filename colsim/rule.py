@@ -57,7 +57,7 @@ __all__ = [
     "masked",
     "per_column",
     "loss_grads",
-    "select",
+    "select", "first_match",
 ]
 
 RuleState = PyTree  # nested dict of tensors / python scalars; must round-trip through torch.save
@@ -94,6 +94,19 @@ def select(params: Params, patterns: "list[str] | str") -> Params:
     return {n: p for n, p in params.items() if any(fnmatch.fnmatchcase(n, q) for q in pats)}
 
 
+def first_match(params: dict, patterns) -> list[dict]:
+    """Split ``params`` by fnmatch patterns, first matching pattern wins: one dict per pattern, in order (a
+    parameter no pattern matches is in none). The one rule behind ``partition``, ``rule.partition`` and
+    ``optimizer.groups``."""
+    taken: set[str] = set()
+    out = []
+    for pat in patterns:
+        sub = {n: p for n, p in params.items() if n not in taken and fnmatch.fnmatchcase(n, pat)}
+        taken |= set(sub)
+        out.append(sub)
+    return out
+
+
 def _prefix(metrics: Metrics, prefix: str) -> Metrics:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
@@ -109,13 +122,7 @@ def partition(rules: "dict[str, Rule]") -> Rule:
     items = list(rules.items())
 
     def assign(params: Params) -> list[Params]:
-        taken: set[str] = set()
-        out = []
-        for pat, _ in items:
-            sub = {n: p for n, p in params.items() if n not in taken and fnmatch.fnmatchcase(n, pat)}
-            taken |= set(sub)
-            out.append(sub)
-        return out
+        return first_match(params, [pat for pat, _ in items])
 
     def init(params: Params) -> RuleState:
         return {pat: r.init(sub) for (pat, r), sub in zip(items, assign(params))}

@@ -6,7 +6,7 @@
 Every run is an ordinary ``colsim run PROTOCOL --seed S --quiet --out OUT/PROTOCOL_sS`` (``--jobs`` at a
 time, ``--threads`` torch threads each); a finished run folder is kept, so an interrupted comparison
 resumes. Read from each run's ``summary.json`` (``columns``: the in-run pooled 10-way probe of z_AGG per
-column and for the vote, colsim/_circuit_eval.py): the vote's accuracy, the mean of the single columns'
+column and for the vote, colsim/circuit/evaluate.py): the vote's accuracy, the mean of the single columns'
 accuracies, and their difference paired per seed — each as mean ± t-based 95 % CI half-width over seeds
 (colsim.analysis.compare.mean_ci), at step 0 (untrained) and at the end of training. For reference
 (``--whole-view``, on by default) one column that sees the whole 32-px view: ``stationary`` with the

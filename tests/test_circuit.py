@@ -14,7 +14,7 @@ from _signals import invoke_with_signal_at_update
 from _tiny import TINY
 from colsim.cli import app
 from colsim.column import Circuit, vote
-from colsim.sensors import Sensor, sense
+from colsim.circuit.sensors import Sensor, sense
 
 runner = CliRunner()
 
@@ -80,7 +80,7 @@ def test_shared_weights_reject_a_partition_naming_a_column():
 def test_sensors_resolve_against_the_world():
     """Patches default to the whole view, channels to all; a channel the world names (objects3d's depth)
     resolves to its index, so a column can sense depth alone."""
-    from colsim._circuit_config import CircuitConfig, check_circuit
+    from colsim.circuit.config import CircuitConfig, check_circuit
 
     c = CircuitConfig.model_validate({"shared": False, "columns": [
         {"name": "lum", "sensor": {"channels": ["luminance"]}},

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from colsim._circuit_eval import COLUMN_SUMMARY_KEYS, circuit_eval_data, circuit_probe_data, circuit_scores
+from colsim.circuit.evaluate import COLUMN_SUMMARY_KEYS, circuit_eval_data, circuit_probe_data, circuit_scores
 from colsim.column import Circuit
 from colsim.device import pin_probe_set
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays

@@ -15,7 +15,8 @@ from typing import Optional
 import yaml
 
 from colsim.config import ConfigError
-from colsim.sweep import (ClusterConfig, check_slurm, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
+from colsim import registry
+from colsim.sweep.plan import (ClusterConfig, check_slurm, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
                           load_sweep, local_cluster_size, cores_available, plan_runs, read_status, slurm_cluster)
 
 __all__ = ["sweep_main", "connect", "probe_scheduler"]
@@ -76,7 +77,7 @@ def _forkserver_with_colsim() -> None:
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     from distributed.utils import get_mp_context
 
-    get_mp_context().set_forkserver_preload(["distributed", "torch", "colsim._sweep_task",
+    get_mp_context().set_forkserver_preload(["distributed", "torch", "colsim.sweep.task",
                                              *registry.PACKAGES.values()])
 
 
@@ -105,15 +106,6 @@ def probe_scheduler(address: str, timeout: float = 3.0) -> None:
                           f"({exc.strerror or type(exc).__name__})") from None
 
 
-def _load_plugins() -> None:
-    import importlib
-
-    from colsim import registry
-
-    for pkg in registry.PACKAGES.values():
-        importlib.import_module(pkg)
-
-
 def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = None, scheduler: Optional[str] = None,
                cluster: Optional[str] = None, workers: Optional[int] = None, threads: Optional[int] = None,
                quiet: bool = False, console=None, git_revision: str = "unknown") -> int:
@@ -136,7 +128,7 @@ def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = Non
     cc = sw.cluster.model_copy(update=upd)
     if scheduler is None and cc.kind == "slurm":
         check_slurm(cc)
-    _load_plugins()
+    registry.load_plugins()
     runs = plan_runs(sw)
     out = Path(out) if out is not None else Path("runs") / str(sw.name)
     if out.exists() and not out.is_dir():
@@ -172,7 +164,7 @@ def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    from colsim._sweep_task import execute, write_status
+    from colsim.sweep.task import execute, write_status
 
     client, cluster, resources = connect(cc, scheduler, console)
     statuses: dict[str, dict] = {}

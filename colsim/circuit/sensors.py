@@ -32,7 +32,7 @@ def sensor_shape(s: Sensor) -> "tuple[int, int, int]":
 
 def sense(obs: Tensor, sensors: Sequence[Sensor]) -> Tensor:
     """obs (..., C, H, W) -> (N, ..., C', h, w): sensor n's patch of every view, stacked on a new
-    leading dim (the sensors must give equal shapes; :func:`colsim._circuit_config.check_circuit`
+    leading dim (the sensors must give equal shapes; :func:`colsim.circuit.config.check_circuit`
     checks that for shared weights). Slicing makes views; the one copy is the stack."""
     C = obs.shape[-3]
     parts = []

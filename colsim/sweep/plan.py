@@ -48,7 +48,6 @@ so that it runs one run at a time with ``threads`` torch threads.
 """
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import os
@@ -59,6 +58,7 @@ from typing import Any, Literal, NamedTuple, Optional
 import yaml
 from pydantic import Field, field_validator
 
+from colsim.lock import FolderLock
 from colsim.config import ConfigError, Strict, load_yaml_file, resolve_run_config, validate_as
 
 __all__ = ["SweepBase", "SlurmConfig", "ClusterConfig", "SweepConfig", "SweepRun", "SIMPLE_FIELDS", "DONE",
@@ -280,39 +280,13 @@ def plan_runs(sw: SweepConfig) -> list[SweepRun]:
 # ------------------------------------------------------------------------------------------
 # the sweep folder
 
-class SweepLock:
-    """``DIR/.sweep.lock`` held with ``flock`` while a sweep writes to DIR (released when the process
-    ends, even on a crash). A second holder gets a ConfigError naming the pid inside."""
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / ".sweep.lock"
-        self._fd: Optional[int] = None
-
-    def __enter__(self):
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise ConfigError(f"--out {self.path.parent}: cannot write the lock file {self.path.name} "
-                              f"({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(f"--out {self.path.parent}: another colsim sweep is writing to this folder (pid {holder} "
-                              f"holds {self.path}); wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        return False
+def SweepLock(folder: Path) -> FolderLock:
+    """``DIR/.sweep.lock`` held while a sweep writes to DIR (:class:`colsim.lock.FolderLock`; released when the
+    process ends, even on a crash). A second holder gets a ConfigError naming the pid inside."""
+    path = Path(folder) / ".sweep.lock"
+    return FolderLock(path, where=f"--out {path.parent}",
+                      busy=lambda pid: f"--out {path.parent}: another colsim sweep is writing to this folder (pid {pid} "
+                                       f"holds {path}); wait for it to finish or choose another --out")
 
 
 def read_status(run_dir: Path) -> dict:

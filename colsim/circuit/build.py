@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Optional
 
 from colsim import registry
-from colsim._circuit_config import check_circuit
+from colsim.circuit.config import check_circuit
 from colsim.column import Circuit
 from colsim.config import ConfigError, RuleSpec
 from colsim.rule import Rule, per_column
-from colsim.sensors import Sensor, sensor_shape
+from colsim.circuit.sensors import Sensor, sensor_shape
 
 __all__ = ["build_circuit", "build_circuit_rule"]
 

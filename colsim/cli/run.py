@@ -1,0 +1,227 @@
+"""``colsim run``: a new run, ``--seeds`` runs, ``--resume`` a checkpoint into a new folder or a stopped run in
+place; each in a locked run folder set up by :mod:`colsim.rundir`."""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import signal
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from colsim import registry
+from colsim.config import ConfigError, parse_seeds
+from colsim.cli.app import _fail, _lock, _out_dir, _resolve, app, console, err_console
+from colsim.cli.summary import print_summary
+
+
+@app.command()
+def run(
+    protocol: Optional[str] = typer.Argument(None, help="protocol YAML path or packaged name (stationary, "
+                                             "nonstationary); not needed with --resume RUN_DIR"),
+    rule: Optional[str] = typer.Option(None, "--rule", help="rule spec: lpl, backprop, lpl+metaplastic, ..."),
+    model: Optional[str] = typer.Option(None, "--model", help="model preset (seqjepa_cnn, seqjepa_resnet18, ...)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override KEY=VALUE, e.g. rule.optimizer.lr=1e-3"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="shorten the run to N steps (phases keep proportions)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (default 0)"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="several seeds, one run each, e.g. 0,1,2 or 0-4 "
+                                        "(run folders get a -s<seed> suffix)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-<protocol>-<rule>)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="RUN_DIR: continue that run in place from its latest "
+                                          "checkpoint (exactly: same numbers as an uninterrupted run on CPU); or a "
+                                          "checkpoint .pt: a new run (--out) continuing from it"),
+):
+    """Run a protocol under a rule; write config.yaml, store.zarr, summary.json, checkpoints/."""
+    if resume is not None and resume.is_dir():
+        given = [n for n, v in (("PROTOCOL", protocol), ("--rule", rule), ("--model", model), ("--set", set_),
+                                ("--steps", steps), ("--seed", seed), ("--seeds", seeds), ("--device", device),
+                                ("--out", out)) if v]
+        if given:
+            _fail(f"--resume {resume}: continues the run as its config.yaml says; drop {', '.join(given)}")
+        return _resume_in_place(resume, quiet)
+    if protocol is None:
+        _fail("PROTOCOL: give a protocol (e.g. nonstationary), or --resume RUN_DIR to continue a run")
+    if seeds is None:
+        return _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume)
+    try:
+        seed_list = parse_seeds(seeds)
+        if seed is not None or resume is not None:
+            raise ConfigError("--seeds: give either --seeds or --seed/--resume, not both")
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    failed = []
+    for s in seed_list:
+        o = None if out is None else Path(f"{out}-s{s}")
+        try:
+            _run_one(protocol, rule, model, set_, steps, s, device, o, quiet, None, suffix=f"-s{s}")
+        except typer.Exit as exc:
+            if exc.exit_code == 2:
+                raise
+            failed.append(s)
+    if failed:
+        err_console.print(f"[bold red]runs failed[/] for seeds {failed}")
+        raise typer.Exit(1)
+
+
+def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume, suffix: str = ""):
+    from colsim.checkpoint import load_checkpoint
+    from colsim.config import build_run_config, load_yaml_text
+    from colsim.device import check_device
+    from colsim.rundir import build_for_run, git_revision, new_run
+
+    ckpt = None
+    try:
+        if resume is not None:
+            if not resume.is_file():
+                raise ConfigError(f"--resume {resume}: no such run folder or checkpoint file")
+            try:
+                ckpt = load_checkpoint(resume)
+            except Exception as exc:  # noqa: BLE001 — any unreadable file is bad input
+                raise ConfigError(f"--resume {resume}: not a colsim checkpoint ({type(exc).__name__})") from None
+            ckpt.pop("evals", None)  # a new run folder: its store and summary start at the checkpoint
+            registry.load_plugins()
+            cfg = build_run_config(load_yaml_text(ckpt["config"], str(resume)))
+            if Path(protocol).stem != cfg.protocol.name and protocol != cfg.protocol.name:
+                raise ConfigError(f"--resume {resume}: checkpoint is of protocol {cfg.protocol.name!r}, not {protocol!r}")
+        else:
+            cfg = _resolve(protocol, rule, model, set_, seed, device, steps)
+        check_device(cfg.device, f"--device {cfg.device}")
+        # the rule is built first: it may attach parameters (layerwise's predictors) the checkpoint holds
+        built = build_for_run(cfg)
+        if ckpt is not None:
+            built[1].load_state_dict(ckpt["model"])  # the column, in place: the optimizer keeps the same tensors
+        out_dir = _out_dir(out, cfg, suffix)
+        lock = _lock(out_dir, "--out")
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    try:
+        try:
+            config_yaml, recorder = new_run(out_dir, cfg, git_revision=git_revision())
+        except OSError as exc:
+            _fail(f"--out {out_dir}: cannot write the run folder ({exc.strerror or exc})")
+        console.print(f"[bold]colsim run[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
+                      f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seed {cfg.seed} -> "
+                      f"{out_dir}")
+        _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt)
+    finally:
+        lock.close()
+
+
+def _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt):
+    """Run the simulator in its run folder (summary.json included), print the table; exit 1 (failed), 128 + signal
+    (stopped)."""
+    try:
+        result = _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt)
+    except OSError as exc:  # a full disk, a vanished folder: the store stays readable up to its last flush
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        _fail(f"run stopped: {what} while writing {exc.filename or out_dir}; everything up to the last flush is "
+              f"readable in {out_dir}, and `colsim run --resume {out_dir}` continues from the last checkpoint once "
+              "there is room", code=1)
+        return
+    print_summary(result.summary)
+    if result.signal is not None:
+        name = signal.Signals(result.signal).name
+        where = f"checkpoint {result.checkpoint}" if result.checkpoint else "no checkpoint"
+        err_console.print(f"[bold red]run interrupted[/] by {name} after {result.steps} steps ({where}); "
+                          "continue with: "
+                          f"colsim run --resume {out_dir}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + int(result.signal))
+    if result.status != "completed":
+        err_console.print(f"[bold red]run {result.status}[/] after {result.steps} steps; everything recorded so far is "
+                          f"in {out_dir}")
+        raise typer.Exit(1)
+
+
+def _resume_in_place(run_dir: Path, quiet: bool) -> None:
+    """``colsim run --resume RUN_DIR``: the run's config.yaml, its latest checkpoint, its store cut back
+    to that checkpoint (no duplicate, no missing row), then the same step schedule from there."""
+    import zarr
+
+    from colsim.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from colsim.config import build_run_config, load_yaml_text
+    from colsim.device import check_device
+    from colsim.record import ZarrRecorder
+    from colsim.rundir import build_for_run
+
+    what = "--resume"
+    try:
+        lock = _lock(run_dir, what)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    try:
+        try:
+            try:
+                config_yaml = (run_dir / "config.yaml").read_text()
+            except OSError:
+                raise ConfigError(f"{what} {run_dir}: no config.yaml; not a colsim run folder") from None
+            registry.load_plugins()
+            cfg = build_run_config(load_yaml_text(config_yaml, str(run_dir / "config.yaml")))
+            path = latest_checkpoint(run_dir / "checkpoints", cfg.protocol.phase_end_steps)
+            if path is None:
+                raise ConfigError(f"{what} {run_dir}: no checkpoint in checkpoints/ (runs are checkpointed at phase "
+                                  "ends and every protocol.checkpoint.every steps); start it again instead")
+            try:
+                ckpt = load_checkpoint(path)
+            except CheckpointError as exc:
+                raise ConfigError(f"{what} {run_dir}: {exc}") from None
+            if "recorder" not in ckpt:
+                raise ConfigError(f"{what} {run_dir}: {path.name} predates in-place resume (no recorder position); "
+                                  f"use --resume {path} --out NEW_DIR")
+            try:
+                status = zarr.open_group(str(run_dir / "store.zarr"), mode="r").attrs.get("status")
+            except Exception as exc:  # noqa: BLE001 — a missing or corrupt store is bad input
+                raise ConfigError(f"{what} {run_dir}: store.zarr cannot be opened ({type(exc).__name__})") from None
+            if status == "completed" or int(ckpt["phase"]) >= len(cfg.protocol.phases):
+                raise ConfigError(f"{what} {run_dir}: the run is {status or 'complete'}; nothing to resume")
+            check_device(cfg.device, f"{what} {run_dir}: the run is on {cfg.device}",
+                         fix="resume it on a machine with CUDA")
+            built = build_for_run(cfg)
+            try:
+                built[1].load_state_dict(ckpt["model"])  # the column
+            except RuntimeError as exc:
+                raise ConfigError(f"{what} {run_dir}: {path.name} does not fit the run's model "
+                                  f"({str(exc).splitlines()[0]})") from None
+            try:
+                recorder = ZarrRecorder.reopen(run_dir / "store.zarr", ckpt["recorder"],
+                                               flush_every=cfg.protocol.record.flush_every, resumed_from=path.name,
+                                               resumed=_dt.datetime.now().isoformat(timespec="seconds"))
+            except (ValueError, KeyError) as exc:
+                raise ConfigError(f"{what} {run_dir}: store.zarr does not match {path.name} ({exc})") from None
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        console.print(f"[bold]colsim run --resume[/] {run_dir}: {cfg.protocol.name} · rule "
+                      f"[cyan]{cfg.rule.name}[/] · "
+                      f"from step {int(ckpt['step'])} of {cfg.protocol.total_steps} ({path.name})")
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        _finish(cfg, built, recorder, run_dir, config_yaml, quiet, ckpt)
+    finally:
+        lock.close()
+
+
+def _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt=None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from colsim.rundir import execute
+
+    if quiet:
+        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt)
+    cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
+            TimeElapsedColumn()]
+    with Progress(*cols, console=Console(), transient=False) as prog:
+        task = prog.add_task("run", total=cfg.protocol.total_steps, phase="init", loss=float("nan"), rate=0.0)
+
+        def on_step(info):
+            prog.update(task, completed=info["step"], phase=info["phase"], loss=info["loss"], rate=info["steps_per_s"])
+
+        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt, on_step=on_step)
+
+
