@@ -1,0 +1,66 @@
+"""Rule-comparison figures for results pages: per-seed values and their mean ± 95 % CI per rule, and per-seed
+paired differences against a control, drawn with holoviews from the same numbers ``colsim compare`` tabulates.
+
+Each function returns a holoviews object; :func:`save_png` renders it with the matplotlib backend (no browser),
+so ``examples/results_figures.py`` can write the PNGs the docs show.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from colsim.analysis.compare import mean_ci, paired_from_summaries
+
+__all__ = ["per_rule_figure", "paired_figure", "save_png"]
+
+
+def _hv():
+    import holoviews as hv
+
+    hv.extension("matplotlib")  # static figures: the bokeh dashboards load their own backend
+    return hv
+
+
+def per_rule_figure(summaries: list[dict], metric: str, rules: list[str], title: str, ylabel: str):
+    """One column per rule: every seed's ``metric`` (grey points) and the mean with its 95 % CI (black)."""
+    hv = _hv()
+    pts, means = [], []
+    for i, rule in enumerate(rules):
+        vals = [s[metric] for s in summaries if s.get("rule") == rule and isinstance(s.get(metric), (int, float))]
+        if not vals:
+            continue
+        jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else [0.0]
+        pts += [(i + j, v) for j, v in zip(jitter, vals)]
+        m, h, _ = mean_ci(vals)
+        means.append((i, m, h if np.isfinite(h) else 0.0))
+    ticks = [(i, r) for i, r in enumerate(rules)]
+    seeds = hv.Scatter(pts, "rule", ylabel).opts(color="grey", alpha=0.6, s=20)
+    mean = hv.Scatter([(i, m) for i, m, _ in means], "rule", ylabel).opts(color="black", s=60, marker="D")
+    ci = hv.ErrorBars(means, "rule", [ylabel, "ci"]).opts(color="black", capsize=4)
+    return (seeds * ci * mean).opts(title=title, xticks=ticks, xrotation=30, aspect=2.2, fig_size=180, xlabel="", ylabel=ylabel,
+                                    xlim=(-0.6, len(rules) - 0.4))
+
+
+def paired_figure(summaries: list[dict], metric: str, vs: str, rules: list[str], title: str, ylabel: str):
+    """Per rule, the mean of the per-seed paired differences ``rule - vs`` with its 95 % CI, and a zero line:
+    a bar that does not cross zero is an effect these seeds resolve."""
+    hv = _hv()
+    rows = {r["rule"]: r for r in paired_from_summaries(summaries, vs, metrics=(metric,), by=())}
+    shown = [r for r in rules if r in rows]
+    data = [(i, rows[r][metric], rows[r][f"{metric}_ci95"]) for i, r in enumerate(shown)]
+    ticks = [(i, r) for i, r in enumerate(shown)]
+    zero = hv.HLine(0).opts(color="grey", linestyle="--")
+    ci = hv.ErrorBars(data, "rule", [ylabel, "ci"]).opts(color="black", capsize=4)
+    mean = hv.Scatter([(i, m) for i, m, _ in data], "rule", ylabel).opts(color="black", s=60, marker="D")
+    return (zero * ci * mean).opts(title=title, xticks=ticks, xrotation=30, aspect=2.2, fig_size=180, xlabel="", ylabel=ylabel,
+                                   xlim=(-0.6, max(len(shown), 1) - 0.4))
+
+
+def save_png(obj, path) -> Path:
+    """Render ``obj`` to a PNG with holoviews' matplotlib backend."""
+    hv = _hv()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hv.save(obj, str(path.with_suffix("")), fmt="png", backend="matplotlib")
+    return path
