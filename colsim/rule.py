@@ -41,8 +41,10 @@ and ``chain`` need the graph when any of their rules does; modifiers keep the de
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fnmatch
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -57,7 +59,7 @@ __all__ = [
     "masked",
     "per_column",
     "loss_grads",
-    "select", "first_match",
+    "select", "first_match", "retain_graph",
 ]
 
 RuleState = PyTree  # nested dict of tensors / python scalars; must round-trip through torch.save
@@ -86,6 +88,25 @@ def loss_grads(loss: Tensor, params: Params, retain_graph: bool = False) -> Grad
         return {n: torch.zeros_like(params[n]) for n in names}
     gs = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=retain_graph, allow_unused=True)
     return {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, gs)}
+
+
+_RETAIN_GRAPH: contextvars.ContextVar[bool] = contextvars.ContextVar("colsim_retain_graph", default=False)
+
+
+def retain_graph() -> bool:
+    """True while a combinator (``partition``, ``chain``) runs a rule after which another rule will differentiate
+    the same graph: a rule passes it to ``torch.autograd.grad(..., retain_graph=...)`` and keeps the graphs it
+    would otherwise free. False for a rule on its own."""
+    return _RETAIN_GRAPH.get()
+
+
+@contextlib.contextmanager
+def _retaining(on: bool) -> Iterator[None]:
+    token = _RETAIN_GRAPH.set(on)
+    try:
+        yield
+    finally:
+        _RETAIN_GRAPH.reset(token)
 
 
 def select(params: Params, patterns: "list[str] | str") -> Params:
@@ -132,12 +153,11 @@ def partition(rules: "dict[str, Rule]") -> Rule:
         metrics: Metrics = {}
         new_state = {}
         for (pat, r), sub in zip(items, assign(params)):
-            trace["_retain_graph"] = True  # later sub-rules may differentiate the same graph
-            g, s, m = r.update(sub, state[pat], trace)
+            with _retaining(True):  # later sub-rules may differentiate the same graph
+                g, s, m = r.update(sub, state[pat], trace)
             grads.update(g)
             new_state[pat] = s
             metrics.update(_prefix(m, pat.rstrip(".*") or "all"))
-        trace.pop("_retain_graph", None)
         return grads, new_state, metrics
 
     post = [r.post_step for _, r in items]
@@ -176,8 +196,8 @@ def chain(*rules: Rule) -> Rule:
         metrics: Metrics = {}
         new_state = []
         for i, (r, s) in enumerate(zip(rules, state)):
-            trace["_retain_graph"] = i < len(rules) - 1 or trace.get("_retain_graph", False)
-            g, s, m = r.update(params, s, trace)
+            with _retaining(i < len(rules) - 1 or retain_graph()):
+                g, s, m = r.update(params, s, trace)
             for n, v in g.items():
                 grads[n] = grads[n] + v if n in grads else v
             new_state.append(s)

@@ -26,7 +26,7 @@ from torch import Tensor
 from colsim.config import ConfigError, Strict
 
 __all__ = ["PoolConfig", "POOL_FIXED", "POOLS", "split", "resolve", "check_classes", "missing_class",
-           "class_picker", "balanced_items", "check_world_split"]
+           "class_picker", "balanced_items"]
 
 POOLS = ("probe", "validation")  # pools probe sets are drawn from (streams use the train pool)
 POOL_FIXED = ("name", "probe_fraction", "validation_fraction", "split_seed")  # cannot change per phase
@@ -69,13 +69,6 @@ def split(labels: Tensor, num_classes: int, probe_fraction: float, validation_fr
         val.append(idx[k:k + kv])
         train.append(idx[k + kv:])
     return tuple(torch.cat(x).sort().values for x in (train, val, probe))  # type: ignore[return-value]
-
-
-def check_world_split(world: str, value: Optional[str]) -> None:
-    """The registry's ``factory(cfg, split)`` argument: a pooled world serves all three pools itself,
-    so ``split`` changes nothing, but anything other than None / a pool name is a ConfigError."""
-    if value not in (None, "train", "validation", "probe"):
-        raise ConfigError(f"{world}: split must be 'train', 'validation' or 'probe', got {value!r}")
 
 
 def resolve(cfg: Strict, overrides: Optional[dict[str, Any]], fixed: tuple[str, ...], where: str = "world"):

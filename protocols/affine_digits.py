@@ -27,7 +27,7 @@ Views, appearance, actions, streams and probe sets
 from __future__ import annotations
 
 import functools
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -35,7 +35,6 @@ from torch import Tensor
 from colsim.protocols._affine_views import (  # noqa: F401  (geometry re-exported for tests and callers)
     AffineViewConfig, AffineViewWorld, _base_grid, _draw, _encode, _ranges, _warp, place_in_canvas,
 )
-from colsim.protocols._pools import check_world_split
 from colsim.registry import register_world
 from colsim.stream import generator_from_state  # noqa: F401  (re-exported: tests replay a stream's generator)
 
@@ -72,12 +71,10 @@ class AffineDigits(AffineViewWorld):
 
 
 @register_world("affine_digits", AffineDigitsConfig)
-def affine_digits(cfg: AffineDigitsConfig, split: Optional[str] = None) -> AffineDigits:
+def affine_digits(cfg: AffineDigitsConfig) -> AffineDigits:
     """sklearn handwritten digits under random rotation/translation/scale; actions = relative affine maps.
 
-    ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing:
-    the world serves all three pools (streams: train pool; probe sets: ``probe_set(..., pool=...)``
-    from the probe or the validation pool).
+    One world serves all three pools: streams draw from the train pool, probe sets
+    (``probe_set(..., pool=...)``) from the probe or the validation pool.
     """
-    check_world_split("affine_digits", split)
     return AffineDigits(cfg)

@@ -34,7 +34,7 @@ import math
 import re
 import struct
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,7 +43,6 @@ from torch import Tensor
 
 from colsim.config import ConfigError
 from colsim.protocols._affine_views import FIXED, AffineViewConfig, AffineViewWorld, place_in_canvas
-from colsim.protocols._pools import check_world_split
 from colsim.registry import register_world
 
 __all__ = ["ImageFilesConfig", "ImageFiles", "image_files", "read_idx", "read_images", "FASHION_MNIST",
@@ -245,11 +244,10 @@ class ImageFiles(AffineViewWorld):
 
 
 @register_world("image_files", ImageFilesConfig)
-def image_files(cfg: ImageFilesConfig, split: Optional[str] = None) -> ImageFiles:
+def image_files(cfg: ImageFilesConfig) -> ImageFiles:
     """Fashion-MNIST (IDX), class folders or .npz under random rotation/translation/scale; actions = relative affine maps.
 
-    ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing
-    (the world serves all three pools, as ``affine_digits`` does).
+    One world serves all three pools: streams draw from the train pool, probe sets
+    (``probe_set(..., pool=...)``) from the probe or the validation pool.
     """
-    check_world_split("image_files", split)
     return ImageFiles(cfg)

@@ -60,7 +60,6 @@ from torch import Tensor
 from colsim.config import ConfigError
 from colsim.protocols._object_family import FAMILIES, OBJECT_NAMES, build_family
 from colsim.protocols._pools import (
-    check_world_split,
     POOL_FIXED, POOLS, PoolConfig, balanced_items, check_classes, class_picker, missing_class, resolve,
 )
 from colsim.protocols._pools import split as split_pools
@@ -272,11 +271,10 @@ class Objects3D(World):
 
 
 @register_world("objects3d", Objects3DConfig)
-def objects3d(cfg: Objects3DConfig, split: Optional[str] = None) -> Objects3D:
+def objects3d(cfg: Objects3DConfig) -> Objects3D:
     """24 procedural 3-D objects under SO(3) rotations, numba-rendered; actions = relative rotations (3DIEBench).
 
-    ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing
-    (the world serves all three pools, as ``affine_digits`` does).
+    One world serves all three pools: streams draw from the train pool, probe sets
+    (``probe_set(..., pool=...)``) from the probe or the validation pool.
     """
-    check_world_split("objects3d", split)
     return Objects3D(cfg)

@@ -62,7 +62,6 @@ from colsim.config import ConfigError
 from colsim.protocols import affine_digits, image_files
 from colsim.protocols._foveate import draw_positions, fixation_of, glimpse, salient_cdf
 from colsim.protocols._pools import (
-    check_world_split,
     POOL_FIXED, POOLS, PoolConfig, balanced_items, check_classes, class_picker, missing_class, resolve, split,
 )
 from colsim.registry import register_world
@@ -323,11 +322,10 @@ class Saccades(World):
 
 
 @register_world("saccades", SaccadesConfig)
-def saccades(cfg: SaccadesConfig, split: Optional[str] = None) -> Saccades:
+def saccades(cfg: SaccadesConfig) -> Saccades:
     """Foveated glimpses (optional periphery) of digit / Fashion-MNIST scenes; actions = saccade vectors.
 
-    ``split`` is accepted for the registry's ``factory(cfg, split)`` signature and changes nothing
-    (the world serves all three pools, as ``affine_digits`` does).
+    One world serves all three pools: streams draw from the train pool, probe sets
+    (``probe_set(..., pool=...)``) from the probe or the validation pool.
     """
-    check_world_split("saccades", split)
     return Saccades(cfg)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from colsim.config import Strict
 from colsim.registry import register_rule
-from colsim.rule import Rule, loss_grads
+from colsim.rule import Rule, loss_grads, retain_graph
 
 __all__ = ["BackpropConfig", "backprop"]
 
@@ -30,7 +30,7 @@ def backprop(cfg: BackpropConfig, column=None) -> Rule:
 
     def update(params, state, trace):
         loss = trace["loss"]
-        grads = loss_grads(loss, params, retain_graph=bool(trace.get("_retain_graph", False)))
+        grads = loss_grads(loss, params, retain_graph=retain_graph())
         return grads, state, {"loss.pred": float(loss.detach())}
 
     return Rule(init, update, frozenset({"loss", "global"}))

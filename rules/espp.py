@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from colsim.config import ConfigError, ConfigWarning, Strict
 from colsim.registry import register_rule
-from colsim.rule import Rule, loss_grads
+from colsim.rule import Rule, loss_grads, retain_graph
 
 __all__ = ["EsppConfig", "espp", "psi", "espp_gate", "espp_post", "espp_dw", "check_gate_range"]
 
@@ -174,10 +174,10 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
         return espp_dw(post, trace["in_trace"][l].transpose(0, 1)[:, keep], syn), gate, L
 
     def update(params, state, trace):
-        if not trace.get("_retain_graph", False):  # nothing after this rule reads the block-local graphs
+        if not retain_graph():  # nothing after this rule reads the block-local graphs
             trace["z"] = trace["z"].detach()
             trace["layers"] = [l.detach() for l in trace["layers"]]
-        retain = bool(trace.get("_retain_graph", False))
+        retain = retain_graph()
         grads = loss_grads(cfg.predictive_weight * trace["loss"], params, retain_graph=retain)
         metrics = {"loss.pred": float(trace["loss"].detach())}
         active = trace["broadcast"] != 0  # (B,)

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from colsim.config import ConfigError, Strict
 from colsim.registry import register_rule
-from colsim.rule import Rule, loss_grads
+from colsim.rule import Rule, loss_grads, retain_graph
 
 __all__ = ["LayerwiseConfig", "layerwise", "layerwise_terms", "BlockPredictor"]
 
@@ -169,7 +169,7 @@ def layerwise(cfg: LayerwiseConfig, column=None) -> Rule:
             total = total + cfg.lambda_pred * terms["pred"] + cfg.lambda_var * terms["var"] + cfg.lambda_cov * terms["cov"]
             for k, t in terms.items():
                 metrics[f"layerwise.l{l}.{k}"] = float(t.detach())
-        grads = loss_grads(total, params, retain_graph=bool(trace.get("_retain_graph", False)))
+        grads = loss_grads(total, params, retain_graph=retain_graph())
         metrics["loss.layerwise"] = float(total.detach())
         return grads, state, metrics
 

@@ -70,7 +70,7 @@ from torch import Tensor
 
 from colsim.config import Strict
 from colsim.registry import register_rule
-from colsim.rule import Rule, loss_grads
+from colsim.rule import Rule, loss_grads, retain_graph
 
 __all__ = ["LPLConfig", "lpl", "lpl_terms"]
 
@@ -140,7 +140,7 @@ def lpl(cfg: LPLConfig, column=None) -> Rule:
                 mean[l] = m * mean[l] + (1 - m) * zd.mean(0)
                 var[l] = m * var[l] + (1 - m) * ((zd - mean[l]) ** 2).sum(0) / max(zd.shape[0] - 1, 1)
                 metrics[f"lpl.l{l}.hebb"] = float(-torch.log(var[l] + cfg.eps).mean())
-        grads = loss_grads(total, params, retain_graph=bool(trace.get("_retain_graph", False)))
+        grads = loss_grads(total, params, retain_graph=retain_graph())
         metrics["loss.lpl"] = float(total.detach())
         return grads, {"mean": mean, "var": var, "count": state["count"] + 1}, metrics
 

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from colsim.config import ConfigError, Strict
 from colsim.registry import register_rule
-from colsim.rule import Rule, loss_grads
+from colsim.rule import Rule, loss_grads, retain_graph
 
 __all__ = ["SparseCodingConfig", "sparse_coding", "sparse_coding_dw", "normalise_step", "homeostatic_lambda",
            "homeostasis_step"]
@@ -187,13 +187,13 @@ def sparse_coding(cfg: SparseCodingConfig, column=None) -> Rule:
                     h = sub(h)
 
     def update(params, state, trace):
-        if not trace.get("_retain_graph", False):
+        if not retain_graph():
             # no rule after this one reads the current view's block-local graph (built by the local
             # forward, unused here): drop the trace's references so its activations are freed now
             trace["z"] = trace["z"].detach()
             trace["layers"] = [l.detach() for l in trace["layers"]]
         total = cfg.predictive_weight * trace["loss"]
-        grads = loss_grads(total, params, retain_graph=bool(trace.get("_retain_graph", False)))
+        grads = loss_grads(total, params, retain_graph=retain_graph())
         metrics = {"loss.pred": float(trace["loss"].detach())}
         Lam = dict(state["Lambda"])
         if Lam:
