@@ -1,4 +1,4 @@
-"""Synthetic run stores with the layout ``colsim run`` writes (DESIGN.md section 3).
+"""Synthetic run stores with the layout ``colsim run`` writes (docs/reference/store.md).
 
 For tests, the benchmark and dashboard demos: no torch, no simulator. The activity has a
 known structure so the metrics have known answers:

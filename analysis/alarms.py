@@ -1,4 +1,4 @@
-"""Health alarms over a run's ``metrics`` (REFERENCE.md section 5, from the seeds' production runs).
+"""Health alarms over a run's ``metrics`` (docs/reference/metrics.md, from the seeds' production runs).
 
 Each alarm is a dict ``{"kind", "variable", "step", "detail"}`` where ``step`` is the training
 step where the problem *began* (not where it was detected):

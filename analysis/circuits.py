@@ -1,6 +1,6 @@
 """Circuits of many columns: per-column and voted read-outs, evidence accumulation, linear CKA.
 
-Reads a run store's ``probe`` group in the circuit layout (DESIGN.md section 3; issue 14):
+Reads a run store's ``probe`` group in the circuit layout (docs/reference/store.md; issue 14):
 
 * ``z`` (eval, probe_set, column, sample, view, unit), ``z_agg`` (eval, probe_set, column, sample,
   unit_agg); the coordinate ``column`` holds the column names plus ``"vote"``, the circuit's vote

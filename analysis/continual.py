@@ -1,4 +1,4 @@
-"""Continual-learning metrics from an accuracy matrix (REFERENCE.md section 5; Avalanche's definitions).
+"""Continual-learning metrics from an accuracy matrix (docs/reference/metrics.md; Avalanche's definitions).
 
 ``A[r, j]`` = probe accuracy on phase j's probe set after phase r. When an evaluation
 before any training exists, pass it as ``init`` (row vector over j) — FWT needs it.

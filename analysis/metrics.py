@@ -1,7 +1,7 @@
-"""Metrics on recorded activity (REFERENCE.md section 5). numpy / xarray in, numbers out.
+"""Metrics on recorded activity (docs/reference/metrics.md). numpy / xarray in, numbers out.
 
 * Effective rank, one definition per name, the same in the run (``collapse_diagnostics`` in
-  colsim/simulate.py calls these functions) and in analysis (REFERENCE.md section 5):
+  colsim/simulate.py calls these functions) and in analysis (docs/reference/metrics.md):
   ``eff_rank`` = the participation ratio ``(sum λ)^2 / sum λ^2`` of the covariance eigenvalues
   λ = s² / (N - 1), s the singular values of the *centred* embeddings (Gao et al. 2017, "A
   theory of multineuronal dimensionality, dynamics and measurement", bioRxiv 214262;

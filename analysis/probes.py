@@ -1,4 +1,4 @@
-"""Linear / MLP probes on recorded activity (REFERENCE.md section 5).
+"""Linear / MLP probes on recorded activity (docs/reference/metrics.md).
 
 numpy + scikit-learn only (no torch), so a laptop without the training stack can rerun
 them on any store.
@@ -7,7 +7,7 @@ them on any store.
   grouped (``groups``): pass the source-image id of every sample so that no image is on both
   sides (views of one digit are near-duplicates; an episode-grouped split let the same digit,
   drawn by two episodes, be fitted and scored). Every accuracy comes with its binomial
-  standard error ``sqrt(p (1 - p) / n_test)`` (REFERENCE.md section 5, error bars).
+  standard error ``sqrt(p (1 - p) / n_test)`` (docs/reference/metrics.md, error bars).
 * Frozen read-outs (Davari et al., CVPR 2022): :func:`fit_readout` keeps the fitted probe
   (standardisation + logistic weights) as plain arrays so it can be re-applied, unchanged, to
   later embeddings (:func:`readout_accuracy`).

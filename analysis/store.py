@@ -1,4 +1,4 @@
-"""Open run stores as xarray (DESIGN.md section 3).
+"""Open run stores as xarray (docs/reference/store.md).
 
 A run folder holds ``config.yaml``, ``store.zarr`` (zarr v3 groups ``metrics``, ``probe``,
 ``evaluation``, optional ``layers`` and ``analysis``), ``summary.json`` and ``checkpoints/``.

@@ -1,6 +1,6 @@
 """Build runnable objects from a validated RunConfig: world, column, rule, optimizer.
 
-Checks everything that can be checked before step 0 (DESIGN.md style item 7): the rule's
+Checks everything that can be checked before step 0: the rule's
 ``needs`` against the column's ``provides``, every parameter owned by exactly one rule of a
 partition, and combinations that cannot work (a global rule on parameters that a layer-local
 rule's detached forward cuts off).

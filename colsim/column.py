@@ -1,4 +1,4 @@
-"""Column and Circuit interfaces (DESIGN.md section 2, "Column").
+"""Column and Circuit interfaces (docs/architecture.md, "Column").
 
 A column is an ``nn.Module`` whose streaming state is explicit::
 
@@ -95,7 +95,7 @@ def vote(x: Tensor, kind: str) -> Tensor:
 
 
 class Circuit(AbstractColumn):
-    """N named columns, their sensors, their lateral wiring (t-1 only) and a vote (DESIGN.md "Circuits").
+    """N named columns, their sensors, their lateral wiring (t-1 only) and a vote (docs/guide/circuits.md).
 
     Each tick every column sees its sensor's patch of the view (:func:`colsim.circuit.sensors.sense`,
     (B, C, H, W) -> (N, B, c, h, w)), the shared action and episode starts. Column n also reads

@@ -3,7 +3,7 @@
 At each evaluation (before training, after every phase, and every ``evaluation.every`` steps)
 the column embeds the fixed held-out episodes of every probe set in one pass
 (``AbstractColumn.embed``); the arrays go to the store's ``probe`` group and these numbers to
-``evaluation`` (REFERENCE.md section 5, "kinds of read-out"; every cell with its standard error):
+``evaluation`` (docs/reference/metrics.md, "kinds of read-out"; every cell with its standard error):
 
 * ``acc_agg[j]`` / ``acc_z[j]`` — the *task* probe: a logistic regression refitted at every
   evaluation on probe set j, class accuracy from z_AGG / from single-view z (all views).

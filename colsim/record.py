@@ -1,6 +1,6 @@
 """Recorders: write a run's activity as it goes, every array carrying its dimension names.
 
-``ZarrRecorder`` writes the run store (DESIGN.md section 3) so ``xr.open_datatree(store,
+``ZarrRecorder`` writes the run store (docs/reference/store.md) so ``xr.open_datatree(store,
 engine="zarr")`` opens it directly:
 
 * ``metrics`` — one float32 array per scalar metric over the ``step`` dimension; a metric

@@ -1,4 +1,4 @@
-"""The Rule interface and its combinators (DESIGN.md section 2, "Rule").
+"""The Rule interface and its combinators (docs/architecture.md, "Rule").
 
 A rule is an optax-shaped NamedTuple of pure functions built by a factory::
 

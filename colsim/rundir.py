@@ -46,7 +46,7 @@ def build_for_run(cfg):
 
 
 def run_attrs(cfg, resolved: dict, **extra) -> dict:
-    """The run store's root attributes (DESIGN.md, the run store): the resolved config, the run's
+    """The run store's root attributes (docs/reference/store.md): the resolved config, the run's
     identity (rule, model, protocol, seed, device), versions and start time, then ``extra``."""
     import datetime as _dt
 

@@ -1,4 +1,4 @@
-"""World / Stream interfaces (DESIGN.md section 2).
+"""World / Stream interfaces (docs/architecture.md).
 
 A :class:`World` owns its data in disjoint pools — *train* (streams), *validation* (probe sets for
 choosing hyper-parameters) and *probe* (the reported probe sets) — and makes

@@ -1,4 +1,4 @@
-"""Core data types shared by worlds, columns, rules and the simulator (DESIGN.md section 2).
+"""Core data types shared by worlds, columns, rules and the simulator (docs/architecture.md).
 
 Everything that evolves in time is explicit state passed in and returned; these are the
 containers that cross the interfaces.

@@ -1,4 +1,4 @@
-"""colsim.models — installed as a subpackage of `colsim` (see DESIGN.md section 1)."""
+"""colsim.models — installed as a subpackage of `colsim` (see docs/architecture.md)."""
 if __name__ != "colsim.models":  # guard: the folder must not be importable under its bare name
     raise ImportError("import colsim.models, not 'models': the models/ folder installs as colsim.models (pip install -e .)")
 

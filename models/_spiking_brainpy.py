@@ -1,7 +1,7 @@
 """A second, independent spiking backend for cross-checks: the LIF layers of models/spiking.py and
 the ESPP update of rules/espp.py written again in BrainPy (Wang et al. 2023, "BrainPy, a flexible,
 integrative, efficient, and extensible framework for general-purpose brain dynamics programming",
-eLife 12:e86365) on JAX, in float64. DESIGN.md section 2: it lives beside the torch backend and is
+eLife 12:e86365) on JAX, in float64. docs/architecture.md: it lives beside the torch backend and is
 never in the hot path; tests/models/test_spiking_brainpy.py feeds both the same weights and input
 spike trains and compares spikes and weights. Needs the ``brainpy`` extra (brainpy, jax).
 

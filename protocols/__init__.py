@@ -1,4 +1,4 @@
-"""colsim.protocols — installed as a subpackage of `colsim` (see DESIGN.md section 1)."""
+"""colsim.protocols — installed as a subpackage of `colsim` (see docs/architecture.md)."""
 if __name__ != "colsim.protocols":  # guard: the folder must not be importable under its bare name
     raise ImportError("import colsim.protocols, not 'protocols': the protocols/ folder installs as colsim.protocols (pip install -e .)")
 from colsim.protocols import affine_digits  # noqa: F401,E402  (registers the world)

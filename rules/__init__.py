@@ -1,4 +1,4 @@
-"""colsim.rules — installed as a subpackage of `colsim` (see DESIGN.md section 1)."""
+"""colsim.rules — installed as a subpackage of `colsim` (see docs/architecture.md)."""
 if __name__ != "colsim.rules":  # guard: the folder must not be importable under its bare name
     raise ImportError("import colsim.rules, not 'rules': the rules/ folder installs as colsim.rules (pip install -e .)")
 

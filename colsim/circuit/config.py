@@ -1,4 +1,4 @@
-"""The ``circuit:`` section of a protocol (DESIGN.md section 2, "Circuits"; issue 14).
+"""The ``circuit:`` section of a protocol (docs/architecture.md, "Circuits"; issue 14).
 
 ::
 
@@ -14,7 +14,7 @@
   or ``height`` / ``width``); no patch: the whole view. ``sensor.channels`` — channel indices or the
   names the world gives (``WorldSpec.channel_names``); none: every channel.
 * ``reads`` — lateral wiring: the columns whose z_AGG *of the previous tick* this column reads
-  (DESIGN.md: t-1 only). Because every read is delayed one tick, any loop between different columns
+  (t-1 only). Because every read is delayed one tick, any loop between different columns
   is schedulable; the one loop the schedule has no use for is a column reading itself (its own
   previous z_AGG is not a lateral input), which is rejected, as are unknown and repeated names.
 

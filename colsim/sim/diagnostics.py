@@ -18,7 +18,7 @@ def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Ten
     context). Fewer than 2 rows: every value is NaN (recorded as missing, not as a number no
     computation produced). ``{prefix}_eff_rank`` = the participation ratio of the centred
     covariance and ``{prefix}_rankme`` = RankMe of the uncentred singular values — the functions
-    and names :mod:`colsim.analysis.metrics` uses for the same quantities (REFERENCE.md section 5).
+    and names :mod:`colsim.analysis.metrics` uses for the same quantities (docs/reference/metrics.md).
     """
     from colsim.analysis.metrics import participation_ratio, rankme  # numpy only; analysis never imports torch
 

@@ -28,7 +28,7 @@ Swept fields: ``protocol``, ``rule``, ``model`` (preset names or paths), ``seed`
 dataset (``colsim.analysis.open_runs(SWEEP_DIR)``), named by its last path component when that is
 unique (``rule.optimizer.lr`` -> ``lr``).
 
-The sweep folder (DESIGN.md section 2, "Sweeps")::
+The sweep folder (docs/architecture.md, "Sweeps")::
 
     DIR/sweep.yaml             the sweep as last run (with --steps applied)
     DIR/.sweep.lock            held (flock) while a sweep writes here: a second one refuses
