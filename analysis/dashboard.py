@@ -241,14 +241,31 @@ def _accmat_panel(hv, runs, title):
 
 
 def _forget_panel(hv, runs, title):
-    acc = _mean_over_runs(runs, "acc_agg")
-    if acc is None or acc.sizes.get("eval", 0) == 0:
+    """Each probe set's accuracy over steps, averaged over the runs that evaluated it at that step. Runs are
+    aligned by step, not by evaluation index: runs of different protocols have different evaluations and probe
+    sets (the union is shown; a set one run lacks is averaged over the runs that have it)."""
+    import xarray as xr
+
+    arrs = []
+    for r in runs:
+        a = r.analysis
+        if a is None or "acc_agg" not in a or a.sizes.get("eval", 0) == 0:
+            continue
+        x = a["acc_agg"]
+        steps = np.asarray(a["step"].values[: x.sizes["eval"]])
+        keep = np.sort(len(steps) - 1 - np.unique(steps[::-1], return_index=True)[1])  # one per step: the last
+        x = x.isel(eval=keep)
+        arrs.append(x.assign_coords(eval=steps[keep]).rename(eval="at_step"))
+    if not arrs:
         return _empty(hv, title)
-    ref = next(r for r in runs if r.analysis is not None and "acc_agg" in r.analysis)
-    st = ref.analysis["step"].values[: acc.sizes["eval"]]
-    els = [hv.Curve((st, acc.sel(probe_set=p).values), "step", "probe accuracy (z_AGG)", label=str(p))
-           * hv.Scatter((st, acc.sel(probe_set=p).values), "step", "probe accuracy (z_AGG)", label=str(p)).opts(size=6)
-           for p in acc["probe_set"].values]
+    acc = xr.concat(arrs, "run", join="outer").mean("run", skipna=True).sortby("at_step")
+    st = acc["at_step"].values
+    els = []
+    for p in acc["probe_set"].values:
+        y = acc.sel(probe_set=p).values
+        ok = np.isfinite(y)
+        els.append(hv.Curve((st[ok], y[ok]), "step", "probe accuracy (z_AGG)", label=str(p))
+                   * hv.Scatter((st[ok], y[ok]), "step", "probe accuracy (z_AGG)", label=str(p)).opts(size=6))
     return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, ylim=(0, 1.05), legend_position="right",
                                 legend_opts=_LEGEND)
 

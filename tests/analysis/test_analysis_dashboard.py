@@ -67,3 +67,17 @@ def test_dashboard_renders_in_headless_chromium(page, tmp_path):
     # the plots themselves (canvas) drew something below the header: look for plot colours
     lower = img[700:]
     assert (np.abs(lower.astype(int) - lower.mean(-1, keepdims=True)) > 40).any(-1).mean() > 0.002
+
+
+def test_dashboard_renders_runs_of_different_protocols_and_probe_sets(tmp_path):
+    """Issue 29: one rule on two protocols with different probe sets and evaluation counts (what the packaged
+    rules_seeds sweep gives) crashed the forgetting panel with a holoviews DataError."""
+    from colsim.analysis._synthetic import write_synthetic_run
+    from colsim.analysis.analyze import analyze_run
+
+    a = write_synthetic_run(tmp_path / "a", protocol="nonstationary", n_phases=3, steps_per_phase=100, n_samples=64)
+    b = write_synthetic_run(tmp_path / "b", protocol="action_shift", n_phases=2, steps_per_phase=150, n_samples=64)
+    for r in (a, b):
+        analyze_run(r)
+    out = dashboard([b, a], tmp_path / "mixed.html")  # the run with fewer evaluations first
+    assert out.stat().st_size > 10_000
