@@ -377,3 +377,21 @@ def test_stateful_rules_resume_mid_phase_bit_for_bit(tmp_path, monkeypatch, spec
     if "protocol.schedule=cosine" in extra:  # the stop fell on the way down: warm-up to 4e-4, cosine to 1e-5
         lr = _open(part)["metrics"]["lr"].values
         assert lr[3] == pytest.approx(4e-4) and lr[3] > lr[at - 1] > lr[at] > lr[-1] == pytest.approx(1e-5)
+
+
+def test_a_signal_under_seeds_stops_the_whole_command(tmp_path, monkeypatch):
+    """Issue 29: SIGINT during seed 0 of --seeds 0,1 stops seed 0 at a step boundary with a checkpoint, exits 130
+    and starts no further seed (before, seed 1 ran anyway and the command ended 'runs failed')."""
+    from typer.testing import CliRunner
+
+    from colsim.cli import app
+
+    runner = CliRunner()
+    args = ["run", "nonstationary", "--rule", "backprop", "--steps", "20", "--seeds", "0,1", "--quiet", *SETS,
+            "--out", str(tmp_path / "r")]
+    res = invoke_with_signal_at_update(runner, app, args, monkeypatch, at=5, sig=signal.SIGINT)
+    assert res.exit_code == 130, res.output
+    out = " ".join(res.output.split())
+    assert f"colsim run --resume {tmp_path / 'r-s0'}" in out and "seeds 1 were not started" in out
+    assert (tmp_path / "r-s0" / "checkpoints").is_dir() and not (tmp_path / "r-s1").exists()
+    assert json.loads((tmp_path / "r-s0" / "summary.json").read_text())["status"] == "interrupted"

@@ -62,6 +62,13 @@ def run(
         except typer.Exit as exc:
             if exc.exit_code == 2:
                 raise
+            if exc.exit_code in (130, 143):  # a signal stops the whole command: no further seed starts
+                rest = seed_list[seed_list.index(s) + 1:]
+                if rest:
+                    err_console.print(f"[bold red]stopped[/]: seeds {', '.join(map(str, rest))} were not started; "
+                                      f"run them with --seeds {','.join(map(str, rest))}", highlight=False,
+                                      soft_wrap=True)
+                raise
             failed.append(s)
     if failed:
         err_console.print(f"[bold red]runs failed[/] for seeds {failed}")

@@ -1,0 +1,4 @@
+"""``python -m colsim`` is the ``colsim`` command."""
+from colsim.cli import main
+
+main()
