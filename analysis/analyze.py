@@ -48,6 +48,7 @@ import xarray as xr
 
 from colsim.analysis import metrics as M
 from colsim.analysis._stream import accumulate_slice, factor_covariance
+from colsim.analysis.continual import continual_of_rows, phase_end_rows
 from colsim.analysis.alarms import health_alarms
 from colsim.analysis.circuits import VOTE, circuit_analysis, circuit_config
 from colsim.analysis.store import RunStoreError, open_run, run_info, store_path, write_group
@@ -235,18 +236,19 @@ def readout_summary(evaluation: xr.Dataset) -> dict:
     final pooled accuracies and equivariance R² with their standard errors, and ``gain_*``: each
     headline number's change from the step-0 evaluation (a loss counts as its decrease)."""
     out: dict = {}
+    phases = [str(p) for p in evaluation["phase"].values] if "phase" in evaluation.coords else []
     for prefix, (key, higher) in _READOUTS.items():
         if key not in evaluation:
             continue
-        da = evaluation[key].load()
-        A, init = M.accuracy_matrix(da if higher else -da)
-        if key == "frozen_acc":  # a read-out exists only from its phase's end on: no cell above the diagonal, no FWT
-            A = A.where(~np.triu(np.ones(A.shape, bool), 1), 0.0)
-            init = None
-        cont = M.continual_metrics(A, init)
-        out.update({f"{prefix}{k}": cont.get(k) for k in (("forgetting", "bwt") if init is None else
-                                                          ("forgetting", "bwt", "fwt"))})
-    phases = [str(p) for p in evaluation["phase"].values] if "phase" in evaluation.coords else []
+        da = evaluation[key].load().transpose("eval", "probe_set")
+        names = [str(p) for p in da["probe_set"].values]
+        values = da.values.astype(np.float64)
+        rows, index = phase_end_rows(phases, values, names)
+        se = evaluation[f"{key}_se"].transpose("eval", "probe_set").values[index] \
+            if f"{key}_se" in evaluation and "probe_set" in evaluation[f"{key}_se"].dims else None
+        init = values[0] if phases and phases[0] == "init" else None
+        cont = continual_of_rows(rows, init, se, higher)  # the arithmetic of the run's summary.json
+        out.update({f"{prefix}{k}": cont[k] for k in ("forgetting", "bwt", "fwt", "forgetting_se")})
     for key, sign in (("probe_acc_agg", 1), ("probe_acc_z", 1), ("equivariance_r2", 1), ("prediction_loss", -1)):
         if key not in evaluation:
             continue

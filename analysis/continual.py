@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["forgetting", "bwt", "fwt", "continual_summary"]
+__all__ = ["forgetting", "bwt", "fwt", "continual_summary", "phase_end_rows", "continual_of_rows"]
 
 
 def _check(acc) -> np.ndarray:
@@ -60,4 +60,53 @@ def continual_summary(acc, init=None) -> dict:
     out = {"forgetting": forgetting(acc), "bwt": bwt(acc)}
     if init is not None:
         out["fwt"] = fwt(acc, init)
+    return out
+
+
+def phase_end_rows(phases, values, names) -> tuple[np.ndarray, np.ndarray]:
+    """The phase-end rows of per-evaluation values: ``values`` (E, P) with ``phases`` (E,) naming the phase
+    each evaluation closed ("init" before training), ``names`` the P phases in order. Row r is the *last*
+    evaluation after phase r, for the leading phases that have one (a run that stopped early has T < P).
+    Returns ``(rows (T, P), index (T,))``: ``index`` picks those evaluations, so other per-evaluation arrays
+    (standard errors) select the same rows."""
+    ph = [str(p) for p in phases]
+    v = np.asarray(values, dtype=np.float64)
+    idx: list[int] = []
+    for name in names:
+        hits = [i for i, p in enumerate(ph) if p == name]
+        if not hits:
+            break
+        idx.append(hits[-1])
+    index = np.asarray(idx, dtype=np.int64)
+    return (v[index] if len(idx) else np.empty((0, v.shape[1] if v.ndim == 2 else len(names)))), index
+
+
+def continual_of_rows(rows, init=None, se=None, higher_better: bool = True) -> dict:
+    """The continual summary of one read-out: forgetting, BWT, FWT on ``rows`` (T, P), the phase-end rows
+    of the T phases completed (:func:`phase_end_rows`; T <= P). Forgetting and BWT use the block
+    ``rows[:, :T]`` (NaN unless T >= 2); FWT uses every completed row, so a run that stopped early still scores
+    the next-phase accuracy ``rows[T-1, T]`` it measured (NaN without ``init`` or when a needed cell is NaN: a
+    read-out that exists only from its phase's end on has no FWT). For a loss (``higher_better=False``) rows
+    and init are negated first: forgetting > 0 means the loss went up. ``se`` (T, P), the cells' standard
+    errors, gives ``forgetting_se`` (cells treated as independent). Also ``per_phase_forgetting``
+    (``rows[k, k] - rows[T-1, k]``, k < T-1) and ``phases_completed`` T.
+
+    The one implementation behind the run's summary.json (:mod:`colsim.analysis.summary`) and
+    ``colsim analyze`` (:mod:`colsim.analysis.analyze`, :func:`colsim.analysis.metrics.continual_metrics`)."""
+    sign = 1.0 if higher_better else -1.0
+    a = sign * np.asarray(rows, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] > a.shape[1]:
+        raise ValueError(f"phase-end rows must be (phases completed, phases) with no more rows than columns, "
+                         f"got shape {a.shape}")
+    T = a.shape[0]
+    out = {"phases_completed": T, "forgetting": float("nan"), "bwt": float("nan"), "fwt": float("nan"),
+           "forgetting_se": float("nan"),
+           "per_phase_forgetting": [float(a[k, k] - a[T - 1, k]) for k in range(T - 1)]}
+    if T >= 2:
+        out["forgetting"], out["bwt"] = forgetting(a[:, :T]), bwt(a[:, :T])
+        if se is not None:
+            s = np.asarray(se, dtype=np.float64)
+            out["forgetting_se"] = float(np.sqrt(sum(s[k, k] ** 2 + s[T - 1, k] ** 2 for k in range(T - 1))) / (T - 1))
+    if init is not None and T >= 1:
+        out["fwt"] = fwt(a, sign * np.asarray(init, dtype=np.float64))
     return out

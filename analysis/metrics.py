@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from colsim.analysis.continual import bwt, forgetting, fwt
+from colsim.analysis.continual import continual_of_rows
 from colsim.analysis.probes import equivariance_r2, linear_probe_accuracy
 
 __all__ = ["FACTORS", "participation_ratio", "covariance_spectrum", "rankme", "singular_values", "spectrum_from_gram",
@@ -409,21 +409,17 @@ def accuracy_matrix(acc: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray | Non
 def continual_metrics(A, init=None) -> dict:
     """Forgetting, BWT, FWT (Avalanche's definitions; :mod:`.continual`) on the phases completed.
 
-    A (phase, phase) may end in NaN rows (a run that stopped early): forgetting and BWT use the
-    leading block of completed phases ``A[:T, :T]``; FWT uses every completed row, so the
+    A (phase, phase) may end in NaN rows (a run that stopped early): the leading all-finite rows are the
+    phases completed, T. Forgetting and BWT use ``A[:T, :T]``; FWT uses every completed row, so the
     next-phase accuracy ``A[T-1, T]`` that the last completed evaluation measured still counts
     (FWT_1 .. FWT_min(T, P-1)). Also returns ``per_phase_forgetting`` (``A[k, k] - A[T-1, k]``,
-    k < T-1) and ``phases_completed`` T.
+    k < T-1) and ``phases_completed`` T. The arithmetic is :func:`colsim.analysis.continual.continual_of_rows`,
+    the same the run's summary.json uses.
     """
     a = _np(A)
     done = np.isfinite(a).all(1)
     T = int(np.argmin(done)) if not done.all() else len(a)
-    sub = a[:T, :T]
-    out = {"phases_completed": T, "forgetting": float("nan"), "bwt": float("nan"), "fwt": float("nan"),
-           "per_phase_forgetting": [float(sub[k, k] - sub[T - 1, k]) for k in range(T - 1)]}
-    if T >= 2:
-        out["forgetting"] = forgetting(sub)
-        out["bwt"] = bwt(sub)
-    if init is not None and T >= 1:
-        out["fwt"] = fwt(a[:T], _np(init))
+    out = continual_of_rows(a[:T], None if init is None else _np(init))
+    out.pop("forgetting_se")
     return out
+

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from colsim.analysis.continual import bwt, forgetting, fwt
+from colsim.analysis.continual import continual_of_rows, phase_end_rows
 
 __all__ = ["make_summary", "READOUTS", "COLUMN_SUMMARY_KEYS"]
 
@@ -27,37 +27,23 @@ def _f(x) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-
 def _rows(evals: list[dict], key: str) -> list:
     return [[_f(v) for v in e[key]] for e in evals]
 
 
 def _continual(evals: list[dict], names: list[str], key: str, higher_better: bool, at_start: bool) -> dict:
-    """Forgetting / BWT / FWT (Avalanche's definitions, colsim.analysis.continual) on the phase-end rows of
-    ``key`` (eval x probe_set) of the phases completed (a run that stopped early: forgetting and BWT over
-    its completed phases, FWT keeps the next-phase cells it measured), with the standard error of the forgetting from the cells' standard errors
-    (cells treated as independent). For a loss (``higher_better=False``) the matrix is negated first, so
-    forgetting > 0 means the loss went up and BWT / FWT > 0 mean it went down."""
-    out: dict[str, Any] = {"forgetting": None, "bwt": None, "fwt": None, "forgetting_se": None}
-    ends: dict[str, dict] = {}
-    for e in evals:
-        if e["phase"] != "init":
-            ends[e["phase"]] = e  # the last evaluation of a phase closes it
+    """Forgetting / BWT / FWT of ``key`` (eval x probe_set) on the phase-end rows of the phases completed, with
+    the forgetting's standard error (:func:`colsim.analysis.continual.continual_of_rows`, the implementation
+    ``colsim analyze`` uses too)."""
     P = len(names)
-    T = 0  # phases completed (a run that stopped early has fewer)
-    while T < P and names[T] in ends:
-        T += 1
-    if T == 0:
-        return out
-    sign = 1.0 if higher_better else -1.0
-    A = sign * np.stack([np.asarray(ends[n][key], dtype=float) for n in names[:T]])  # (T, P)
-    SE = np.stack([np.asarray(ends[n].get(f"{key}_se", np.full(P, np.nan)), dtype=float) for n in names[:T]])
-    if T >= 2:
-        out["forgetting"], out["bwt"] = _f(forgetting(A[:, :T])), _f(bwt(A[:, :T]))
-        out["forgetting_se"] = _f(np.sqrt(sum(SE[k, k] ** 2 + SE[T - 1, k] ** 2 for k in range(T - 1))) / (T - 1))
-    if at_start and evals and evals[0]["phase"] == "init" and P >= 2:
-        out["fwt"] = _f(fwt(A, sign * np.asarray(evals[0][key], dtype=float)))  # keeps A[T-1, T] when T < P
-    return out
+    if not evals:
+        return {"forgetting": None, "bwt": None, "fwt": None, "forgetting_se": None}
+    values = np.stack([np.asarray(e[key], dtype=float) for e in evals])
+    rows, index = phase_end_rows([e["phase"] for e in evals], values, names)
+    se = np.stack([np.asarray(e.get(f"{key}_se", np.full(P, np.nan)), dtype=float) for e in evals])[index]
+    init = values[0] if at_start and evals[0]["phase"] == "init" else None
+    c = continual_of_rows(rows, init, se, higher_better)
+    return {k: _f(c[k]) for k in ("forgetting", "bwt", "fwt", "forgetting_se")}
 
 
 def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, status: str, at_start: bool,

@@ -178,3 +178,34 @@ def test_summary_of_a_run_stopped_early_keeps_what_it_measured():
     assert s["forgetting"] == pytest.approx(0.1) and s["frozen_forgetting"] == pytest.approx(0.2)
     assert s["fwt"] == pytest.approx(((0.6 - 0.5) + (0.7 - 0.5)) / 2)
     assert s["prediction_forgetting"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("names, evals", [
+    (["a", "b"], [_ev("init", [0.5, 0.5], [float("nan")] * 2, [1.0, 1.0]),
+                  _ev("a", [0.9, 0.6], [0.9, float("nan")], [0.2, 0.8]),
+                  _ev("b", [0.7, 0.95], [0.6, 0.95], [0.5, 0.1])]),
+    (["a", "b", "c"], [_ev("init", [0.5, 0.5, 0.5], [float("nan")] * 3, [1.0] * 3),  # stopped after two phases
+                       _ev("a", [0.8, 0.5, 0.5], [0.8, float("nan"), float("nan")], [0.4, 0.9, 0.9], se=0.05),
+                       _ev("a", [0.9, 0.6, 0.55], [0.9, float("nan"), float("nan")], [0.2, 0.8, 0.9]),
+                       _ev("b", [0.8, 0.95, 0.7], [0.7, 0.95, float("nan")], [0.3, 0.1, 0.6])]),
+])
+def test_colsim_analyze_and_summary_json_give_the_same_readout_metrics(names, evals):
+    """One continual-summary implementation: ``colsim analyze`` (from the stored evaluation group) and the run's
+    summary.json (from the evaluation rows) give the same forgetting / BWT / FWT / forgetting SE per read-out."""
+    import xarray as xr
+
+    from colsim.analysis.analyze import readout_summary
+
+    s = make_summary(evals, names, steps=10, wall=1.0, status="completed", at_start=True)
+    keys = ("seen_acc", "frozen_acc", "prediction_loss")
+    ds = xr.Dataset({k: (("eval", "probe_set"), np.stack([e[k] for e in evals])) for k in keys}
+                    | {f"{k}_se": (("eval", "probe_set"), np.stack([e[f"{k}_se"] for e in evals])) for k in keys},
+                    coords={"phase": ("eval", [e["phase"] for e in evals]), "probe_set": names})
+    r = readout_summary(ds)
+    for prefix in ("seen_", "frozen_", "prediction_"):
+        for m in ("forgetting", "bwt", "fwt", "forgetting_se"):
+            want = s[prefix + m]
+            got = r[prefix + m]
+            assert (want is None and np.isnan(got)) or got == pytest.approx(want), (prefix + m, got, want)
+    assert s["frozen_fwt"] is None  # a frozen read-out exists only from its phase's end on: no FWT
+    assert s["seen_forgetting"] == pytest.approx(0.2 if len(names) == 2 else 0.1)
