@@ -40,6 +40,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
+from colsim.analysis import schema as S
 from colsim.analysis.probes import LinearReadout, equivariance_r2, fit_readout, group_sides, readout_accuracy
 from colsim.stream import ProbeSet
 
@@ -107,10 +108,10 @@ def spiking_probe_arrays(emb: Embeddings) -> "tuple[dict, dict]":
     """
     data, static = {}, {}
     for l, c in enumerate(emb.spike_count):
-        data[f"spike_count_l{l}"] = (("eval", "probe_set", "sample", "view", f"unit_l{l}"), c[None].astype(np.float32))
+        data[f"spike_count_l{l}"] = ((S.EVAL, S.PROBE_SET, S.SAMPLE, S.VIEW, S.unit_l(l)), c[None].astype(np.float32))
     for l, (r, n) in enumerate(zip(emb.raster, emb.raster_neuron)):
-        data[f"raster_l{l}"] = (("eval", "view", "bin", f"neuron_l{l}"), r[None].astype(np.uint8))
-        static[f"raster_neuron_l{l}"] = ((f"neuron_l{l}",), n.astype(np.int64))
+        data[f"raster_l{l}"] = ((S.EVAL, S.VIEW, S.BIN, S.neuron_l(l)), r[None].astype(np.uint8))
+        static[f"raster_neuron_l{l}"] = ((S.neuron_l(l),), n.astype(np.int64))
     return data, static
 
 

@@ -33,6 +33,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from colsim.analysis import schema as S
+
 __all__ = ["Recorder", "ZarrRecorder", "MemoryRecorder", "NullRecorder", "sanitize"]
 
 
@@ -133,8 +135,8 @@ class ZarrRecorder(Recorder):
         self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
         self.root.attrs.update({**_jsonable(attrs), "status": "interrupted"})  # until close() says otherwise
         self.metrics = self.root.create_group("metrics")
-        self.metrics.create_array("step", shape=(0,), chunks=(8192,), dtype="int64", fill_value=-1,
-                                  dimension_names=["step"])
+        self.metrics.create_array(S.STEP, shape=(0,), chunks=(8192,), dtype="int64", fill_value=-1,
+                                  dimension_names=[S.STEP])
         self._consolidate()
 
     @classmethod
@@ -153,7 +155,7 @@ class ZarrRecorder(Recorder):
         rows = int(position.get("rows", 0))
         evals = {str(g): int(n) for g, n in (position.get("evals") or {}).items()}
         for k, a in self.metrics.arrays():
-            if (a.metadata.dimension_names or ("step",))[0] != "step":  # the column coordinate
+            if (a.metadata.dimension_names or (S.STEP,))[0] != S.STEP:  # the column coordinate
                 self._columns = [str(x) for x in a[:]]
                 continue
             if a.shape[0] < rows:
@@ -170,7 +172,7 @@ class ZarrRecorder(Recorder):
                 continue
             for k, a in self.root[g].arrays():
                 dims = a.metadata.dimension_names or ()
-                if dims and dims[0] == "eval":
+                if dims and dims[0] == S.EVAL:
                     if a.shape[0] < n:
                         raise ValueError(f"{self.path}: {g}/{k} holds {a.shape[0]} evaluations, the checkpoint says "
                                          f"{n}; the store is not this checkpoint's")
@@ -192,12 +194,12 @@ class ZarrRecorder(Recorder):
             self.flush()
 
     def set_columns(self, names: list[str]) -> None:
-        if self._columns is not None or "column" in set(self.metrics.array_keys()):
+        if self._columns is not None or S.COLUMN in set(self.metrics.array_keys()):
             return
         self._columns = [str(n) for n in names]
         with _quiet():
-            a = self.metrics.create_array("column", shape=(len(names),), dtype=f"<U{max(len(n) for n in names)}",
-                                          dimension_names=["column"])
+            a = self.metrics.create_array(S.COLUMN, shape=(len(names),), dtype=f"<U{max(len(n) for n in names)}",
+                                          dimension_names=[S.COLUMN])
             a[:] = np.array(self._columns)
         self._consolidate()
 
@@ -205,7 +207,7 @@ class ZarrRecorder(Recorder):
         if not self._buf:
             return
         keys = sorted(set().union(*(v.keys() for _, v in self._buf)))
-        existing = set(self.metrics.array_keys()) - {"column"}
+        existing = set(self.metrics.array_keys()) - {S.COLUMN}
         width: dict[str, int] = {}  # per-column metrics: their number of columns
         for _, v in self._buf:
             width.update({k: x.shape[0] for k, x in v.items() if isinstance(x, np.ndarray)})
@@ -217,11 +219,11 @@ class ZarrRecorder(Recorder):
                 self.metrics.create_array(k, shape=(self._n,) if w is None else (self._n, w),
                                           chunks=(8192,) if w is None else (8192, w), dtype="float32",
                                           fill_value=float("nan"),
-                                          dimension_names=["step"] if w is None else ["step", "column"])
+                                          dimension_names=list(S.metric_layout(circuit=w is not None)))
                 existing.add(k)
         n0, n1 = self._n, self._n + len(self._buf)
-        cols = {"step": np.array([s for s, _ in self._buf], dtype=np.int64)}
-        for k in sorted(existing - {"step"}):
+        cols = {S.STEP: np.array([s for s, _ in self._buf], dtype=np.int64)}
+        for k in sorted(existing - {S.STEP}):
             a = self.metrics[k]
             nan = np.nan if a.ndim == 1 else np.full(a.shape[1:], np.nan)
             cols[k] = np.array([v.get(k, nan) for _, v in self._buf], dtype=np.float32)
@@ -252,22 +254,22 @@ class ZarrRecorder(Recorder):
         """
         import xarray as xr
 
-        eval_coord_names = [k for k, (d, _) in coords.items() if d and d[0] == "eval"]
+        eval_coord_names = [k for k, (d, _) in coords.items() if d and d[0] == S.EVAL]
         data_vars = {}
         for k, (dims, arr) in data.items():
-            attrs = {"coordinates": " ".join(c for c in eval_coord_names if c != "eval")} if eval_coord_names else {}
+            attrs = {"coordinates": " ".join(c for c in eval_coord_names if c != S.EVAL)} if eval_coord_names else {}
             data_vars[k] = xr.Variable(dims, arr, attrs=attrs)
         first = group not in self._evals
         if first and static:
             for k, (dims, arr) in static.items():
                 data_vars[k] = xr.Variable(dims, arr)
         ds = xr.Dataset(data_vars, coords={k: xr.Variable(d, v) for k, (d, v) in coords.items()
-                                           if first or (d and d[0] == "eval")})
+                                           if first or (d and d[0] == S.EVAL)})
         with _quiet():
             if first:
                 ds.to_zarr(str(self.path), group=group, mode="w", zarr_format=3, consolidated=False)
             else:
-                ds.to_zarr(str(self.path), group=group, mode="a", append_dim="eval", zarr_format=3, consolidated=False)
+                ds.to_zarr(str(self.path), group=group, mode="a", append_dim=S.EVAL, zarr_format=3, consolidated=False)
         self._evals[group] = self._evals.get(group, 0) + 1
         self._consolidate()
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from colsim.analysis.schema import LABEL_TRAILING_DIMS, label_layout
 from colsim.types import PyTree, Step, WorldSpec
 
 __all__ = ["World", "Stream", "StepAhead", "ProbeSet", "LABEL_DIMS", "label_dims", "generator_from_state", "rng_state"]
@@ -55,19 +56,14 @@ class ProbeSet(NamedTuple):
     labels: dict[str, Tensor]
 
 
-# trailing dimension names of per-view labels (N, V, ...) in the run store's ``probe`` group
-LABEL_DIMS = {"shift": ("xy",), "fixation": ("xy",), "orientation": ("quat",), "light": ("light_dim",)}
+# trailing dimension names of per-view labels: the store schema owns them (colsim.analysis.schema)
+LABEL_DIMS = LABEL_TRAILING_DIMS
 
 
 def label_dims(name: str, ndim: int) -> tuple[str, ...]:
-    """Store dimensions of probe-set label ``name`` with ``ndim`` dims, after ``probe_set``: (N,) ->
-    (sample,); (N, V, *rest) -> (sample, view, *LABEL_DIMS[name]) (``{name}_dim{i}`` for an unlisted name)."""
-    if ndim == 1:
-        return ("sample",)
-    rest = LABEL_DIMS.get(name, tuple(f"{name}_dim{i}" for i in range(ndim - 2)))
-    if len(rest) != ndim - 2:
-        raise ValueError(f"probe-set label {name!r} has {ndim} dims; its store dims are (sample, view, {rest})")
-    return ("sample", "view", *rest)
+    """Store dimensions of probe-set label ``name`` with ``ndim`` dims, after ``probe_set``
+    (:func:`colsim.analysis.schema.label_layout`)."""
+    return label_layout(name, ndim)
 
 
 class World(abc.ABC):

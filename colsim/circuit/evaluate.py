@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from colsim.analysis import schema as S
 from colsim.analysis.summary import COLUMN_SUMMARY_KEYS
 from colsim.evaluate import Embeddings, probe_scores
 
@@ -35,20 +36,20 @@ def circuit_eval_data(per: list[dict], set_keys, scalar_keys) -> dict:
     def st(key):
         return np.stack([np.asarray(p[key], dtype=np.float64) for p in per], axis=-1)[None]
 
-    data = {n: (("eval", "probe_set", "column"), st(n)) for n in set_keys}
-    data.update({n: (("eval", "column"), st(n)) for n in scalar_keys})
+    data = {n: (S.evaluation_layout("set", circuit=True), st(n)) for n in set_keys}
+    data.update({n: (S.evaluation_layout("scalar", circuit=True), st(n)) for n in scalar_keys})
     for n in ("equivariance_r2_dim", "equivariance_r2_dim_se"):
-        data[n] = (("eval", "action_dim", "column"), st(n))
+        data[n] = (S.evaluation_layout("dim", circuit=True), st(n))
     for n in ("equivariance_r2_set_dim", "equivariance_r2_set_dim_se"):
-        data[n] = (("eval", "probe_set", "action_dim", "column"), st(n))
-    data["block_pred_loss"] = (("eval", "probe_set", "block"), np.asarray(per[-1]["block_pred_loss"], np.float64)[None])
+        data[n] = (S.evaluation_layout("set_dim", circuit=True), st(n))
+    data["block_pred_loss"] = (S.evaluation_layout("block", circuit=True), np.asarray(per[-1]["block_pred_loss"], np.float64)[None])
     return data
 
 
 def circuit_probe_data(emb: Embeddings) -> dict:
     """The ``probe`` group's z (eval, probe_set, column, sample, view, unit) and z_agg (eval, probe_set, column,
     sample, unit_agg)."""
-    return {"z": (("eval", "probe_set", "column", "sample", "view", "unit"),
+    return {"z": (S.z_layout(circuit=True),
                   emb.z.transpose(0, 2, 1, 3, 4)[None].astype(np.float32)),
-            "z_agg": (("eval", "probe_set", "column", "sample", "unit_agg"),
+            "z_agg": (S.z_agg_layout(circuit=True),
                       emb.z_agg.transpose(0, 2, 1, 3)[None].astype(np.float32))}

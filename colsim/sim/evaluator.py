@@ -19,7 +19,7 @@ from colsim.column import Circuit
 from colsim.device import pin_probe_set
 from colsim.evaluate import embed_probe_sets, probe_scores, spiking_probe_arrays
 from colsim.sim.host import seeded
-from colsim.stream import label_dims
+from colsim.analysis import schema as S
 
 __all__ = ["Evaluator", "EVAL_SET_KEYS", "EVAL_SCALAR_KEYS", "readouts_to_tensors", "readouts_from_tensors"]
 
@@ -92,30 +92,30 @@ class Evaluator:
         self.seconds += time.perf_counter() - te
 
     def _coords(self, k: int, step: int, phase_name: str, sc: dict) -> dict:
-        coords = {"eval": (("eval",), np.array([k])), "step": (("eval",), np.array([step], dtype=np.int64)),
-                  "phase": (("eval",), np.array([phase_name], dtype="<U64")),
-                  "probe_set": (("probe_set",), np.array(self.names, dtype="<U64")),
-                  "action_dim": (("action_dim",), np.array(self.action_names, dtype="<U64")),
-                  "block": (("block",), np.array([f"block{i}" for i in range(sc["block_pred_loss"].shape[1])],
+        coords = {S.EVAL: ((S.EVAL,), np.array([k])), "step": ((S.EVAL,), np.array([step], dtype=np.int64)),
+                  "phase": ((S.EVAL,), np.array([phase_name], dtype="<U64")),
+                  S.PROBE_SET: ((S.PROBE_SET,), np.array(self.names, dtype="<U64")),
+                  S.ACTION_DIM: ((S.ACTION_DIM,), np.array(self.action_names, dtype="<U64")),
+                  S.BLOCK: ((S.BLOCK,), np.array([f"block{i}" for i in range(sc["block_pred_loss"].shape[1])],
                                                  dtype="<U64"))}
         if self.circ is not None:
-            coords["column"] = (("column",), np.array(self.entries, dtype="<U64"))
+            coords[S.COLUMN] = ((S.COLUMN,), np.array(self.entries, dtype="<U64"))
         return coords
 
     def _record_probe(self, emb, coords: dict) -> None:
         probe_sets = self.probe_sets
         static = {
-            "actions": (("probe_set", "sample", "view", "action_dim"), np.stack([p.actions.numpy() for p in probe_sets])),
+            "actions": ((S.PROBE_SET, S.SAMPLE, S.VIEW, S.ACTION_DIM), np.stack([p.actions.numpy() for p in probe_sets])),
         }
         for lab in probe_sets[0].labels:  # every label the world's probe sets carry (class, image, angle, ...)
             if all(lab in p.labels for p in probe_sets):
                 arr = np.stack([p.labels[lab].numpy() for p in probe_sets])  # (P, N) or (P, N, V, ...)
-                static[f"label_{lab}"] = (("probe_set", *label_dims(lab, arr.ndim - 1)), arr)
+                static[f"label_{lab}"] = ((S.PROBE_SET, *S.label_layout(lab, arr.ndim - 1)), arr)
         spk, spk_static = spiking_probe_arrays(emb)  # spike counts and a raster (spiking columns only)
         zs = circuit_probe_data(emb) if self.circ is not None else {
-            "z": (("eval", "probe_set", "sample", "view", "unit"), emb.z[None].astype(np.float32)),
-            "z_agg": (("eval", "probe_set", "sample", "unit_agg"), emb.z_agg[None].astype(np.float32))}
-        self.recorder.record_eval("probe", {**zs, **spk}, {n: c for n, c in coords.items() if n != "block"},
+            "z": (S.z_layout(), emb.z[None].astype(np.float32)),
+            "z_agg": (S.z_agg_layout(), emb.z_agg[None].astype(np.float32))}
+        self.recorder.record_eval("probe", {**zs, **spk}, {n: c for n, c in coords.items() if n != S.BLOCK},
                                   {**static, **spk_static})
 
 
@@ -123,14 +123,14 @@ def _evaluation_data(sc: dict) -> dict:
     """One column's evaluation row as the ``evaluation`` group's variables, with their dimension names."""
     data = {}
     for n in EVAL_SET_KEYS:
-        data[n] = (("eval", "probe_set"), np.asarray(sc[n], dtype=np.float64)[None])
+        data[n] = (S.evaluation_layout("set"), np.asarray(sc[n], dtype=np.float64)[None])
     for n in EVAL_SCALAR_KEYS:
-        data[n] = (("eval",), np.array([sc[n]], dtype=np.float64))
+        data[n] = (S.evaluation_layout("scalar"), np.array([sc[n]], dtype=np.float64))
     for n in ("equivariance_r2_dim", "equivariance_r2_dim_se"):
-        data[n] = (("eval", "action_dim"), np.asarray(sc[n], dtype=np.float64)[None])
+        data[n] = (S.evaluation_layout("dim"), np.asarray(sc[n], dtype=np.float64)[None])
     for n in ("equivariance_r2_set_dim", "equivariance_r2_set_dim_se"):
-        data[n] = (("eval", "probe_set", "action_dim"), np.asarray(sc[n], dtype=np.float64)[None])
-    data["block_pred_loss"] = (("eval", "probe_set", "block"), np.asarray(sc["block_pred_loss"], np.float64)[None])
+        data[n] = (S.evaluation_layout("set_dim"), np.asarray(sc[n], dtype=np.float64)[None])
+    data["block_pred_loss"] = (S.evaluation_layout("block"), np.asarray(sc["block_pred_loss"], np.float64)[None])
     return data
 
 
