@@ -1,4 +1,4 @@
-"""A trained column other simulators can embed: ``load_column(RUN_DIR)`` -> :class:`EmbeddedColumn`.
+"""A trained column loaded to step from Python: ``load_column(RUN_DIR)`` -> :class:`LoadedColumn`.
 
 A finished run (``colsim run``'s folder: ``config.yaml``, ``store.zarr``, ``checkpoints/``) holds a
 trained column. :func:`load_column` rebuilds it from the resolved ``config.yaml`` with the run's own
@@ -27,7 +27,7 @@ evaluation (the one after the last phase, at the final checkpoint's step): ``z_a
 probe set pooled, all their episodes, labels ``label_class`` — every class of the protocol. Those
 z_AGG aggregate ``evaluation.views`` views (at most M), so the hypotheses are calibrated for
 episodes of that length; the held-out accuracy of the same kind of read-out is the store's
-``evaluation.probe_acc_agg`` at that evaluation (``EmbeddedColumn.probe_accuracy``).
+``evaluation.probe_acc_agg`` at that evaluation (``LoadedColumn.probe_accuracy``).
 
 The column runs in float32 on its device (no autocast). A spiking column (``models/spiking.py``) steps
 too, but its rate coding draws spikes from a generator seeded afresh at every ``embed`` call, so its
@@ -50,7 +50,7 @@ from colsim import registry
 from colsim.config import ConfigError
 from colsim.device import check_device
 
-__all__ = ["load_column", "EmbeddedColumn", "StepResult", "LoadError"]
+__all__ = ["load_column", "LoadedColumn", "StepResult", "LoadError"]
 
 
 class LoadError(ConfigError):
@@ -61,10 +61,10 @@ class StepResult(NamedTuple):
     z: np.ndarray  # (D,) embedding of this observation
     z_agg: np.ndarray  # (D+E,) z_AGG of the episode's last min(M, views) views, this one included
     prediction: np.ndarray  # (D,) predicted embedding of the next observation after this step's action
-    hypotheses: np.ndarray  # (K,) class probabilities (sum 1), in the order of EmbeddedColumn.classes
+    hypotheses: np.ndarray  # (K,) class probabilities (sum 1), in the order of LoadedColumn.classes
 
 
-class EmbeddedColumn:
+class LoadedColumn:
     """A trained column stepped from Python; made by :func:`load_column` (see the module docstring).
 
     ``step(observation, action)``: ``observation`` (C, H, W) float (numpy or torch), ``action`` (A,)
@@ -127,7 +127,7 @@ class EmbeddedColumn:
         return self._readout.predict(np.asarray(z_agg, np.float64).reshape(-1, len(self._readout[0].mean_)))
 
     def __repr__(self) -> str:
-        return (f"EmbeddedColumn({self.run_dir}, {type(self.column).__name__}, window={self.window}, "
+        return (f"LoadedColumn({self.run_dir}, {type(self.column).__name__}, window={self.window}, "
                 f"classes={self.classes.tolist()}, trained_steps={self.trained_steps})")
 
 
@@ -140,7 +140,7 @@ def _circuit_names(raw: dict) -> Optional[list]:
     return None
 
 
-def load_column(run_dir: "str | Path", *, device: str = "cpu", column: Optional[str] = None) -> EmbeddedColumn:
+def load_column(run_dir: "str | Path", *, device: str = "cpu", column: Optional[str] = None) -> LoadedColumn:
     """Load the trained column of the finished run ``run_dir`` (see the module docstring).
 
     ``device``: where the column runs (``cpu`` default, or ``cuda``). ``column``: the column of a
@@ -206,7 +206,7 @@ def load_column(run_dir: "str | Path", *, device: str = "cpu", column: Optional[
                         "style columns (seqjepa, spiking)")
     readout, probe_eval = _fit_probe(tree, run_dir, int(ckpt["step"]))
     spec = built.world.spec
-    return EmbeddedColumn(col, readout, window=col.window, obs_shape=spec.obs_shape, action_dim=spec.action_dim,
+    return LoadedColumn(col, readout, window=col.window, obs_shape=spec.obs_shape, action_dim=spec.action_dim,
                           action_names=spec.action_names, device=device, run_dir=run_dir, checkpoint=path,
                           trained_steps=int(ckpt["step"]), probe_eval=probe_eval, config=cfg)
 

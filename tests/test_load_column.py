@@ -19,7 +19,7 @@ import colsim
 from _tiny import TINY
 from colsim.build import build_world
 from colsim.cli import app
-from colsim.embed import LoadError
+from colsim.loaded import LoadError
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = [a for s in TINY for a in ("--set", s)]
@@ -194,7 +194,7 @@ def test_errors_name_the_path_and_the_fix(run_dir, tmp_path):
 
 
 def test_example_runs(run_dir):
-    res = subprocess.run([sys.executable, str(ROOT / "examples" / "embed_column.py"), str(run_dir), "--episodes", "2",
+    res = subprocess.run([sys.executable, str(ROOT / "examples" / "load_column.py"), str(run_dir), "--episodes", "2",
                           "--views", "3"], capture_output=True, text=True, env={**os.environ}, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count(": top hypothesis") == 6  # 2 episodes x 3 views

@@ -1,7 +1,7 @@
 """Step a trained column from Python, one observation and action at a time (colsim.load_column).
 
     colsim run stationary --steps 300 --out runs/stationary      # any finished single-column run
-    python examples/embed_column.py runs/stationary [--episodes 5]
+    python examples/load_column.py runs/stationary [--episodes 5]
 
 The column is loaded from the run's config.yaml and final checkpoint; its class read-out is fitted on
 the run's last stored probe embeddings (colsim/embed.py says exactly which). Here the run's own world
