@@ -5,7 +5,7 @@ eLife 12:e86365) on JAX, in float64. docs/architecture.md: it lives beside the t
 never in the hot path; tests/models/test_spiking_brainpy.py feeds both the same weights and input
 spike trains and compares spikes and weights. Needs the ``brainpy`` extra (brainpy, jax).
 
-Per layer (REFERENCE.md section 4, ESPP; theta = 1, reset by subtraction), for a sample of T bins::
+Per layer (docs/reference/rules.md, ESPP; theta = 1, reset by subtraction), for a sample of T bins::
 
     U_t = beta U_{t-1} + W x_t - theta S_{t-1},   S_t = [U_t > theta],   U_0 = S_0 = 0
     x~_t = beta_x x~_{t-1} + x_t                  (beta_x: the layer's mean beta)

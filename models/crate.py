@@ -19,7 +19,7 @@ Sources
         A2 = ReLU(A1 - eta Dᵀ(D A1 - z) - eta lambda),
   decoded by a separate learned D̂ (d, 4d) with a residual: ``Z + D̂ A2(LN Z)``; the MSSA
   output projection has no bias; LayerNorm eps 1e-6 (the reference code's pre-norm).
-- colsim REFERENCE.md section 3, integrations A (aggregator = CRATE layers over
+- docs/reference/models.md, integrations A (aggregator = CRATE layers over
   [AGG] + tokens with learned time-position embeddings) and B (predictor = a small CRATE
   block over the two tokens (z_AGG, e(a_M)); output token 0 is z_hat).
 
@@ -255,7 +255,7 @@ def _layer_diagnostics(layers: nn.ModuleList, prefix: str) -> dict[str, float]:
 
 
 class CrateAggregator(nn.Module):
-    """seq-JEPA aggregator g from CRATE layers (REFERENCE section 3, integration A).
+    """seq-JEPA aggregator g from CRATE layers (docs/reference/models.md, integration A).
 
     ``[AGG] + tokens`` (the [AGG] token is learnable, zero init; tokens get learned
     time-position embeddings, N(0, 0.02²) init) pass through ``layers`` CrateLayer (or
@@ -295,7 +295,7 @@ class CrateAggregator(nn.Module):
 
 
 class CratePredictor(nn.Module):
-    """seq-JEPA predictor h as a small CRATE block (REFERENCE section 3, integration B).
+    """seq-JEPA predictor h as a small CRATE block (docs/reference/models.md, integration B).
 
     The two tokens (z_AGG, e(a_M)) plus a learned token-type embedding pass through
     ``layers`` CrateLayer; output token 0, read out by LN + Linear (CRATE's head), is z_hat.

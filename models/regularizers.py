@@ -1,4 +1,4 @@
-"""Anti-collapse regularisers for joint-embedding columns (REFERENCE.md section 2).
+"""Anti-collapse regularisers for joint-embedding columns (docs/reference/models.md).
 
 - ``coding_rate`` — MCR² (Yu et al. 2020, "Learning Diverse and Discriminative
   Representations via the Principle of Maximal Coding Rate Reduction", NeurIPS; Eq. 2):

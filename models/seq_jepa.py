@@ -19,7 +19,7 @@ x_{t-c..t-1} (c <= M) and their actions a (a_i leads from view i to view i+1):
    training length; here the horizon is a setting, not the run's length), or
    sg(f(x_t)) (``stopgrad`` and ``symmetric``); ``L_fwd = 1 - cos(z_hat, sg(z~_t))`` where a
    context exists;
-6. teacher ``symmetric`` also predicts backwards in time (REFERENCE.md section 1: "predict
+6. teacher ``symmetric`` also predicts backwards in time (docs/reference/models.md: "predict
    view t from the reversed context"). In the streaming window the reversed context is the
    c views after the first context view, newest first: x_t, x_{t-1}, ..., x_{t-c+1}; it
    predicts the earliest view x_{t-c} (window slot 0) with target sg(f(x_{t-c})). Its tokens

@@ -4,7 +4,7 @@ embedding, the aggregators g and predictors h, and their builders.
 Aggregator g (``aggregator.kind``), tokens (B, M, W) + pad mask (B, M) -> z_AGG (B, W):
   * ``transformer`` — seq-JEPA's (Ghaemi et al. 2025, arXiv 2505.03176): post-norm
     transformer encoder, learnable zero-initialised [AGG] token, no positional encoding;
-  * ``crate`` / ``crate_alpha`` — integration A (REFERENCE.md section 3): CRATE layers
+  * ``crate`` / ``crate_alpha`` — integration A (docs/reference/models.md): CRATE layers
     (Yu et al. 2023) / CRATE-alpha layers (Yang et al. 2024) over [AGG] + tokens with learned
     time-position embeddings (models/crate.py ``CrateAggregator``);
   * ``tost`` — ToST layers (Wu et al. 2024; TSSA, linear in the tokens), optionally causal

@@ -5,7 +5,7 @@ Neurons. Every encoder block is a bias-free synapse (``cnn``: Conv3x3, stride 2,
 ``snntorch.Leaky`` (Eshraghian et al. 2023, "Training spiking neural networks using lessons
 from deep learning", Proc. IEEE 111:1016) with reset by subtraction and threshold theta = 1::
 
-    U_t = beta U_{t-1} + W x_t - theta S_{t-1},      S_t = H(U_t - theta)         (REFERENCE.md 4, ESPP)
+    U_t = beta U_{t-1} + W x_t - theta S_{t-1},      S_t = H(U_t - theta)         (docs/reference/rules.md, ESPP)
 
 beta in (0, 1]; with ``beta_spread > 0`` each neuron draws its own beta from
 U[beta - spread, beta + spread] (heterogeneous time constants; one beta per output channel in a

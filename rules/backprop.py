@@ -1,4 +1,4 @@
-"""Backprop: the end-to-end seq-JEPA objective through every block (REFERENCE.md section 4).
+"""Backprop: the end-to-end seq-JEPA objective through every block (docs/reference/rules.md).
 
 Trains every trainable parameter of the column (encoder, action embedding, aggregator,
 predictor) with the gradient of the column's prediction loss ``1 - cos(z_hat, sg(z~))``

@@ -1,4 +1,4 @@
-"""Synaptic consolidation modifiers: Synaptic Intelligence and online EWC (REFERENCE.md section 4).
+"""Synaptic consolidation modifiers: Synaptic Intelligence and online EWC (docs/reference/rules.md).
 
 Both wrap any rule (``--rule backprop+si``, ``--rule layerwise+ewc``), leave the inner rule's
 descent direction ``g`` untouched and add a quadratic pull towards the parameters at the
@@ -27,7 +27,7 @@ online form of Schwarz et al. 2018)::
     penalty          lambda / 2 * sum_k F_k (θ_k - θ*_k)²   (gradient lambda F (θ - θ*))
 
 The Fisher is the *per-sample* empirical Fisher of the rule's own loss (for self-supervised
-losses, REFERENCE.md section 4): at the phase end the column re-runs each of the N <= K held
+losses, docs/reference/rules.md): at the phase end the column re-runs each of the N <= K held
 inputs alone (``column.forward_inputs``, a batch of one, in eval mode so that dropout is off
 and BatchNorm uses its running statistics — each sample's loss then depends on that sample
 only) and the inner rule's ``update`` gives its direction g_n on that sample (its state

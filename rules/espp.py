@@ -3,7 +3,7 @@ Plasticity: An Online Local Learning Rule for Spiking Neural Networks", arXiv 24
 on every LIF block of a spiking column (models/spiking.py).
 
 Samples of T bins are presented in turn. For layer l with N neurons, membrane U_t, spikes S_t
-(B, N) and presynaptic spikes x_t (B, J) (REFERENCE.md section 4)::
+(B, N) and presynaptic spikes x_t (B, J) (docs/reference/rules.md)::
 
     e    = s̄ / ||s̄||_1                       echo: the previous sample's spike counts, L1-normalised
     b    = +1 / -1                             same episode as the previous sample (predictive) /

@@ -1,6 +1,6 @@
 """Layerwise predictive learning: an auxiliary action-conditioned predictive loss per encoder block.
 
-REFERENCE.md section 4 (the seeds' Step 6 stage 1; cf. Greedy InfoMax, Löwe et al. 2019, and
+docs/reference/rules.md (the seeds' Step 6 stage 1; cf. Greedy InfoMax, Löwe et al. 2019, and
 CLAPP, Illing et al. 2021, for detached per-module objectives): every encoder block l gets a
 small predictor P_l and the loss ``||P_l(z_l(t), e(a_t)) - sg(z_l(t+1))||²`` plus an
 anti-collapse term; block inputs are detached, so no gradient crosses blocks.
@@ -12,11 +12,11 @@ computed at t-1 when the column caches its window, ``local_context: cache``), an
 change in between), so the rule uses the same pair of views one tick later:
 
 * ``direction: backward`` (default; retrodiction): ``L_pred = mean ||P_l(z_l(t), a_{t-1}) -
-  sg(z_l(t-1))||²`` — REFERENCE's pairs of consecutive views with time reversed: P_l predicts
+  sg(z_l(t-1))||²`` — the reference's pairs of consecutive views with time reversed: P_l predicts
   the previous view's block output from the current one and the action that led here
   (relative affine actions are invertible, so P_l learns the inverse map). No re-encoding:
   the step costs what an LPL step costs.
-* ``direction: forward`` (REFERENCE's orientation, shifted by one tick): the previous view is
+* ``direction: forward`` (the reference's orientation, shifted by one tick): the previous view is
   re-encoded with a block-local graph, ``z'_l(t-1) = f_l(sg(h_{l-1}(t-1)))``, and
   ``L_pred = mean ||P_l(z'_l(t-1), a_{t-1}) - sg(z_l(t))||²``. Cost: one extra encoder
   forward/backward of the B previous views (about +35 % step time on the default column).

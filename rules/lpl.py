@@ -1,7 +1,7 @@
 """LPL — Latent Predictive Learning (Halvagal & Zenke 2023, Nat. Neurosci. 26:1906), per layer.
 
 For every encoder block l with globally pooled output z (B, M) of the current view and
-z_prev (B, M) of the previous view of the same episode (REFERENCE.md section 4)::
+z_prev (B, M) of the previous view of the same episode (docs/reference/rules.md)::
 
     L_l = lambda_pred * L_pred + lambda_hebb * L_hebb + lambda_dec * L_dec        (1, 1, 10)
     L_pred = mean_{b valid, i} (z_bi(t) - sg(z_bi(t-1)))²                      causal stop-grad form

@@ -8,7 +8,7 @@ step's importance ``I_i`` normalised per layer (per parameter tensor), ``Ĩ = I 
 
 and every incoming weight of unit i has its *update* scaled by ``a_i`` after the optimizer
 step (``post_step``): Adam cancels a constant gradient scale, so scaling the gradient would do
-nothing (REFERENCE.md section 4, trap).
+nothing (docs/reference/rules.md, trap).
 
 Which parameters are gated (``rules/_params.py``, ``gated_units``): every parameter that is
 the incoming weights of a unit — the rows of a Linear weight and the filters of a conv weight

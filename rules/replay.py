@@ -5,7 +5,7 @@ Chaudhry et al. 2019, "On tiny episodic memories", and Buzzega et al. 2020): the
 item of the stream (n counted from 0) goes to slot n while n < K; afterwards it draws
 ``r ~ U{0..n}`` and replaces slot r when r < K. Every item seen so far is then in the buffer
 with probability K/N (N items seen), whatever the phase it came from — replay needs no phase
-boundaries (REFERENCE.md section 4).
+boundaries (docs/reference/rules.md).
 
 An *item* is one stream's column input of one tick (``trace["inputs"]``: the context window
 ``obs_ctx`` (M, C, H, W), ``act_ctx`` (M, A), ``count``, the current ``obs`` and ``action``),

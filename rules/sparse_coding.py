@@ -2,7 +2,7 @@
 "Learning what matters: Synaptic plasticity with invariance to second-order input
 correlations"), applied to every encoder block.
 
-For unit i with input x and drive ``u_i = w_i · x`` (REFERENCE.md section 4)::
+For unit i with input x and drive ``u_i = w_i · x`` (docs/reference/rules.md)::
 
     Δw_i = eta x (f(u_i) - lambda_i u_i - beta sum_{k != i} G_ik u_k)          G = mean_b u uᵀ
 
@@ -19,7 +19,7 @@ Homeostatic lambda, per unit, from its own activity (batch means over b)::
     Lambda_i <- Lambda_i + eta_lambda (mean_b u_i² - 1)
 
 lambda* is the depression that makes the update norm-preserving (no change of E[u²] to first
-order); Lambda (integral, REFERENCE's ``lambda += eta_l (u² - 1)``) and the proportional term
+order); Lambda (integral, the reference's ``lambda += eta_l (u² - 1)``) and the proportional term
 drive E[u²] -> 1. The integral term alone is unstable for an expansive f such as u³ (the
 linearised (E[u²], lambda) dynamics have a positive trace: weights explode before lambda
 catches up), hence lambda* and k_p. The step is normalised (a per-unit learning rate; the

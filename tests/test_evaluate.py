@@ -45,7 +45,7 @@ def test_episode_groups_without_image_labels():
 
 
 def test_binomial_se_and_frozen_readout_by_hand():
-    assert binomial_se(0.85, 100) == pytest.approx(0.0357071, abs=1e-6)  # REFERENCE.md: ≈ 0.035
+    assert binomial_se(0.85, 100) == pytest.approx(0.0357071, abs=1e-6)  # docs/reference/metrics.md: ≈ 0.035
     assert np.isnan(binomial_se(0.5, 0))
     # binary read-out: class 7 when x0 - x1 > 0 (after standardising with mu = (1, 1), sd = (2, 2))
     r = LinearReadout(mu=np.array([1.0, 1.0]), sd=np.array([2.0, 2.0]), coef=np.array([[1.0, -1.0]]),

@@ -1,7 +1,7 @@
 """colsim's modules import one another without cycles, counting imports inside functions too.
 
 A cycle hidden by a function-level import still couples the two modules (each needs the other to
-work) and breaks the layering of DESIGN.md; this scan reads every module's source with ``ast``
+work) and breaks the layering of docs/architecture.md; this scan reads every module's source with ``ast``
 (no import is executed) and fails naming the cycle it finds."""
 from __future__ import annotations
 

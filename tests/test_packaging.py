@@ -1,4 +1,4 @@
-"""Packaging and layering (DESIGN.md section 1): one distribution `colsim`, mapped subpackages, guards."""
+"""Packaging and layering (docs/architecture.md): one distribution `colsim`, mapped subpackages, guards."""
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,4 @@
-"""The rule contract (DESIGN.md section 4, item 10), parametrised over every registered rule.
+"""The rule contract (docs/architecture.md), parametrised over every registered rule.
 
 For each base rule (and each modifier wrapped around backprop): finite updates with the
 parameters' shapes, zero update at lr 0, state round-trips through torch.save /

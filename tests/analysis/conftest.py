@@ -1,4 +1,4 @@
-"""Synthetic run stores with the layout ``colsim run`` writes (DESIGN.md section 3).
+"""Synthetic run stores with the layout ``colsim run`` writes (docs/reference/store.md).
 
 ``make_run(name, **kw)`` writes a run folder under a temporary directory via
 :func:`colsim.analysis._synthetic.write_synthetic_run` (small defaults: 3 phases, 96 samples,

@@ -1,4 +1,4 @@
-"""Metrics on synthetic data with known answers (REFERENCE.md section 5)."""
+"""Metrics on synthetic data with known answers (docs/reference/metrics.md)."""
 from __future__ import annotations
 
 import numpy as np

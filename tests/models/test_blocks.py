@@ -89,7 +89,7 @@ def test_mssa_matches_naive_formula(padded):
 
 
 def _tssa_naive(x, w_qkv, heads, temp, w_out, b_out):
-    """Straight loops over the REFERENCE section 3 formulas (one sample at a time)."""
+    """Straight loops over the docs/reference/models.md formulas (one sample at a time)."""
     B, N, d = x.shape
     p = d // heads
     out = torch.zeros(B, N, d, dtype=x.dtype)

@@ -1,5 +1,5 @@
 """LPL (Halvagal & Zenke 2023): each term on hand-computed tensors (value and gradient sign),
-and the single-neuron 2-D toy of REFERENCE.md section 4."""
+and the single-neuron 2-D toy of docs/reference/rules.md."""
 from __future__ import annotations
 
 import math
@@ -135,7 +135,7 @@ def test_lpl_neuron_with_running_statistics_stays_x_selective():
 @pytest.mark.parametrize("sigma_y, x_tuned", [(0.01, True), (10.0, False), (100.0, False)])
 def test_hebbian_only_lpl_turns_to_the_high_variance_direction(sigma_y, x_tuned):
     """The package's rule with the predictive term off is a purely Hebbian (variance-maximising)
-    neuron: it follows the direction of largest variance, y once sigma_y > 1 (REFERENCE.md)."""
+    neuron: it follows the direction of largest variance, y once sigma_y > 1 (docs/reference/rules.md)."""
     s = _x_selectivity(_train_lpl(sigma_y, pred=False))
     assert (s > 0.95) if x_tuned else (s < 0.1), s
 

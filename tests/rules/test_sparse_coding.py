@@ -77,7 +77,7 @@ def _corr(a, b):
 
 
 def test_sparse_coding_finds_sparse_source_where_oja_finds_top_pc():
-    """REFERENCE.md section 4 check: on a mixture of a high-variance Gaussian direction and a
+    """docs/reference/rules.md check: on a mixture of a high-variance Gaussian direction and a
     low-variance sparse source the rule aligns with the sparse source, Oja with the top PC."""
     gen = torch.Generator().manual_seed(0)
     th = 0.5
