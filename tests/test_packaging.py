@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -42,8 +43,12 @@ def test_presets_ship_as_package_data():
 
 
 def test_wheel_contains_only_colsim(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-                         capture_output=True, text=True)
+    # build from a copy: setuptools reuses a build/ folder left in the tree, which would hide a missing package
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", "build", "site", ".git", "*.egg-info",
+                                                                "__pycache__", "runs", "node_modules"))
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                          str(tmp_path), str(src)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     wheels = list(tmp_path.glob("colsim-*.whl"))
     assert len(wheels) == 1
@@ -54,6 +59,12 @@ def test_wheel_contains_only_colsim(tmp_path):
     for sub in MAPPED:
         assert f"colsim/{sub}/__init__.py" in names
     assert "colsim/rules/lpl.yaml" in names and "colsim/protocols/nonstationary.yaml" in names
+    # every module of the source tree is in the wheel (a sub-package missing from pyproject's list installs
+    # without it: `colsim` then fails on a non-editable install)
+    folders = {"colsim": ROOT / "colsim", **{f"colsim/{sub}": ROOT / sub for sub in MAPPED}}
+    missing = [f"{dest}/{f.relative_to(src).as_posix()}" for dest, src in folders.items() for f in src.rglob("*.py")
+               if "__pycache__" not in f.parts and f"{dest}/{f.relative_to(src).as_posix()}" not in names]
+    assert not missing, missing
     assert not any(n.startswith("tests/") or n.startswith("benchmarks/") for n in names)
 
 

@@ -4,6 +4,7 @@ field, the SLURM job script dask-jobqueue generates, the folder lock, and a Loca
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -288,3 +289,39 @@ def test_local_cluster_sweep_end_to_end(tmp_path):
     res = runner.invoke(app, ["dashboard", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "dashboard.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_sweep_from_the_clone_root_with_a_non_editable_install(tmp_path):
+    """`pip install .` (not -e) and `colsim sweep` run from the clone's root: the working folder's colsim/ source
+    tree (which lacks the mapped sub-packages) must not shadow the installed package in the LocalCluster workers
+    (the forkserver puts the working folder first on sys.path, so the sweep starts them with spawn there)."""
+    import shutil
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".venv", "build", "site", ".git", "*.egg-info",
+                                                                "__pycache__", "runs"))
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "whl"),
+                          str(src)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    # the dependencies come from this environment's site-packages (a .pth line; its own .pth files, among them
+    # an editable colsim's finder, are not processed), colsim from the wheel
+    (site / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    whl = next((tmp_path / "whl").glob("colsim-*.whl"))
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(whl)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    p = _write(tmp_path, {"name": "tiny", "base": {**_base(), "steps": 2}, "grid": {"seed": [0]},
+                          "cluster": {"workers": 1, "dashboard_address": ":0"}})
+    script = venv / "bin" / "colsim"  # what pip writes for the console script: its folder, not the cwd, on sys.path
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom colsim.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    script.chmod(0o755)
+    run = subprocess.run([str(script), "sweep", str(p), "--out", str(tmp_path / "sw")], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "runs: completed 1" in run.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -70,7 +71,7 @@ def _forkserver_with_colsim() -> None:
 
     import dask
 
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    if "forkserver" not in multiprocessing.get_all_start_methods() or _cwd_shadows_colsim():
         return
     from colsim import registry
 
@@ -79,6 +80,18 @@ def _forkserver_with_colsim() -> None:
 
     get_mp_context().set_forkserver_preload(["distributed", "torch", "colsim.sweep.task",
                                              *registry.PACKAGES.values()])
+
+
+def _cwd_shadows_colsim() -> bool:
+    """True when the working folder holds a ``colsim/`` that is not the imported package (a source checkout
+    with a non-editable install). The forkserver starts with the working folder first on ``sys.path`` (it does
+    not take the parent's path), so its workers would import that source tree, which lacks the sub-packages
+    pyproject maps in (``colsim.analysis`` ...); spawn takes the parent's ``sys.path`` and imports the same
+    colsim as this process."""
+    import colsim
+
+    cand = Path(os.getcwd()).resolve() / "colsim"
+    return cand.is_dir() and cand != Path(colsim.__file__).resolve().parent
 
 
 def probe_scheduler(address: str, timeout: float = 3.0) -> None:
