@@ -7,6 +7,8 @@ are ordinary functions.
 """
 from __future__ import annotations
 
+import errno
+import os
 from typing import Annotated, Optional
 
 from colsim.analysis.store import RunStoreError, expand_runs, is_sweep, run_point, store_path
@@ -117,10 +119,18 @@ def analyze(runs: _Runs) -> None:
 
     console = _console()
     for r in _check(runs):
+        if os.path.exists(r) and not os.access(r, os.W_OK):
+            _fail(f"{r}: the run folder is not writable (permission denied); analyze writes its results into "
+                  f"store.zarr: make it writable (chmod -R u+w {r}) or analyze a copy")
         try:
             s = analyze_run(r)
         except RunStoreError as exc:
             _fail(str(exc))
+        except OSError as exc:  # a read-only store (permissions, a read-only mount)
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            _fail(f"{r}: cannot write the analysis into its store ({exc.strerror}: {exc.filename or r}); make the "
+                  f"run folder writable (chmod -R u+w {r}) or analyze a copy")
         t = Table(title=f"{s['run']}  [{s['rule']} | {s['model']} | {s['protocol']} | seed {s['seed']}] "
                         f"status {s['status']}", show_header=False)
         keys = ["steps_done", "n_evals", "acc_agg", "acc_z", "class_leak", "pose_from_z", "pose_from_zagg",

@@ -122,24 +122,27 @@ def prune_step_checkpoints(ckpt_dir: str | Path, keep: int) -> list[Path]:
     return gone
 
 
-def latest_checkpoint(ckpt_dir: str | Path, phase_end_steps: list[int]) -> Optional[Path]:
-    """The checkpoint with the most steps done in ``ckpt_dir`` (None when there is none).
+def checkpoints_newest_first(ckpt_dir: str | Path, phase_end_steps: list[int]) -> list[Path]:
+    """The checkpoints in ``ckpt_dir``, the one with the most steps done first (none loaded).
 
     ``phase_end_steps[k]`` is the step count at the end of phase k (from the run's config), so
-    phase checkpoints are ordered without being loaded; at equal steps a phase-end checkpoint wins
-    (it also holds the phase's boundary update and evaluation)."""
-    best: Optional[tuple[int, int, Path]] = None
+    phase checkpoints are ordered without being loaded; at equal steps a phase-end checkpoint comes
+    first (it also holds the phase's boundary update and evaluation)."""
+    keyed: list[tuple[int, int, Path]] = []
     for p in Path(ckpt_dir).glob("*.pt"):
         m, n = _STEP.match(p.name), _PHASE.match(p.name)
         if m:
-            key = (int(m.group(1)), 0)
+            keyed.append((int(m.group(1)), 0, p))
         elif n and int(n.group(1)) < len(phase_end_steps):
-            key = (phase_end_steps[int(n.group(1))], 1)
-        else:
-            continue
-        if best is None or key > best[:2]:
-            best = (*key, p)
-    return None if best is None else best[2]
+            keyed.append((phase_end_steps[int(n.group(1))], 1, p))
+    return [p for *_, p in sorted(keyed, key=lambda k: (k[0], k[1]), reverse=True)]
+
+
+def latest_checkpoint(ckpt_dir: str | Path, phase_end_steps: list[int]) -> Optional[Path]:
+    """The checkpoint with the most steps done in ``ckpt_dir`` (None when there is none); see
+    :func:`checkpoints_newest_first`."""
+    found = checkpoints_newest_first(ckpt_dir, phase_end_steps)
+    return found[0] if found else None
 
 
 def restore_like(template: Any, saved: Any, device: str | torch.device = "cpu") -> Any:

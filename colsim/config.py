@@ -94,15 +94,21 @@ class EvaluationConfig(Strict):
 class RecordConfig(Strict):
     metrics_every: int = Field(1, gt=0)
     flush_every: int = Field(200, gt=0)
+    # also flush once this much wall time has passed since the last flush: a hard kill loses seconds of rows
+    flush_seconds: Optional[float] = Field(10.0, gt=0)
     probe: bool = True  # write probe activity (z, z_agg, actions, labels) at each evaluation
     enabled: bool = True
 
 
 class CheckpointConfig(Strict):
-    """Step-level checkpoints (besides the one at every phase end): every ``every`` steps, the last
-    ``keep`` of them kept (phase-end checkpoints are always kept). ``every: null``: phase ends only."""
+    """Step-level checkpoints (besides the one at every phase end): every ``every`` steps and at the first step
+    boundary after ``every_seconds`` of wall time since the last checkpoint, the last ``keep`` of them kept
+    (phase-end checkpoints are always kept). ``every: null`` and ``every_seconds: null``: phase ends only.
+    A checkpoint changes no number of the run (a resumed run repeats the uninterrupted one bit for bit on
+    CPU wherever it was taken), so the time-based default makes any run recoverable within minutes."""
 
     every: Optional[int] = Field(None, gt=0)
+    every_seconds: Optional[float] = Field(120.0, gt=0)
     keep: int = Field(2, ge=1)
 
 
@@ -267,7 +273,23 @@ def resolve_run_config(
     device: Optional[str] = None,
     steps: Optional[int] = None,
 ) -> RunConfig:
-    """Protocol path or packaged name + rule/model preset names + overrides -> RunConfig."""
+    """Protocol path or packaged name + rule/model preset names + overrides -> RunConfig.
+
+    ``protocol`` may also be a run's resolved ``config.yaml`` (``colsim run RUN_DIR/config.yaml``): that run's
+    protocol, model and rule exactly, with ``seed`` / ``device`` / ``steps`` / overrides applied on top."""
+    resolved = _resolved_run_config(protocol)
+    if resolved is not None:
+        given = [n for n, v in (("--rule", rule), ("--model", model)) if v]
+        if given:
+            raise ConfigError(f"{protocol}: a run's resolved config fixes its model and rule; drop {', '.join(given)} "
+                              "(or change them with --set model.… / --set rule.…)")
+        for o in overrides:
+            apply_override(resolved, o)
+        if seed is not None:
+            resolved["seed"] = seed
+        if device is not None:
+            resolved["device"] = device
+        return build_run_config(resolved, steps=steps)  # --steps rescales the resolved phases
     proto_raw = load_protocol(protocol)
     proto_raw = copy.deepcopy(proto_raw)
     # the protocol names its default model / rule; CLI options win
@@ -288,6 +310,18 @@ def resolve_run_config(
     if seed is not None:
         doc["seed"] = seed
     return build_run_config(doc, steps=steps)
+
+
+def _resolved_run_config(protocol: str | Path) -> Optional[dict]:
+    """The document of a run's resolved config.yaml (top-level protocol / model / rule mappings), or None for a
+    protocol preset or file."""
+    p = Path(protocol)
+    if p.suffix not in (".yaml", ".yml") or not p.is_file():
+        return None
+    doc = load_yaml_file(p)
+    if isinstance(doc, dict) and all(isinstance(doc.get(k), dict) for k in ("protocol", "model", "rule")):
+        return copy.deepcopy(doc)
+    return None
 
 
 def load_protocol(protocol: str | Path) -> dict:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -121,11 +122,14 @@ class MemoryRecorder(Recorder):
 
 
 class ZarrRecorder(Recorder):
-    def __init__(self, path: str | Path, attrs: Optional[dict[str, Any]], flush_every: int = 200):
+    def __init__(self, path: str | Path, attrs: Optional[dict[str, Any]], flush_every: int = 200,
+                 flush_seconds: Optional[float] = None):
         import zarr
 
         self.path = Path(path)
         self.flush_every = flush_every
+        self.flush_seconds = flush_seconds  # also flush when this much wall time passed since the last flush
+        self._last_flush = time.monotonic()
         self._buf: list[tuple[int, dict[str, float]]] = []
         self._n = 0  # rows written
         self._evals: dict[str, int] = {}  # group -> evaluations written
@@ -140,7 +144,8 @@ class ZarrRecorder(Recorder):
         self._consolidate()
 
     @classmethod
-    def reopen(cls, path: str | Path, position: dict, flush_every: int = 200, **attrs: Any) -> "ZarrRecorder":
+    def reopen(cls, path: str | Path, position: dict, flush_every: int = 200, flush_seconds: Optional[float] = None,
+               **attrs: Any) -> "ZarrRecorder":
         """Continue an existing store from a checkpoint's ``position``: every ``metrics`` array is cut
         back to ``position["rows"]`` rows and every evaluation group to ``position["evals"][group]``
         evaluations (a group made after the checkpoint is removed), so the resumed run appends with
@@ -149,7 +154,7 @@ class ZarrRecorder(Recorder):
         the checkpoint says was written (it is not this run's store)."""
         import zarr
 
-        self = cls(path, None, flush_every)
+        self = cls(path, None, flush_every, flush_seconds)
         self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3, use_consolidated=False)
         self.metrics = self.root["metrics"]
         rows = int(position.get("rows", 0))
@@ -190,7 +195,8 @@ class ZarrRecorder(Recorder):
     # -------------------------------------------------------------- metrics
     def record(self, step: int, values: dict[str, float]) -> None:
         self._buf.append((int(step), {sanitize(k): _value(v) for k, v in values.items()}))
-        if len(self._buf) >= self.flush_every:
+        if len(self._buf) >= self.flush_every or (
+                self.flush_seconds is not None and time.monotonic() - self._last_flush >= self.flush_seconds):
             self.flush()
 
     def set_columns(self, names: list[str]) -> None:
@@ -235,6 +241,7 @@ class ZarrRecorder(Recorder):
         self._n = n1
         self._buf.clear()
         self._consolidate()
+        self._last_flush = time.monotonic()
 
     def _consolidate(self) -> None:
         """Snapshot every array's metadata into the root zarr.json (one atomic write): readers see the

@@ -76,7 +76,8 @@ def new_run(run_dir: Path, cfg, **attrs):
     config_yaml = yaml.safe_dump(resolved, sort_keys=False)
     (Path(run_dir) / "config.yaml").write_text(config_yaml)
     recorder = ZarrRecorder(Path(run_dir) / "store.zarr", run_attrs(cfg, resolved, **attrs),
-                            flush_every=cfg.protocol.record.flush_every)
+                            flush_every=cfg.protocol.record.flush_every,
+                            flush_seconds=cfg.protocol.record.flush_seconds)
     return config_yaml, recorder
 
 

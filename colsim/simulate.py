@@ -26,8 +26,8 @@ and every step t of it:
 7. record metrics every ``record.metrics_every`` steps;
 8. evaluate every ``evaluation.every`` steps when set;
 
-9. checkpoint every ``protocol.checkpoint.every`` steps (``checkpoints/stepNNNNNNNN.pt``, the
-   last ``keep`` kept; not at a phase's last step, which step 12 covers);
+9. checkpoint every ``protocol.checkpoint.every`` steps and after ``every_seconds`` of wall time
+   (``checkpoints/stepNNNNNNNN.pt``, the last ``keep`` kept; not at a phase's last step, which step 13 covers);
 10. stop at this step boundary if SIGINT / SIGTERM arrived: flush, checkpoint, status
     ``interrupted`` (``RunResult.signal`` says which; ``colsim run`` exits 130 / 143);
 
@@ -39,7 +39,8 @@ and at the end of every phase:
 
 The recorder's metrics are flushed at every evaluation and before every checkpoint, so the store
 on disk always holds everything a checkpoint covers; a hard kill loses at most the metric rows
-since the last flush (``record.flush_every`` steps at most), and ``--resume`` re-runs them.
+since the last flush (``record.flush_every`` rows or ``record.flush_seconds`` of wall time at most), and
+``--resume`` re-runs them.
 
 Resuming (``resume=`` a checkpoint, :mod:`colsim.checkpoint`) is this same schedule started from
 the checkpoint's position: phase ``phase``, its step ``t``, with the stream and column states, the
@@ -159,13 +160,14 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     circ = column if isinstance(column, Circuit) else None  # several columns (issue 14)
     evaluate = Evaluator(column, protocol, world, recorder, seed=seed, device=device, amp=amp, resume=resume)
     ckpt = Checkpointer(ckpt_dir, column=column, optimizer=optimizer, recorder=recorder, evaluator=evaluate,
-                        config_yaml=config_yaml, keep=protocol.checkpoint.keep)
+                        config_yaml=config_yaml, keep=protocol.checkpoint.keep, every=protocol.checkpoint.every,
+                        every_seconds=protocol.checkpoint.every_seconds)
     prog = Progress(protocol.total_steps, on_step, profile)
     ctx = TickContext(column, rule, params, device, local,
                       # a rule that reads no graph of the encoder's pass (ESPP, sparse coding): none is built
                       {} if rule.encoder_graph or not local else {"encoder_graph": False},
                       amp, amp is not contextlib.nullcontext, circ)
-    ev, every_ckpt, rec = protocol.evaluation, protocol.checkpoint.every, protocol.record
+    ev, rec = protocol.evaluation, protocol.record
     ahead: Optional[StepAhead] = None
     with HostGuards() as host:
         try:
@@ -219,7 +221,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     if ev.every and s.step % ev.every == 0 and t != ph.steps - 1:
                         _timed(prog, "evaluate", evaluate, ph.name, s.step)
                     # 9. scheduled checkpoint (the phase's last step has its phase-end checkpoint); 10. a signal
-                    if t != ph.steps - 1 and ((every_ckpt and s.step % every_ckpt == 0) or host.stop.signum is not None):
+                    if t != ph.steps - 1 and (ckpt.due(s.step) or host.stop.signum is not None):
                         _timed(prog, "checkpoint", ckpt.at_step, step=s.step, phase=s.phase, t=t + 1,
                                rstate=s.rstate, sstate=s.sstate, cstate=s.cstate)
                         if host.stop.signum is not None:

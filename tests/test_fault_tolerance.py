@@ -35,7 +35,10 @@ COLSIM = Path(sys.executable).parent / "colsim"
 # 5 phases x 4 steps; a checkpoint every 3 steps; metrics flushed every 4 rows
 SETS = [a for s in TINY + ["protocol.evaluation.probe_samples=10", "protocol.evaluation.views=2",
                            "protocol.checkpoint.every=3", "protocol.checkpoint.keep=2",
-                           "protocol.record.flush_every=4"] for a in ("--set", s)]
+                           "protocol.record.flush_every=4",
+                           # no time-based checkpoint or flush: these tests count checkpoints and flushes
+                           "protocol.checkpoint.every_seconds=null", "protocol.record.flush_seconds=null"]
+        for a in ("--set", s)]
 RUN = ["run", "nonstationary", "--rule", "backprop+si", "--steps", "20", "--seed", "3", "--quiet", *SETS]
 TIMING = {"wall_s", "eval_s", "eval_share"}  # wall-clock figures: never equal between two runs
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
@@ -50,7 +53,7 @@ def _open(run: Path) -> xr.DataTree:
     return xr.open_datatree(str(run / "store.zarr"), engine="zarr")
 
 
-def _assert_same_run(a: Path, b: Path, status: str = "completed") -> None:
+def _assert_same_run(a: Path, b: Path, status: str = "completed", phase_file: str = "phase04-digits89.pt") -> None:
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
     assert sa["status"] == sb["status"] == status
     assert {k: v for k, v in sa.items() if k not in TIMING} == {k: v for k, v in sb.items() if k not in TIMING}
@@ -66,7 +69,7 @@ def _assert_same_run(a: Path, b: Path, status: str = "completed") -> None:
             assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (g, v)
     if status != "completed":
         return
-    ma, mb = (torch.load(r / "checkpoints" / "phase04-digits89.pt", weights_only=True)["model"] for r in (a, b))
+    ma, mb = (torch.load(r / "checkpoints" / phase_file, weights_only=True)["model"] for r in (a, b))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
@@ -244,7 +247,9 @@ def test_resume_bad_input_exits_2(tmp_path):
     assert r.exit_code == 2 and "PROTOCOL" in r.output
 
 
-def test_resume_corrupt_checkpoint_or_store_exits_2(tmp_path):
+def test_resume_corrupt_checkpoint_falls_back_or_store_exits_2(tmp_path):
+    """A folder whose only checkpoint is corrupt: `--resume` names the file it skipped and why, and starts the run
+    again from step 0 (issue 29: before, exit 2 and nothing to do); a valid checkpoint without a store: exit 2."""
     import yaml
     from typer.testing import CliRunner
 
@@ -252,18 +257,22 @@ def test_resume_corrupt_checkpoint_or_store_exits_2(tmp_path):
     from colsim.config import resolve_run_config
 
     runner = CliRunner()
-    cfg = resolve_run_config("nonstationary", overrides=TINY, steps=20)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (tmp_path / "checkpoints").mkdir()
-    r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
-    assert r.exit_code == 2 and "no checkpoint in checkpoints/" in r.output
-    (tmp_path / "checkpoints" / "step00000003.pt").write_bytes(b"PK\x03\x04 truncated")
-    r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
-    assert r.exit_code == 2 and "step00000003.pt: not a readable colsim checkpoint" in r.output
-    assert len(r.output.strip().splitlines()) == 1
-    save_checkpoint(tmp_path / "checkpoints" / "step00000003.pt", step=3, phase=0, t=3, model={}, optimizer={},
+    cfg = resolve_run_config("nonstationary", overrides=TINY + ["protocol.evaluation.probe_samples=10",
+                                                                "protocol.evaluation.views=2"], steps=5)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "checkpoints").mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (a / "checkpoints" / "step00000003.pt").write_bytes(b"PK\x03\x04 truncated")
+    r = runner.invoke(app, ["run", "--resume", str(a), "--quiet"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "skipped checkpoints/step00000003.pt (not a readable colsim checkpoint" in out, out
+    assert "no readable checkpoint: starting again from step 0 of 5" in out
+    assert json.loads((a / "summary.json").read_text())["status"] == "completed"
+    save_checkpoint(b / "checkpoints" / "step00000003.pt", step=3, phase=0, t=3, model={}, optimizer={},
                     config="", recorder={"rows": 3, "evals": {}})
-    r = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    r = runner.invoke(app, ["run", "--resume", str(b)])
     assert r.exit_code == 2 and "store.zarr cannot be opened" in r.output
 
 
@@ -395,3 +404,91 @@ def test_a_signal_under_seeds_stops_the_whole_command(tmp_path, monkeypatch):
     assert f"colsim run --resume {tmp_path / 'r-s0'}" in out and "seeds 1 were not started" in out
     assert (tmp_path / "r-s0" / "checkpoints").is_dir() and not (tmp_path / "r-s1").exists()
     assert json.loads((tmp_path / "r-s0" / "summary.json").read_text())["status"] == "interrupted"
+
+
+# packaged defaults (stationary: no step checkpoints, a time-based one every 120 s), a 12-step run of the tiny column
+DEFAULTS = ["run", "stationary", "--steps", "12", "--seed", "1", "--quiet",
+            *[a for s in TINY + ["protocol.evaluation.probe_samples=10", "protocol.evaluation.views=2"]
+              for a in ("--set", s)]]
+
+
+@pytest.mark.slow
+def test_a_kill_before_the_first_checkpoint_restarts_in_place_and_after_it_resumes(tmp_path):
+    """Issue 29: packaged defaults, SIGKILL inside step 7, before any checkpoint: `--resume` starts the run again
+    in place from step 0 with its resolved config (before: refused, and the folder could not be reused) and ends
+    with the uninterrupted run. The reference is `colsim run KILLED/config.yaml`, the run's resolved config run
+    again. With a time-based checkpoint at every step boundary (every_seconds tiny), a kill inside step 7 resumes
+    from step 6; a corrupt newest checkpoint is skipped, named, and the older one used."""
+    killed = tmp_path / "killed"
+    r = _colsim(*DEFAULTS, "--out", str(killed), mode="step", n=7)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert not list((killed / "checkpoints").glob("*.pt"))
+    ref = tmp_path / "ref"
+    r = _colsim("run", str(killed / "config.yaml"), "--quiet", "--out", str(ref))
+    assert r.returncode == 0, r.stderr
+    r = _colsim("run", "--resume", str(killed), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "starting again from step 0 of 12" in " ".join(r.stdout.split())
+    _assert_same_run(ref, killed, phase_file="phase00-all_digits.pt")
+
+    timed = tmp_path / "timed"
+    r = _colsim(*DEFAULTS, "--set", "protocol.checkpoint.every_seconds=1e-6", "--out", str(timed), mode="step", n=7)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    names = sorted(p.name for p in (timed / "checkpoints").glob("step*.pt"))
+    assert names == ["step00000005.pt", "step00000006.pt"], names  # one per step boundary, the last 2 kept
+    (timed / "checkpoints" / "step00000006.pt").write_bytes(b"PK\x03\x04 truncated")
+    r = _colsim("run", "--resume", str(timed), "--quiet")
+    assert r.returncode == 0, r.stderr
+    out = " ".join((r.stdout + r.stderr).split())
+    assert "skipped checkpoints/step00000006.pt" in out and "from step 5 of 12 (step00000005.pt)" in out
+    ref2 = tmp_path / "ref2"
+    assert _colsim("run", str(timed / "config.yaml"), "--quiet", "--out", str(ref2)).returncode == 0
+    _assert_same_run(ref2, timed, phase_file="phase00-all_digits.pt")
+
+
+def test_read_only_run_folder_exits_2_one_line(tmp_path, monkeypatch):
+    """Issue 29: `--resume` and `analyze` on a run folder this process may not write exit 2 with one line naming
+    the path (before: a 98-line PermissionError traceback). Runs as root ignore chmod, so os.access is patched."""
+    import os as _os
+
+    from typer.testing import CliRunner
+
+    from colsim.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(app, [*DEFAULTS[:3], "4", *DEFAULTS[4:], "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    real = _os.access
+    monkeypatch.setattr(_os, "access", lambda p, mode, **kw: False if mode == _os.W_OK and str(run) in str(p)
+                        else real(p, mode, **kw))
+    for args in (["run", "--resume", str(run)], ["analyze", str(run)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert "not writable (permission denied)" in res.output and str(run) in res.output, res.output
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_permission_error_mid_run_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    """A store made read-only in mid-run: exit 1 naming the permission, not the disk-full message."""
+    import errno as _errno
+
+    from typer.testing import CliRunner
+
+    import colsim.record as R
+    from colsim.cli import app
+
+    flush = R.ZarrRecorder.flush
+    calls = {"n": 0}
+
+    def denied(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise PermissionError(_errno.EACCES, "Permission denied", str(self.path / "metrics"))
+        return flush(self)
+
+    monkeypatch.setattr(R.ZarrRecorder, "flush", denied)
+    res = CliRunner().invoke(app, [*DEFAULTS, "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1, res.output
+    out = " ".join(res.output.split())
+    assert "permission denied writing" in out and "disk is full" not in out and "once there is room" not in out

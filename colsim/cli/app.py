@@ -76,6 +76,15 @@ def _out_dir(out: Optional[Path], cfg: RunConfig, suffix: str = "") -> Path:
     return out
 
 
+def check_writable(folder: Path, what: str, inside=()) -> None:
+    """ConfigError naming the first of ``folder`` and the existing paths ``inside`` that this process may not
+    write (a read-only copy of a run, a store shared read-only)."""
+    for p in (folder, *inside):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise ConfigError(f"{what} {folder}: {p} is not writable (permission denied); make it writable "
+                              f"(chmod -R u+w {folder}) or work on a copy")
+
+
 def _lock(run_dir: Path, what: str):
     """Hold ``run_dir/.lock`` for this process's run (:class:`colsim.lock.FolderLock`); ConfigError when another
     process holds it. Closing it releases the lock; so does the process's death."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import shutil
 import signal
 from pathlib import Path
 from typing import List, Optional
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from colsim import registry
 from colsim.config import ConfigError, parse_seeds
-from colsim.cli.app import _fail, _lock, _out_dir, _resolve, app, console, err_console
+from colsim.cli.app import _fail, _lock, _out_dir, _resolve, app, check_writable, console, err_console
 from colsim.cli.summary import print_summary
 
 
@@ -126,8 +127,14 @@ def _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt):
     try:
         result = _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt)
     except OSError as exc:  # a full disk, a vanished folder: the store stays readable up to its last flush
+        where = exc.filename or out_dir
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # not a full disk: a permission changed
+            _fail(f"run stopped: permission denied writing {where} ({exc.strerror}); everything up to the last flush "
+                  f"is readable in {out_dir}; make the folder writable again, then `colsim run --resume {out_dir}` "
+                  "continues from the last checkpoint", code=1)
+            return
         what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        _fail(f"run stopped: {what} while writing {exc.filename or out_dir}; everything up to the last flush is "
+        _fail(f"run stopped: {what} while writing {where}; everything up to the last flush is "
               f"readable in {out_dir}, and `colsim run --resume {out_dir}` continues from the last checkpoint once "
               "there is room", code=1)
         return
@@ -146,15 +153,17 @@ def _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt):
 
 
 def _resume_in_place(run_dir: Path, quiet: bool) -> None:
-    """``colsim run --resume RUN_DIR``: the run's config.yaml, its latest checkpoint, its store cut back
-    to that checkpoint (no duplicate, no missing row), then the same step schedule from there."""
+    """``colsim run --resume RUN_DIR``: the run's config.yaml, its newest readable checkpoint (a corrupt newer one
+    is skipped, and the message says which and why), its store cut back to that checkpoint (no duplicate, no
+    missing row), then the same step schedule from there. With no readable checkpoint (a run killed before its
+    first one) the run starts again in place from step 0 with its resolved config."""
     import zarr
 
-    from colsim.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from colsim.checkpoint import CheckpointError, checkpoints_newest_first, load_checkpoint
     from colsim.config import build_run_config, load_yaml_text
     from colsim.device import check_device
     from colsim.record import ZarrRecorder
-    from colsim.rundir import build_for_run
+    from colsim.rundir import build_for_run, git_revision, new_run
 
     what = "--resume"
     try:
@@ -163,6 +172,7 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
         _fail(str(exc))
         return
     try:
+        skipped: list[str] = []
         try:
             try:
                 config_yaml = (run_dir / "config.yaml").read_text()
@@ -170,43 +180,59 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
                 raise ConfigError(f"{what} {run_dir}: no config.yaml; not a colsim run folder") from None
             registry.load_plugins()
             cfg = build_run_config(load_yaml_text(config_yaml, str(run_dir / "config.yaml")))
-            path = latest_checkpoint(run_dir / "checkpoints", cfg.protocol.phase_end_steps)
-            if path is None:
-                raise ConfigError(f"{what} {run_dir}: no checkpoint in checkpoints/ (runs are checkpointed at phase "
-                                  "ends and every protocol.checkpoint.every steps); start it again instead")
-            try:
-                ckpt = load_checkpoint(path)
-            except CheckpointError as exc:
-                raise ConfigError(f"{what} {run_dir}: {exc}") from None
-            if "recorder" not in ckpt:
+            check_writable(run_dir, what, (run_dir / "store.zarr", run_dir / "checkpoints"))
+            ckpt = path = None
+            for cand in checkpoints_newest_first(run_dir / "checkpoints", cfg.protocol.phase_end_steps):
+                try:
+                    ckpt, path = load_checkpoint(cand), cand
+                    break
+                except CheckpointError as exc:
+                    skipped.append(f"{cand.name} ({str(exc).split(': ', 1)[-1]})")
+            store = run_dir / "store.zarr"
+            status = None
+            if ckpt is not None or store.exists():
+                try:
+                    status = zarr.open_group(str(store), mode="r").attrs.get("status")
+                except Exception as exc:  # noqa: BLE001 — a missing or corrupt store is bad input
+                    raise ConfigError(f"{what} {run_dir}: store.zarr cannot be opened ({type(exc).__name__})") from None
+            if ckpt is not None and "recorder" not in ckpt:
                 raise ConfigError(f"{what} {run_dir}: {path.name} predates in-place resume (no recorder position); "
                                   f"use --resume {path} --out NEW_DIR")
-            try:
-                status = zarr.open_group(str(run_dir / "store.zarr"), mode="r").attrs.get("status")
-            except Exception as exc:  # noqa: BLE001 — a missing or corrupt store is bad input
-                raise ConfigError(f"{what} {run_dir}: store.zarr cannot be opened ({type(exc).__name__})") from None
-            if status == "completed" or int(ckpt["phase"]) >= len(cfg.protocol.phases):
+            if status == "completed" or (ckpt is not None and int(ckpt["phase"]) >= len(cfg.protocol.phases)):
                 raise ConfigError(f"{what} {run_dir}: the run is {status or 'complete'}; nothing to resume")
             check_device(cfg.device, f"{what} {run_dir}: the run is on {cfg.device}",
                          fix="resume it on a machine with CUDA")
             built = build_for_run(cfg)
-            try:
-                built[1].load_state_dict(ckpt["model"])  # the column
-            except RuntimeError as exc:
-                raise ConfigError(f"{what} {run_dir}: {path.name} does not fit the run's model "
-                                  f"({str(exc).splitlines()[0]})") from None
-            try:
-                recorder = ZarrRecorder.reopen(run_dir / "store.zarr", ckpt["recorder"],
-                                               flush_every=cfg.protocol.record.flush_every, resumed_from=path.name,
-                                               resumed=_dt.datetime.now().isoformat(timespec="seconds"))
-            except (ValueError, KeyError) as exc:
-                raise ConfigError(f"{what} {run_dir}: store.zarr does not match {path.name} ({exc})") from None
+            if ckpt is not None:
+                try:
+                    built[1].load_state_dict(ckpt["model"])  # the column
+                except RuntimeError as exc:
+                    raise ConfigError(f"{what} {run_dir}: {path.name} does not fit the run's model "
+                                      f"({str(exc).splitlines()[0]})") from None
+                try:
+                    recorder = ZarrRecorder.reopen(store, ckpt["recorder"], flush_every=cfg.protocol.record.flush_every,
+                                                   flush_seconds=cfg.protocol.record.flush_seconds,
+                                                   resumed_from=path.name,
+                                                   resumed=_dt.datetime.now().isoformat(timespec="seconds"))
+                except (ValueError, KeyError) as exc:
+                    raise ConfigError(f"{what} {run_dir}: store.zarr does not match {path.name} ({exc})") from None
         except ConfigError as exc:
             _fail(str(exc))
             return
-        console.print(f"[bold]colsim run --resume[/] {run_dir}: {cfg.protocol.name} · rule "
-                      f"[cyan]{cfg.rule.name}[/] · "
-                      f"from step {int(ckpt['step'])} of {cfg.protocol.total_steps} ({path.name})")
+        for s in skipped:
+            err_console.print(f"[yellow]skipped[/] checkpoints/{s}", highlight=False, soft_wrap=True)
+        if ckpt is None:  # killed before its first checkpoint: the same run again, in place, from step 0
+            shutil.rmtree(store, ignore_errors=True)
+            (run_dir / "checkpoints").mkdir(exist_ok=True)
+            config_yaml, recorder = new_run(run_dir, cfg, git_revision=git_revision(),
+                                            restarted=_dt.datetime.now().isoformat(timespec="seconds"))
+            console.print(f"[bold]colsim run --resume[/] {run_dir}: {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/]"
+                          f" · no {'readable ' if skipped else ''}checkpoint: starting again from step 0 of "
+                          f"{cfg.protocol.total_steps}")
+        else:
+            console.print(f"[bold]colsim run --resume[/] {run_dir}: {cfg.protocol.name} · rule "
+                          f"[cyan]{cfg.rule.name}[/] · "
+                          f"from step {int(ckpt['step'])} of {cfg.protocol.total_steps} ({path.name})")
         (run_dir / "summary.json").unlink(missing_ok=True)
         _finish(cfg, built, recorder, run_dir, config_yaml, quiet, ckpt)
     finally:

@@ -6,6 +6,7 @@ uninterrupted run bit for bit on CPU (``tests/test_fault_tolerance.py``).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,11 +22,23 @@ __all__ = ["Checkpointer", "resume_position", "phase_states"]
 class Checkpointer:
     """Writes the loop's state to ``ckpt_dir`` (nothing when it is None) and remembers the last file."""
 
-    def __init__(self, ckpt_dir, *, column, optimizer, recorder, evaluator, config_yaml: str = "", keep: int = 2):
+    def __init__(self, ckpt_dir, *, column, optimizer, recorder, evaluator, config_yaml: str = "", keep: int = 2,
+                 every: Optional[int] = None, every_seconds: Optional[float] = None):
         self.dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.column, self.optimizer, self.recorder, self.evaluator = column, optimizer, recorder, evaluator
         self.config_yaml, self.keep = config_yaml, keep
+        self.every, self.every_seconds = every, every_seconds
         self.last: Optional[str] = None
+        self._since = time.monotonic()  # wall time of the last checkpoint (or of the run's start)
+
+    def due(self, step: int) -> bool:
+        """A step checkpoint is due after ``step`` steps: every ``every`` steps, or ``every_seconds`` of wall time
+        after the last checkpoint (a checkpoint changes no number of the run, so where a timed one lands does not
+        matter for the results)."""
+        if self.dir is None:
+            return False
+        return bool(self.every and step % self.every == 0) or (
+            self.every_seconds is not None and time.monotonic() - self._since >= self.every_seconds)
 
     def save(self, path, *, step: int, phase: int, t: int, rstate, sstate, cstate) -> None:
         """Flush the metrics, then write everything the schedule reads from here on (atomically): the run
@@ -39,6 +52,7 @@ class Checkpointer:
                         frozen_readouts=self.evaluator.frozen_tensors(), evals=self.evaluator.evals,
                         recorder=self.recorder.position())
         self.last = str(path)
+        self._since = time.monotonic()
 
     def at_step(self, *, step: int, phase: int, t: int, rstate, sstate, cstate) -> None:
         """A within-phase checkpoint (``stepNNNNNNNN.pt``); only the last ``keep`` are kept."""
