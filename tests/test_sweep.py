@@ -325,3 +325,38 @@ def test_sweep_from_the_clone_root_with_a_non_editable_install(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert "runs: completed 1" in run.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_records_its_runs_interrupted(tmp_path):
+    """Issue 29: one SIGTERM to `colsim sweep` stops it (exit 143); the runs that were in flight read
+    `interrupted` in sweep_run.json (before: `running` for ever), and the message says the same command re-runs
+    them."""
+    import signal as _signal
+
+    p = _write(tmp_path, {"name": "long", "base": {**_base(), "steps": 3000}, "grid": {"seed": [0, 1]},
+                          "cluster": {"workers": 2, "dashboard_address": ":0"}})
+    out = tmp_path / "sw"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "colsim"), "sweep", str(p), "--out", str(out),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            metas = [_meta(d) for d in (out / "runs").glob("*") if (d / "sweep_run.json").exists()] \
+                if (out / "runs").exists() else []
+            if len(metas) == 2 and all(m["status"] == "running" for m in metas):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep's runs never started")
+        time.sleep(2)
+        proc.send_signal(_signal.SIGTERM)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, log[-2000:]
+    assert "sweep interrupted" in log and "2 stopped in flight" in " ".join(log.split()), log[-2000:]
+    for d in (out / "runs").glob("*"):
+        m = _meta(d)
+        assert m["status"] == "interrupted" and "signal" in m["error"], m

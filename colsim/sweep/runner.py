@@ -6,9 +6,12 @@ rich progress bar over the runs, record what each task returned or why it died.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
+import signal
+import threading
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -150,11 +153,49 @@ def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = Non
         (out / "runs").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create the sweep folder ({exc.strerror or exc})") from None
-    with SweepLock(out):
+    with SweepLock(out), _sigterm_as_interrupt() as got:
         try:
             return _run_locked(sw, src, cc, runs, out.resolve(), scheduler, quiet, console, git_revision)
         except KeyboardInterrupt:
-            return 130
+            return 128 + got.get("signum", signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the sweep as Ctrl-C does (KeyboardInterrupt in the main thread); yields a dict that holds the
+    signal number once one arrived, for the exit code (130 / 143)."""
+    got: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum, frame):
+        got["signum"] = int(signum)
+        raise KeyboardInterrupt
+
+    prev = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+def _mark_interrupted(out: Path, todo: list[SweepRun], finished: dict) -> list[str]:
+    """After a signal stopped the sweep (its cluster closed): each run still ``running`` in its sweep_run.json is
+    recorded ``interrupted``; the same command runs them again. Returns their names."""
+    from colsim.sweep.task import write_status
+
+    names = []
+    for r in todo:
+        if r.name in finished:
+            continue
+        meta = read_status(out / "runs" / r.name)
+        if meta.get("status") == "running":
+            meta.update(status="interrupted", error="stopped by a signal to colsim sweep",
+                        finished=_dt.datetime.now().isoformat(timespec="seconds"))
+            write_status(out / "runs" / r.name, meta)
+            names.append(r.name)
+    return names
 
 
 def _run_locked(sw: SweepConfig, src: Path, cc: ClusterConfig, runs: list[SweepRun], out: Path, scheduler, quiet,
@@ -214,13 +255,20 @@ def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -
                 ok, bad = (ok + 1, bad) if meta.get("status") == "completed" else (ok, bad + 1)
                 prog.update(task, advance=1, ok=ok, bad=bad)
     except KeyboardInterrupt:
-        console.print("[yellow]sweep interrupted[/]: runs not finished are run again by the same command")
+        interrupted = True
         client.cancel(list(futures))
-        raise
+    else:
+        interrupted = False
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    if interrupted:
+        stopped = _mark_interrupted(out, todo, statuses)
+        console.print(f"[yellow]sweep interrupted[/]: {len(statuses)} of {len(todo)} runs finished; "
+                      f"{len(stopped)} stopped in flight (sweep_run.json: interrupted); the same command runs every "
+                      "unfinished run again", highlight=False, soft_wrap=True)
+        raise KeyboardInterrupt
     return statuses
 
 
