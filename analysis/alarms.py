@@ -100,6 +100,11 @@ def rising_component(step, component, total, name: str = "", rel_rise: float = 0
     Series longer than 4000 points are bin-averaged first (the onset step is then the start
     of its bin).
     """
+    component = np.asarray(component, dtype=np.float64).copy()
+    # a term that reads exactly 0 from the first tick on has no baseline yet (LPL's and layerwise's predictive
+    # terms need a previous view; a warm-up holds a term at 0): its rise from there is no health signal
+    lead = int(np.argmax(component != 0)) if (component != 0).any() else len(component)
+    component[:lead] = np.nan
     step, component, total = _binned(step, component, total)
     c = _smooth(component, _window(len(step), smooth))
     t = _smooth(total, _window(len(step), smooth))

@@ -97,6 +97,8 @@ class RecordConfig(Strict):
     # also flush once this much wall time has passed since the last flush: a hard kill loses seconds of rows
     flush_seconds: Optional[float] = Field(10.0, gt=0)
     probe: bool = True  # write probe activity (z, z_agg, actions, labels) at each evaluation
+    # with one stream (batch 1) the collapse diagnostics use the rows of the last this-many ticks
+    collapse_window: int = Field(32, ge=1)
     enabled: bool = True
 
 

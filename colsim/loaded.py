@@ -136,7 +136,11 @@ def _circuit_names(raw: dict) -> Optional[list]:
         if isinstance(where, dict) and where.get("circuit"):
             c = where["circuit"]
             cols = c.get("columns") if isinstance(c, dict) else None
-            return list(cols) if isinstance(cols, (dict, list)) else ["?"]
+            if isinstance(cols, dict):
+                return [str(k) for k in cols]
+            if isinstance(cols, list):  # each column's name only, not its whole config
+                return [str(c.get("name", i)) if isinstance(c, dict) else str(c) for i, c in enumerate(cols)]
+            return ["?"]
     return None
 
 

@@ -69,7 +69,7 @@ from colsim.device import autocast_context
 from colsim.record import Recorder
 from colsim.rule import Rule
 from colsim.sim.checkpointer import Checkpointer, phase_states, resume_position
-from colsim.sim.diagnostics import circuit_metrics, collapse_diagnostics
+from colsim.sim.diagnostics import CollapseMonitor, circuit_metrics, collapse_diagnostics
 from colsim.sim.evaluator import EVAL_SCALAR_KEYS, EVAL_SET_KEYS, Evaluator  # noqa: F401 (re-exported)
 from colsim.sim.guard import grad_norm  # noqa: F401 (re-exported)
 from colsim.sim.host import HostGuards, keep_freed_memory
@@ -159,7 +159,11 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
     amp = autocast_context(device, autocast)  # a null context without autocast: float32 as ever
     circ = column if isinstance(column, Circuit) else None  # several columns (issue 14)
     evaluate = Evaluator(column, protocol, world, recorder, seed=seed, device=device, amp=amp, resume=resume)
+    monitor = CollapseMonitor(protocol.record.collapse_window)  # B = 1: diagnostics over recent ticks
+    if resume is not None:
+        monitor.load_state_dict(resume.get("collapse_window"), device)
     ckpt = Checkpointer(ckpt_dir, column=column, optimizer=optimizer, recorder=recorder, evaluator=evaluate,
+                        monitor=monitor,
                         config_yaml=config_yaml, keep=protocol.checkpoint.keep, every=protocol.checkpoint.every,
                         every_seconds=protocol.checkpoint.every_seconds)
     prog = Progress(protocol.total_steps, on_step, profile)
@@ -210,7 +214,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     mask_missing_losses(metrics, out.trace)
                     # 7. record
                     if rec.enabled and s.step % rec.metrics_every == 0:
-                        _record(recorder, s.step, metrics, out.trace, column, circ, prog, ts)
+                        _record(recorder, s.step, metrics, out.trace, column, circ, prog, ts, monitor)
                     elif not rec.enabled:
                         prog.tick_rate(ts)
                     prog.lap("record")
@@ -255,11 +259,12 @@ def _timed(prog: Progress, part: str, fn, *args, **kw) -> None:
     prog.lap(part)
 
 
-def _record(recorder, step: int, metrics: dict, trace: dict, column, circ, prog: Progress, ts: float) -> None:
+def _record(recorder, step: int, metrics: dict, trace: dict, column, circ, prog: Progress, ts: float,
+            monitor: CollapseMonitor) -> None:
     """Step 7: the tick's metric row with its collapse diagnostics and the step rate, to the recorder."""
     if circ is None:
-        metrics.update(collapse_diagnostics(trace["z"], "z"))
-        metrics.update(collapse_diagnostics(trace["z_agg"], "zagg", trace.get("valid")))
+        metrics.update(monitor(trace["z"], "z"))
+        metrics.update(monitor(trace["z_agg"], "zagg", trace.get("valid")))
     metrics.update(column.diagnostics())
     metrics["steps_per_s"] = prog.tick_rate(ts)
     recorder.record(step, metrics if circ is None else circuit_metrics(circ, trace, metrics))

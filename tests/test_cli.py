@@ -223,7 +223,9 @@ def test_list_and_validate():
     res = runner.invoke(app, ["list", "worlds"])
     assert "affine_digits" in res.output
     res = runner.invoke(app, ["validate", "nonstationary", "--rule", "lpl"])
-    assert res.exit_code == 0 and "layer-local" in res.output
+    assert res.exit_code == 0 and "layer-local" in res.output and "5 phases" in res.output
+    res = runner.invoke(app, ["validate", "stationary"])
+    assert res.exit_code == 0 and "stationary: 1 phase," in res.output  # issue 29: was "1 phases"
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):

@@ -186,6 +186,11 @@ def test_errors_name_the_path_and_the_fix(run_dir, tmp_path):
     cfg["protocol"]["circuit"] = {"columns": {"a": {}, "b": {}}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     fails(d, r"is a circuit run \(columns \['a', 'b'\]\); load_column loads single-column runs only")
+    # the packaged layout (a list of column configs): the message names the columns, not their whole configs
+    cfg["protocol"]["circuit"] = {"columns": [{"name": "c0", "sensor": {"patch": {"top": 0, "left": 0, "size": 20}}},
+                                              {"name": "c1", "sensor": {"patch": {"top": 0, "left": 12, "size": 20}}}]}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    fails(d, r"is a circuit run \(columns \['c0', 'c1'\]\); load_column")
 
     shutil.rmtree(d)
     d = _copy(run_dir, tmp_path)

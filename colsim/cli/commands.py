@@ -31,7 +31,8 @@ def validate(
         _fail(str(exc))
         return
     n = sum(p.numel() for p in column.trainable().values())
-    console.print(f"[green]ok[/] {cfg.protocol.name}: {len(cfg.protocol.phases)} phases, {cfg.protocol.total_steps} "
+    P = len(cfg.protocol.phases)
+    console.print(f"[green]ok[/] {cfg.protocol.name}: {P} phase{'s' if P != 1 else ''}, {cfg.protocol.total_steps} "
                   f"steps · rule {cfg.rule.name}{' (layer-local)' if local else ''} · model {cfg.protocol.model} "
                   f"({n / 1e6:.2f} M trainable parameters)"
                   + (f" · circuit of {len(c.columns)} columns ({'shared' if c.shared else 'per-column'} weights, "

@@ -23,11 +23,12 @@ class Checkpointer:
     """Writes the loop's state to ``ckpt_dir`` (nothing when it is None) and remembers the last file."""
 
     def __init__(self, ckpt_dir, *, column, optimizer, recorder, evaluator, config_yaml: str = "", keep: int = 2,
-                 every: Optional[int] = None, every_seconds: Optional[float] = None):
+                 every: Optional[int] = None, every_seconds: Optional[float] = None, monitor=None):
         self.dir = Path(ckpt_dir) if ckpt_dir is not None else None
         self.column, self.optimizer, self.recorder, self.evaluator = column, optimizer, recorder, evaluator
         self.config_yaml, self.keep = config_yaml, keep
         self.every, self.every_seconds = every, every_seconds
+        self.monitor = monitor  # the collapse diagnostics' window of recent ticks (B = 1)
         self.last: Optional[str] = None
         self._since = time.monotonic()  # wall time of the last checkpoint (or of the run's start)
 
@@ -50,7 +51,8 @@ class Checkpointer:
                         optimizer=self.optimizer.state_dict(), rule_state=rstate, torch_rng=torch.get_rng_state(),
                         rng=rng_states(), stream_state=sstate, column_state=cstate, config=self.config_yaml,
                         frozen_readouts=self.evaluator.frozen_tensors(), evals=self.evaluator.evals,
-                        recorder=self.recorder.position())
+                        recorder=self.recorder.position(),
+                        collapse_window=self.monitor.state_dict() if self.monitor is not None else {})
         self.last = str(path)
         self._since = time.monotonic()
 

@@ -8,7 +8,7 @@ import torch
 
 from colsim.column import Circuit
 
-__all__ = ["collapse_diagnostics", "circuit_metrics"]
+__all__ = ["collapse_diagnostics", "circuit_metrics", "CollapseMonitor"]
 
 
 def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Tensor] = None) -> dict[str, float]:
@@ -39,6 +39,36 @@ def collapse_diagnostics(z: torch.Tensor, prefix: str, valid: Optional[torch.Ten
     mean_cos = float((cos.sum() - cos.diagonal().sum()) / (B * B - B))
     vals = [float(std.min()), float(std.mean()), participation_ratio(s_c ** 2 / (B - 1)), rankme(s_u), mean_cos]
     return dict(zip(keys, vals))
+
+
+class CollapseMonitor:
+    """The collapse diagnostics of each tick. With B >= 2 rows they are the tick's (:func:`collapse_diagnostics`);
+    with one stream (B = 1, the ``online`` protocol) one row cannot show a collapse, so they are computed over the
+    rows of the last ``window`` ticks (NaN until the window has filled). The window is part of a checkpoint
+    (:meth:`state_dict`), so a resumed run records the same diagnostics as the uninterrupted one."""
+
+    def __init__(self, window: int = 32):
+        self.window = int(window)
+        self.rows: dict[str, list[torch.Tensor]] = {}
+
+    def __call__(self, z: torch.Tensor, prefix: str, valid: Optional[torch.Tensor] = None) -> dict[str, float]:
+        if z.shape[0] >= 2 or self.window < 2:
+            return collapse_diagnostics(z, prefix, valid)
+        z = z.detach().float()
+        if valid is not None:
+            z = z[valid.to(torch.bool)]
+        buf = self.rows.setdefault(prefix, [])
+        buf.extend(z)  # no row when the one stream has no representation yet (z_AGG before a context)
+        del buf[:-self.window]
+        if len(buf) < self.window:
+            return collapse_diagnostics(z[:0], prefix)  # every value NaN
+        return collapse_diagnostics(torch.stack(buf), prefix)
+
+    def state_dict(self) -> dict:
+        return {k: torch.stack(v).cpu() if v else torch.empty(0) for k, v in self.rows.items()}
+
+    def load_state_dict(self, state: Optional[dict], device) -> None:
+        self.rows = {k: list(v.to(device)) for k, v in (state or {}).items() if v.numel()}
 
 
 def circuit_metrics(circ: Circuit, trace, metrics: dict) -> dict:

@@ -96,3 +96,19 @@ def test_alarms_on_a_million_steps_are_fast():
     alarms = health_alarms(ds, "lpl")
     assert time.perf_counter() - t0 < 15
     assert [(a["kind"], a["step"]) for a in alarms] == [("grad_spike", 777_777)]
+
+
+def test_a_first_tick_without_baseline_raises_no_alarm():
+    """Issue 29: LPL's predictive term reads 0 at the first tick (no previous view); the running median's edge
+    padding made that 0 the minimum, and every LPL run got 'rose 0 -> x at step 0'. A term that really rises
+    while the total falls is still flagged."""
+    n = 400
+    step = np.arange(n)
+    total = np.linspace(2.0, 1.0, n)
+    comp = np.full(n, 0.5)
+    comp[0] = 0.0  # undefined at the first tick, recorded as 0
+    assert rising_component(step, comp, total, "loss_pred") is None
+    comp2 = comp.copy()
+    comp2[200:] = 0.9  # a real rise at step 200 while the total falls
+    a = rising_component(step, comp2, total, "loss_pred")
+    assert a is not None and 150 <= a["step"] <= 200, a
