@@ -23,7 +23,8 @@ try:  # typer metadata only; the functions work without typer
     _By = Annotated[Optional[list[str]], typer.Option("--by", help="group by run attribute: rule, model, protocol, "
                                                                     "seed, status (repeatable; default rule)")]
     _Out = Annotated[Optional[str], typer.Option("--out", help="folder for compare.csv / compare.html "
-                                                               "(default: current folder)")]
+                                                               "(default: SWEEP/compare for one sweep folder, "
+                                                               "else a new compare-<time> folder)")]
     _Output = Annotated[Optional[str], typer.Option("-o", "--output", help="HTML file to write (default: "
                                                                            "dashboard.html in the first run folder)")]
     _Metric = Annotated[Optional[list[str]], typer.Option("--metric", help="a summary metric to tabulate "
@@ -169,12 +170,19 @@ def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = Non
     unknown = [m for m in metric or [] if m not in KEY_METRICS]
     if unknown:
         _fail(f"--metric {unknown[0]!r}: unknown metric; choose from {', '.join(KEY_METRICS)}")
-    table, csv_path, html_path = compare_runs_to_files(paths, by, out or ".", metrics=list(metric) if metric else None)
+    if out is None:  # a named folder, never the last comparison's files replaced silently
+        import datetime as _dt
+        from pathlib import Path
+
+        out = str(Path(runs[0]) / "compare" if len(runs) == 1 and is_sweep(runs[0])
+                  else Path(f"compare-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"))
+    table, csv_path, html_path = compare_runs_to_files(paths, by, out, metrics=list(metric) if metric else None)
     console = _console()
-    console.print(table.to_rich(title=f"colsim compare by {', '.join(by)}"))
-    console.print(f"wrote {csv_path} and {html_path}", highlight=False)
+    for t in table.to_rich(title=f"colsim compare by {', '.join(by)}", width=console.width):
+        console.print(t)
+    console.print(f"wrote {csv_path.resolve()} and {html_path.resolve()}", highlight=False, soft_wrap=True)
     for base in vs or []:
-        _paired(paths, base, out or ".", console)
+        _paired(paths, base, out, console)
 
 
 def _paired(paths, base: str, out: str, console) -> None:
@@ -200,7 +208,7 @@ def _paired(paths, base: str, out: str, console) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path.resolve()}", highlight=False, soft_wrap=True)
 
 
 def dashboard(runs: _Runs, output: _Output = None, serve: _Serve = False, port: _Port = 5006) -> None:

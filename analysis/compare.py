@@ -141,18 +141,32 @@ class Table:
             Path(path).write_text(doc, encoding="utf-8")
         return doc
 
-    def to_rich(self, title: str = "colsim compare"):
-        """A rich table with one row per metric and one column per group (fits a terminal)."""
+    def to_rich(self, title: str = "colsim compare", width: int | None = None) -> list:
+        """Rich tables with one row per metric and one column per group. With ``width`` (the console's), the
+        groups are spread over as many tables as it takes for each to fit, so no cell is cut at 80 columns."""
         from rich.table import Table as RichTable
 
-        t = RichTable(title=title + " (mean ± 95 % CI over seeds)")
-        t.add_column("metric")
-        for r in self.rows:
-            t.add_column(" | ".join(str(r[k]) for k in self.group_keys) + f"\n({r['n_runs']} runs)", justify="right")
-        for m in self.metrics:
-            t.add_row(self.labels.get(m, m), *[self.cell(r, m) for r in self.rows])
-        t.add_row("status", *[r["statuses"] for r in self.rows])
-        return t
+        labels = [self.labels.get(m, m) for m in self.metrics] + ["status"]
+        cells = {i: [self.cell(r, m) for m in self.metrics] + [r["statuses"]] for i, r in enumerate(self.rows)}
+        heads = {i: " | ".join(str(r[k]) for k in self.group_keys) for i, r in enumerate(self.rows)}
+        per = len(self.rows) or 1
+        if width is not None:
+            label_w = max(len(x) for x in labels) + 4
+            col_w = max([len(c) for v in cells.values() for c in v] + [len(f"({r['n_runs']} runs)") for r in self.rows]
+                        + [1]) + 3
+            per = max(1, (width - label_w) // col_w)
+        out = []
+        for k in range(0, max(len(self.rows), 1), per):
+            idx = list(range(k, min(k + per, len(self.rows))))
+            part = f" ({k // per + 1}/{-(-len(self.rows) // per)})" if len(self.rows) > per else ""
+            t = RichTable(title=title + " (mean ± 95 % CI over seeds)" + part)
+            t.add_column("metric", no_wrap=True)
+            for i in idx:
+                t.add_column(heads[i] + f"\n({self.rows[i]['n_runs']} runs)", justify="right")
+            for j, lab in enumerate(labels):
+                t.add_row(lab, *[cells[i][j] for i in idx])
+            out.append(t)
+        return out
 
 
 def _summary(path, analyze_missing: bool) -> dict:

@@ -284,3 +284,17 @@ def test_analyze_and_dashboard_of_a_real_run(tiny_run, tmp_path):
     img = np.asarray(Image.open(png).convert("RGB"))
     assert (img < 240).any(-1).mean() > 0.05, "screenshot nearly blank"
     assert len(np.unique(img.reshape(-1, 3)[::7], axis=0)) > 50, "plots did not render"
+
+
+def test_list_descriptions_end_on_a_whole_word():
+    """Issue 29: `colsim list models` cut descriptions mid-word ("the action embe")."""
+    from colsim.cli.commands import first_sentence
+
+    assert first_sentence("seq-JEPA with CRATE blocks (Yu et al. 2023): integration A. More text.") == \
+        "seq-JEPA with CRATE blocks (Yu et al. 2023): integration A."
+    long = "word " * 60
+    short = first_sentence(long, limit=50)
+    assert short.endswith(" …") and len(short) <= 50 and all(w == "word" for w in short[:-2].split())
+    res = runner.invoke(app, ["list", "models"])
+    assert res.exit_code == 0 and "the action embe\n" not in res.output and "embedding, no regulariser." in \
+        " ".join(res.output.replace("│", " ").split())

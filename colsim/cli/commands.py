@@ -75,7 +75,18 @@ def _preset_comment(kind: str, name: str) -> str:
 
     text = (resources.files(registry.PACKAGES[kind]) / f"{name}.yaml").read_text()
     lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
-    return " ".join(lines)[:100]
+    return first_sentence(" ".join(lines))
+
+
+def first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of a preset's header comment; longer than ``limit``, shortened at a word boundary (never
+    mid-word: `colsim list models` printed "the action embe")."""
+    import re
+    import textwrap
+
+    m = re.search(r"(?<!\bal)(?<!e\.g)(?<!i\.e)[.!?](?=\s+[A-Z])", text)  # not "et al. 2023", "e.g. X"
+    first = text[:m.start() + 1] if m else text
+    return textwrap.shorten(first, limit, placeholder=" …")
 
 
 @app.command()

@@ -37,7 +37,7 @@ def test_plain_function_raises_systemexit_2(tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().out
 
 
-def test_analyze_compare_dashboard_through_typer(app, sweep_runs, tmp_path):
+def test_analyze_compare_dashboard_through_typer(app, sweep_runs, tmp_path, monkeypatch):
     runs = [str(p) for p in sweep_runs]
     one = tmp_path / "one"
     shutil.copytree(runs[2], one)  # re-analysing must not change the shared session runs
@@ -48,6 +48,13 @@ def test_analyze_compare_dashboard_through_typer(app, sweep_runs, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "cmp" / "compare.csv").exists() and (tmp_path / "cmp" / "compare.html").exists()
     assert "lpl+metaplastic" in r.output
+    assert "…" not in r.output  # 80 columns: the groups spread over several tables, no cell cut (issue 29)
+    assert f"wrote {(tmp_path / 'cmp' / 'compare.csv').resolve()}" in " ".join(r.output.split())
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["compare", *runs, "--by", "rule"])  # no --out: a new named folder, path printed
+    assert r.exit_code == 0, r.output
+    made = list(tmp_path.glob("compare-*/compare.csv"))
+    assert len(made) == 1 and made[0].parent.name in r.output
     r = CliRunner().invoke(app, ["compare", *runs, "--by", "colour"])
     assert r.exit_code == 2 and "colour" in r.output
     r = CliRunner().invoke(app, ["compare", *runs, "--by", "rule", "--vs", "backprop", "--out", str(tmp_path / "pv")])
