@@ -4,7 +4,7 @@
     python examples/load_column.py runs/stationary [--episodes 5]
 
 The column is loaded from the run's config.yaml and final checkpoint; its class read-out is fitted on
-the run's last stored probe embeddings (colsim/embed.py says exactly which). Here the run's own world
+the run's last stored probe embeddings (colsim/loaded.py says exactly which). Here the run's own world
 stands in for another simulator's sensor: it draws held-out episodes (observation, action) that are
 fed to ``step`` one view at a time. The script prints, per view, the top class hypothesis, and at the
 end how often the last view's top hypothesis is the episode's class.
