@@ -52,10 +52,11 @@ _STATE_PREFIXES = ("metaplastic.", "si.", "ewc.", "replay.", "consolidation.")
 _LAYER_RE = re.compile(r"\.l(\d+)\..*(nonzero|sparsity|active)|sparsity|^spiking\.l\d+\.(rate|silent|saturated)$")
 _BLOCK_RE = re.compile(r"coding_rate|membership_entropy|usage")
 H = 230  # frame height of every panel
-FW = 300  # frame width of every panel (legends sit outside, on the right)
+FW = 240  # frame width of every panel (legends sit outside, on the right)
 _LEGEND = {"label_text_font_size": "7pt", "glyph_height": 10, "label_height": 10, "spacing": 0}
 _MAX_POINTS = 1500
 _MAX_CURVES = 12
+PER_ROW = 3  # panels per row of the page (each is about 450 px wide with its legend)
 _CYCLIC = ["#%02x%02x%02x" % tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h / 64, 0.85, 0.9)) for h in range(64)]
 
 
@@ -68,6 +69,8 @@ def _hv():
     silence(FIXED_SIZING_MODE, True)  # frame_width panels (legend outside) are fixed-size on purpose
     for el in ("Curve", "Scatter", "Overlay", "HeatMap", "Bars", "Points", "Text"):
         hv.opts.defaults(getattr(hv.opts, el)(toolbar="above"))
+    # holoviews drops an overlay's legend past 25 glyphs (an LPL loss panel with its alarm marks): keep it
+    hv.opts.defaults(hv.opts.Overlay(legend_limit=500))
     return hv
 
 
@@ -171,7 +174,7 @@ def _empty(hv, title):
 def _loss_panel(hv, runs, title):
     from colsim.analysis.alarms import loss_components
 
-    els = []
+    els, alarms = [], []
     for k, r in enumerate(runs):
         if r.metrics is None:
             continue
@@ -184,11 +187,17 @@ def _loss_panel(hv, runs, title):
             els.append(hv.Curve((s[0], s[1]), "step", "value", label=lab).opts(
                 line_width=2 if name == "loss" else 1, line_dash="solid" if k == 0 else "dashed"))
         if r.analysis is not None and "alarm_step" in r.analysis:
-            for st, kind, var in zip(r.analysis["alarm_step"].values, r.analysis["alarm_kind"].values,
-                                     r.analysis["alarm_variable"].values):
-                els.append(hv.VLine(int(st)).opts(color="red", line_dash="dashed", line_width=1.5))
-                els.append(hv.Text(int(st), 0, f" {kind}: {var}", halign="left", valign="bottom", fontsize=8)
-                           .opts(color="red"))
+            marks = sorted({(int(st), str(kind), str(var)) for st, kind, var in zip(
+                r.analysis["alarm_step"].values, r.analysis["alarm_kind"].values, r.analysis["alarm_variable"].values)})
+            alarms.extend(marks)
+    if alarms:  # one dashed line per step; labels stacked from the top of the panel, so they never overprint
+        ys = [y for e in els for y in np.asarray(e.dimension_values(1), float) if np.isfinite(y)]
+        lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
+        for st in sorted({m[0] for m in alarms}):
+            els.append(hv.VLine(st).opts(color="red", line_dash="dashed", line_width=1.5))
+        for k, (st, kind, var) in enumerate(alarms[:8]):
+            els.append(hv.Text(st, hi - (k + 0.5) * (hi - lo) / 9, f" {kind}: {var}", halign="left",
+                               valign="center", fontsize=8).opts(color="red"))
     if not els:
         return _empty(hv, title)
     return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, legend_position="right",
@@ -214,8 +223,9 @@ def _rank_panel(hv, runs, title):
                                    .opts(size=7, marker="diamond"))
     if not els:
         return _empty(hv, title)
+    # log scale: RankMe (up to the dimension) and the participation ratios (a few units) both stay readable
     return hv.Overlay(els).opts(title=title, frame_width=FW, frame_height=H, legend_position="right",
-                                legend_opts=_LEGEND)
+                                legend_opts=_LEGEND, logy=True)
 
 
 def _mean_over_runs(runs, var):
@@ -455,7 +465,9 @@ def dashboard(paths, out_file=None, serve: bool = False, port: int = 0, title: s
 
     out = Path(out_file) if out_file else _default_out(paths[0])
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = column(Div(text=header), *[row(*[hv.render(p, backend="bokeh") for p in r]) for r in rows])
+    # at most PER_ROW panels side by side (a 1400-px window): more rules wrap onto further rows, never widen the page
+    model = column(Div(text=header), *[row(*[hv.render(p, backend="bokeh") for p in r[k:k + PER_ROW]])
+                                       for r in rows for k in range(0, len(r), PER_ROW)])
     out.write_text(file_html(model, INLINE, title), encoding="utf-8")
     return out
 

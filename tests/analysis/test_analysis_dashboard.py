@@ -81,3 +81,53 @@ def test_dashboard_renders_runs_of_different_protocols_and_probe_sets(tmp_path):
         analyze_run(r)
     out = dashboard([b, a], tmp_path / "mixed.html")  # the run with fewer evaluations first
     assert out.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def five_rules(tmp_path_factory):
+    from colsim.analysis._synthetic import write_synthetic_run
+    from colsim.analysis.analyze import analyze_run
+
+    root = tmp_path_factory.mktemp("five")
+    paths = []
+    for i, rule in enumerate(["backprop", "lpl", "lpl+replay", "layerwise", "frozen"]):
+        p = write_synthetic_run(root / rule, rule=rule, rising_component=i in (1, 2), grad_spike_at=200,
+                                n_samples=32)
+        analyze_run(p, mlp="none")
+        paths.append(p)
+    return paths
+
+
+def test_loss_panel_keeps_its_legend_and_stacks_alarm_labels(five_rules):
+    """Issue 29: past 25 glyphs holoviews dropped the LPL loss panel's legend, and alarm labels overprinted at
+    y = 0; the rank panel is log-scaled so RankMe does not squash the participation ratios."""
+    import holoviews as hv
+
+    from colsim.analysis.dashboard import build_layout
+
+    rows, _, by_rule = build_layout([five_rules[1]] * 6)  # one LPL run six times: 30 curves and alarm marks
+    loss = rows[0][0]
+    fig = hv.render(loss, backend="bokeh")
+    assert len(fig.renderers) > 25 and fig.legend and len(fig.legend[0].items) > 0
+    texts = [e for e in loss if isinstance(e, hv.Text)]
+    assert texts and len({round(t.y, 9) for t in texts}) == len(texts)  # each label on its own height
+    rank = hv.render(rows[1][0], backend="bokeh")
+    assert type(rank.y_scale).__name__ == "LogScale"
+
+
+def test_many_rules_wrap_onto_rows_within_1400_px(five_rules, tmp_path):
+    """Five rules: three panels per row at most; a 2200-px-wide headless Chromium shows nothing right of 1385 px
+    (the page fits a 1400-px window with its scrollbar)."""
+    exe = _chromium()
+    page = dashboard(five_rules, tmp_path / "five.html")
+    png = tmp_path / "five.png"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=2200,3000",
+           "--virtual-time-budget=8000", page.resolve().as_uri()]
+    subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert png.exists()
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("RGB"))[:, :-20]  # the vertical scrollbar
+    cols = np.nonzero((img[450:] < 240).any(-1).any(0))[0]
+    assert 900 < cols.max() <= 1385, cols.max()
