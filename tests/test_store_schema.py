@@ -14,9 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_writers_spell_no_dimension_name():
     """No tuple or list literal in colsim/ (the torch side that writes the store) holds a core dimension name:
-    every (dims, array) pair is built from colsim.analysis.schema."""
+    every (dims, array) pair is built from colsim.analysis.schema. colsim/cli prints tables (a "step" column
+    heading) and never writes the store, so it is not scanned."""
     found = []
     for f in sorted((ROOT / "colsim").rglob("*.py")):
+        if f.relative_to(ROOT / "colsim").parts[0] == "cli":
+            continue
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
             if isinstance(node, (ast.Tuple, ast.List)):
                 hits = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in S.CORE_DIMS]

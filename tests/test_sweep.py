@@ -66,6 +66,20 @@ def test_packaged_forgetting_sweeps_plan_ten_seeds_and_the_scans(name):
         assert all(r.config["protocol"]["evaluation"]["pool"] == "validation" for r in runs)  # never the probe sets
 
 
+def test_protocols_learn_sweep_covers_every_other_packaged_protocol():
+    """Issue 27's re-check: every packaged protocol not measured by the forgetting sweeps or the trained-vs-
+    untrained test, at its packaged length with its own rule, three seeds."""
+    from colsim import presets
+
+    sw, _ = load_sweep("protocols_learn")
+    runs = plan_runs(sw)
+    protos = {r.identity["protocol"] for r in runs}
+    assert protos == set(presets.preset_names("protocols")) - {"stationary", "nonstationary", "action_shift"}
+    assert len(runs) == 3 * len(protos) and {r.point["seed"] for r in runs} == {0, 1, 2}
+    online = next(r for r in runs if r.identity["protocol"] == "online")
+    assert online.config["protocol"]["phases"][0]["steps"] == 4000  # the packaged length, not shortened
+
+
 def test_plan_grid_times_zip_over_set_paths(tmp_path):
     p = _write(tmp_path, {"name": "g", "base": _base(rule="lpl"),
                           "grid": {"seed": "0-1", "rule.optimizer.lr": [1e-3, 3e-3]},

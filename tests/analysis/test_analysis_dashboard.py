@@ -75,12 +75,22 @@ def test_dashboard_renders_runs_of_different_protocols_and_probe_sets(tmp_path):
     from colsim.analysis._synthetic import write_synthetic_run
     from colsim.analysis.analyze import analyze_run
 
-    a = write_synthetic_run(tmp_path / "a", protocol="nonstationary", n_phases=3, steps_per_phase=100, n_samples=64)
-    b = write_synthetic_run(tmp_path / "b", protocol="action_shift", n_phases=2, steps_per_phase=150, n_samples=64)
-    for r in (a, b):
-        analyze_run(r)
+    from colsim.analysis._synthetic_circuit import write_synthetic_circuit_run
+
+    a = write_synthetic_run(tmp_path / "a", rule="backprop", protocol="nonstationary", n_phases=3,
+                            steps_per_phase=100, n_samples=64)
+    b = write_synthetic_run(tmp_path / "b", rule="backprop", protocol="action_shift", n_phases=2, steps_per_phase=150,
+                            n_samples=64)
+    c = write_synthetic_circuit_run(tmp_path / "c", n_columns=2, n_samples=60, n_evals=3, with_actions=False)
+    d = write_synthetic_run(tmp_path / "d", rule="lpl", protocol="nonstationary", n_phases=3, steps_per_phase=100,
+                            n_samples=64)
+    for r in (a, b, c, d):
+        analyze_run(r, mlp="none")
     out = dashboard([b, a], tmp_path / "mixed.html")  # the run with fewer evaluations first
     assert out.stat().st_size > 10_000
+    # a circuit beside single columns of the same rule, and another rule: one page
+    text = dashboard([b, c, a, d], tmp_path / "all.html").read_text(encoding="utf-8")
+    assert "Loss components - backprop" in text and "Loss components - lpl" in text
 
 
 @pytest.fixture(scope="module")
