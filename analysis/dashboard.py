@@ -296,12 +296,32 @@ def _last_trained(r, var):
     return a[var].isel(eval=-1, probe_set=sets).mean("probe_set", skipna=True)
 
 
+def _aligned(vals, dims: tuple[str, str]):
+    """The runs' arrays over ``dims`` stacked along a new first axis, aligned by coordinate (outer join, NaN where a
+    run lacks an entry): runs of different worlds, or a circuit beside single columns, have other action
+    dimensions or factors. Runs whose array is missing or empty drop out; None when none is left."""
+    import xarray as xr
+
+    out = []
+    for v in vals:
+        if v is None or any(v.sizes.get(d, 0) == 0 for d in dims):
+            continue
+        v = v.transpose(*dims)
+        for d in dims:
+            if d not in v.coords:
+                v = v.assign_coords({d: np.arange(v.sizes[d])})
+        out.append(v.drop_vars([c for c in v.coords if c not in dims]))
+    if not out:
+        return None
+    return xr.concat(out, "run", join="outer")
+
+
 def _r2_panel(hv, runs, title):
-    vals = [x for x in (_last_trained(r, "equivariance_r2_dim") for r in runs) if x is not None]
-    if not vals:
+    al = _aligned([_last_trained(r, "equivariance_r2_dim") for r in runs], ("regressor", "action_dim"))
+    if al is None:
         return _empty(hv, title)
-    m = _nanmean0(np.stack([v.transpose("regressor", "action_dim").values for v in vals]))
-    regs, dims = vals[0]["regressor"].values, vals[0]["action_dim"].values
+    m = _nanmean0(al.values)
+    regs, dims = al["regressor"].values, al["action_dim"].values
     rows = [(str(d), str(g), float(np.clip(m[i, j], -1, 1))) for i, g in enumerate(regs) for j, d in enumerate(dims)
             if np.isfinite(m[i, j])]
     if not rows:
@@ -312,12 +332,12 @@ def _r2_panel(hv, runs, title):
 
 
 def _spectrum_panel(hv, runs, title):
-    vals = [x for x in (_last_trained(r, "dz_eigenspectrum") for r in runs) if x is not None]
-    if not vals:
+    al = _aligned([_last_trained(r, "dz_eigenspectrum") for r in runs], ("factor", "component"))
+    if al is None:
         return _empty(hv, title)
-    m = _nanmean0(np.stack([v.transpose("factor", "component").values for v in vals]))
+    m = _nanmean0(al.values)
     els = []
-    for i, f in enumerate(vals[0]["factor"].values):
+    for i, f in enumerate(al["factor"].values):
         y = m[i, :20]
         if np.isfinite(y).any():
             k = np.arange(1, len(y) + 1)
