@@ -22,8 +22,9 @@ def tiny_overrides():
     return list(TINY)
 
 
-# The longest modules first. Under `make test` (pytest-xdist, --dist loadfile) a test file is one unit of work,
-# handed to the workers in collection order; a long file collected last runs alone at the end (CI took 36-53 min
+# The longest modules first. Under `make test` (pytest-xdist, --dist loadfile --no-loadscope-reorder: without that
+# flag xdist hands out the files with the most tests first) a test file is one unit of work, handed to the workers
+# in collection order; a long file collected last runs alone at the end (CI took 36-53 min
 # that way). Started first, it overlaps with the rest. The ESPP science check alone takes about 10 minutes on 2
 # cores (2026-12-07); the others are the slow-marked files, longest expected first.
 _LONGEST_FIRST = ("tests/rules/test_espp_science.py", "tests/rules/test_trained_vs_untrained.py",
