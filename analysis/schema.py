@@ -10,7 +10,7 @@ Plain strings and tuples only (no numpy, no torch): both the torch side and :mod
 from __future__ import annotations
 
 __all__ = ["STEP", "EVAL", "PROBE_SET", "SAMPLE", "VIEW", "UNIT", "UNIT_AGG", "ACTION_DIM", "BLOCK", "COLUMN",
-           "BIN", "LABEL_TRAILING_DIMS", "EVAL_COORDS", "GROUPS", "unit_l", "neuron_l", "evaluation_layout",
+           "BIN", "LABEL_TRAILING_DIMS", "unit_l", "neuron_l", "evaluation_layout",
            "z_layout", "z_agg_layout", "label_layout", "metric_layout", "CORE_DIMS"]
 
 # metrics group: one row per training step (and a column per circuit entry)
@@ -28,12 +28,6 @@ COLUMN = "column"          # a circuit's entry: each column, then the vote
 BIN = "bin"                # a time bin of a spiking raster
 
 CORE_DIMS = (STEP, EVAL, PROBE_SET, SAMPLE, VIEW, UNIT, UNIT_AGG, ACTION_DIM, BLOCK, COLUMN, BIN)
-
-# the store's groups, each written by the recorder at its own cadence
-GROUPS = ("metrics", "evaluation", "probe")
-
-# coordinates along ``eval`` besides the index itself
-EVAL_COORDS = ("step", "phase")
 
 # trailing dimension names of per-view labels (N, V, ...) in the ``probe`` group
 LABEL_TRAILING_DIMS = {"shift": ("xy",), "fixation": ("xy",), "orientation": ("quat",), "light": ("light_dim",)}
