@@ -27,10 +27,9 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from colsim.analysis.schema import LABEL_TRAILING_DIMS, label_layout
 from colsim.types import PyTree, Step, WorldSpec
 
-__all__ = ["World", "Stream", "StepAhead", "ProbeSet", "LABEL_DIMS", "label_dims", "generator_from_state", "rng_state"]
+__all__ = ["World", "Stream", "StepAhead", "ProbeSet", "generator_from_state", "rng_state"]
 
 
 class Stream(NamedTuple):
@@ -48,22 +47,12 @@ class ProbeSet(NamedTuple):
              split) or (N, V, ...) per-view latent factors (``angle`` (N, V), ``shift`` (N, V, 2),
              ``scale`` (N, V); objects3d's ``orientation`` (N, V, 4), ``light`` (N, V, 3); saccades'
              ``fixation`` (N, V, 2)). The run store's ``probe`` group holds every one of them as
-             ``label_<name>``, dims from :func:`label_dims`.
+             ``label_<name>``, dims from :func:`colsim.analysis.schema.label_layout`.
     """
 
     obs: Tensor
     actions: Tensor
     labels: dict[str, Tensor]
-
-
-# trailing dimension names of per-view labels: the store schema owns them (colsim.analysis.schema)
-LABEL_DIMS = LABEL_TRAILING_DIMS
-
-
-def label_dims(name: str, ndim: int) -> tuple[str, ...]:
-    """Store dimensions of probe-set label ``name`` with ``ndim`` dims, after ``probe_set``
-    (:func:`colsim.analysis.schema.label_layout`)."""
-    return label_layout(name, ndim)
 
 
 class World(abc.ABC):

@@ -13,7 +13,7 @@ from colsim.build import build_world
 from colsim.cli import app
 from colsim.config import resolve_run_config
 from colsim.simulate import _seeded
-from colsim.stream import label_dims
+from colsim.analysis.schema import label_layout as label_dims
 
 SACCADES = ["protocol.world.scene_size=32", "protocol.world.grid=2", "protocol.world.glimpse=8"]
 EXPECT = {  # world -> label -> store dims after probe_set
