@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	-bash tests/analysis/ensure_chromium.sh
-	$(BIN)/python -m pytest -m "slow or not slow" -q -n $(JOBS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -m "slow or not slow" -q -n $(JOBS) --dist loadfile --no-loadscope-reorder --durations=20
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q
