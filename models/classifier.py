@@ -32,7 +32,7 @@ from typing import Literal, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from colsim.column import AbstractColumn
@@ -51,6 +51,13 @@ class ClassifierConfig(Strict):
     heads: Union[Literal["auto"], int] = Field("auto", description="auto: one per task with task ids, else one")
     autocast: Optional[Literal["bf16", "fp16", "none"]] = None  # mixed precision (colsim.device); unset: per device
     channels_last: Optional[bool] = None  # NHWC for the cnn encoder (colsim.device); unset: per device
+
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError(f"must be auto or a number of heads >= 1, got {v}")
+        return v
 
     def device_defaults(self, device: str) -> dict:
         """The values of the device-dependent fields when left unset (filled by colsim.device)."""
