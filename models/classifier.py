@@ -17,7 +17,8 @@ on any world. A number of heads is checked against the world before step 0.
 Objective: ``loss = CE(logits_head(x), target)``, the batch mean (the simulator passes the tick's world labels,
 ``reads_labels``). Every sample is its own episode: ``valid`` is all True and there is no context window.
 
-Trace (``provides``): ``z`` and ``z_agg`` (B, D) = the features, ``logits`` (B, K) of the selected head,
+Trace (``provides``): ``z`` and ``z_agg`` (B, D) = the features, ``logits`` (B, K) of the selected head (without
+labels, as in a forward outside a run, (B, H, K) of every head and a NaN loss),
 ``loss``, ``valid``, ``inputs`` (``obs``, ``target``, ``task``: what replay stores and EWC re-runs through
 ``forward_inputs``), ``local`` (always False; not in ``provides``, so layer-local rules are refused, as are the
 seq-JEPA rules' ``layers``, ``z_hat``, ``spikes`` ...). Rules that run on it unchanged: backprop, frozen, and the
@@ -113,14 +114,15 @@ class ClassifierColumn(AbstractColumn):
         """Every sample's head: logits (B, H, K), task (B,) -> (B, K)."""
         if self.num_heads == 1:
             return logits[:, 0]
-        if task is None:
-            raise ValueError("a classifier with one head per task needs the task ids (labels['task'])")
+        if task is None:  # no labels (a forward outside a run's tick): every head, and no objective
+            return logits
         return logits[torch.arange(logits.shape[0], device=logits.device), task.long()]
 
     def _trace(self, obs: Tensor, target: Optional[Tensor], task: Optional[Tensor]) -> Trace:
         z, _ = self.encoder(obs)  # (B, D)
         logits = self._select(self._logits(z), task)  # (B, K)
-        loss = F.cross_entropy(logits.float(), target.long()) if target is not None else logits.new_tensor(float("nan"))
+        loss = F.cross_entropy(logits.float(), target.long()) if target is not None and logits.dim() == 2 \
+            else logits.new_tensor(float("nan"))
         B = obs.shape[0]
         inputs = {"obs": obs}
         if target is not None:
