@@ -80,6 +80,12 @@ def test_short_backprop_run_shows_the_textbook_pattern(protocol, low, high, tmp_
     assert len(s["head_matrix"]) == 5 and s["head_bwt"] == pytest.approx(-s["head_forgetting"])
     if protocol == "split_digits_class":
         assert max(last[:4]) < 0.1 and last[4] > 0.9  # every earlier task forgotten, the last one learnt
+    else:  # the store holds the heads' accuracy and `colsim analyze` reads the same numbers from it
+        from colsim.analysis.analyze import analyze_run
+
+        a = analyze_run(tmp_path / "r")
+        assert a["average_accuracy"] == pytest.approx(s["average_accuracy"])
+        assert a["head_forgetting"] == pytest.approx(s["head_forgetting"])
 
 
 @pytest.mark.parametrize("rule", ["backprop+si", "backprop+ewc", "backprop+replay", "backprop+metaplastic", "frozen"])
