@@ -14,7 +14,11 @@ the head of a sample is picked by its ``labels["task"]``), else one (Domain-IL, 
 ``num_targets`` (the answer ``labels["target"]``), else its ``num_classes`` (``labels["class"]``): a classifier runs
 on any world. A number of heads is checked against the world before step 0.
 
-Objective: ``loss = CE(logits_head(x), target)``, the batch mean (the simulator passes the tick's world labels,
+Objective: ``loss = CE(logits_head(x), target)`` over all K outputs of the head, the batch mean. One difference from
+van de Ven & Tolias's code (GMvandeVen/continual-learning, train.py ``active_classes``): there Class-IL trains and
+scores only the outputs of the classes seen so far; here every output is active from the first task (the same
+after the last task, when all classes are seen, but earlier rows of the accuracy matrix and the training pressure
+on unseen outputs differ) (the simulator passes the tick's world labels,
 ``reads_labels``). Every sample is its own episode: ``valid`` is all True and there is no context window.
 
 Trace (``provides``): ``z`` and ``z_agg`` (B, D) = the features, ``logits`` (B, K) of the selected head (without

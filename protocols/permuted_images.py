@@ -3,7 +3,9 @@ permutation (van de Ven & Tolias 2019, "Three scenarios for continual learning",
 after Goodfellow et al. 2013 and Kirkpatrick et al. 2017).
 
 Task k's permutation pi_k of the H x W pixels is fixed by (``permutation_seed``, k); with ``identity_first``
-(default, as in van de Ven & Tolias's code, where the first task is the unpermuted data) pi_0 is the identity.
+(default) pi_0 is the identity: the first task is the unpermuted data, as in van de Ven & Tolias's code at its
+default seed 0 (GMvandeVen/continual-learning, main.py: ``exception=True if args.seed==0``; other seeds permute every
+task, ``identity_first: false`` here). The paper has 10 permutations; the packaged protocols 5.
 A phase picks its task with the world override ``task: k`` (``phases[k].world``); ``task`` unset mixes every
 task, sample by sample (joint training). The paper's permuted MNIST is Domain-IL (``scenario: domain``: no task id,
 one 10-way head); ``task`` gives the task id and one 10-way head per task; ``class`` asks for
@@ -33,7 +35,7 @@ class PermutedImagesConfig(SampleConfig):
     scenario: Literal["task", "domain", "class"] = "domain"
     permutations: int = Field(5, ge=1, description="number of tasks, each a fixed pixel permutation")
     permutation_seed: int = Field(0, ge=0)
-    identity_first: bool = Field(True, description="task 0 shows the images unpermuted (van de Ven & Tolias 2019)")
+    identity_first: bool = Field(True, description="task 0 shows the images unpermuted (van de Ven & Tolias's seed 0)")
     task: Optional[int] = Field(None, ge=0, description="per phase: the task (permutation) shown; unset: all, mixed")
 
     @model_validator(mode="after")
