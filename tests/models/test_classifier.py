@@ -97,6 +97,11 @@ def test_consolidation_rules_run_unchanged(rule, tmp_path):
     assert s["status"] == "completed" and 0 <= s["average_accuracy"] <= 1
 
 
+def test_a_circuit_of_classifiers_is_refused_with_one_line(tmp_path):
+    res = runner.invoke(app, ["run", "columns", "--model", "classifier_mlp", "--out", str(tmp_path / "r"), "--quiet"])
+    assert res.exit_code == 2 and "protocol.circuit: model family 'classifier'" in res.output, res.output
+
+
 @pytest.mark.parametrize("rule", ["lpl", "espp", "layerwise", "sparse_coding", "lpl+si"])
 def test_seq_jepa_rules_are_refused_with_one_line(rule, tmp_path):
     res = runner.invoke(app, ["run", "split_digits_task", "--rule", rule, "--out", str(tmp_path / "r"), "--quiet"])
