@@ -14,11 +14,12 @@ the head of a sample is picked by its ``labels["task"]``), else one (Domain-IL, 
 ``num_targets`` (the answer ``labels["target"]``), else its ``num_classes`` (``labels["class"]``): a classifier runs
 on any world. A number of heads is checked against the world before step 0.
 
-Objective: ``loss = CE(logits_head(x), target)`` over all K outputs of the head, the batch mean. One difference from
-van de Ven & Tolias's code (GMvandeVen/continual-learning, train.py ``active_classes``): there Class-IL trains and
-scores only the outputs of the classes seen so far; here every output is active from the first task (the same
-after the last task, when all classes are seen, but earlier rows of the accuracy matrix and the training pressure
-on unseen outputs differ) (the simulator passes the tick's world labels,
+Objective: ``loss = CE(logits_head(x), target)``, the batch mean, over the head's *active* outputs
+(``active_outputs``): ``seen`` (default) = the outputs of the targets met in training so far, as van de Ven & Tolias's
+code does (GMvandeVen/continual-learning, train.py ``active_classes``: in Class-IL the classes of the tasks so far;
+Task-IL and Domain-IL meet every output of a head in its first task, so nothing changes there); ``all`` = every
+output from the start. The seen set is a buffer (``seen`` (K,) bool, in checkpoints) that training-mode forwards
+with labels fill; evaluation scores the active outputs only (all of them before any training) (the simulator passes the tick's world labels,
 ``reads_labels``). Every sample is its own episode: ``valid`` is all True and there is no context window.
 
 Trace (``provides``): ``z`` and ``z_agg`` (B, D) = the features, ``logits`` (B, K) of the selected head (without
@@ -54,6 +55,8 @@ class ClassifierConfig(Strict):
     name: Literal["classifier"] = "classifier"
     encoder: EncoderConfig = Field(default_factory=lambda: EncoderConfig(kind="mlp", hidden=[400, 400]))
     heads: Union[Literal["auto"], int] = Field("auto", description="auto: one per task with task ids, else one")
+    active_outputs: Literal["seen", "all"] = Field("seen", description="seen: only the targets met in training so far "
+                                                                       "(van de Ven & Tolias's code); all: every output")
     autocast: Optional[Literal["bf16", "fp16", "none"]] = None  # mixed precision (colsim.device); unset: per device
     channels_last: Optional[bool] = None  # NHWC for the cnn encoder (colsim.device); unset: per device
 
@@ -104,6 +107,7 @@ class ClassifierColumn(AbstractColumn):
         self.num_heads = _num_heads(cfg.heads, spec)
         self.num_outputs = spec.num_targets or spec.num_classes
         self.head = nn.Linear(self.encoder.width, self.num_heads * self.num_outputs)  # H heads of K, side by side
+        self.register_buffer("seen", torch.zeros(self.num_outputs, dtype=torch.bool))  # targets met in training
         if cfg.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
             self.encoder.channels_last = True
@@ -111,8 +115,14 @@ class ClassifierColumn(AbstractColumn):
     def init_state(self, batch: int, device) -> dict:
         return {}  # no context window: every sample is its own episode
 
-    def _logits(self, z: Tensor) -> Tensor:
-        return self.head(z).view(*z.shape[:-1], self.num_heads, self.num_outputs)  # (..., H, K)
+    def _logits(self, z: Tensor, active: Optional[Tensor] = None) -> Tensor:
+        """Features (..., D) -> every head's logits (..., H, K), outputs outside ``active`` (K,) bool (default: the
+        seen ones) at -inf with ``active_outputs: seen``; none masked while nothing is active."""
+        logits = self.head(z).view(*z.shape[:-1], self.num_heads, self.num_outputs)  # (..., H, K)
+        active = self.seen if active is None else active
+        if self.cfg.active_outputs == "seen" and bool(active.any()) and not bool(active.all()):
+            logits = logits.masked_fill(~active, float("-inf"))
+        return logits
 
     def _select(self, logits: Tensor, task: Optional[Tensor]) -> Tensor:
         """Every sample's head: logits (B, H, K), task (B,) -> (B, K)."""
@@ -124,7 +134,12 @@ class ClassifierColumn(AbstractColumn):
 
     def _trace(self, obs: Tensor, target: Optional[Tensor], task: Optional[Tensor]) -> Trace:
         z, _ = self.encoder(obs)  # (B, D)
-        logits = self._select(self._logits(z), task)  # (B, K)
+        active = self.seen.clone()
+        if target is not None:
+            active[target.long()] = True  # this batch's targets are active in its own loss
+            if self.training:
+                self.seen.copy_(active)  # the outputs met in training so far
+        logits = self._select(self._logits(z, active), task)  # (B, K)
         loss = F.cross_entropy(logits.float(), target.long()) if target is not None and logits.dim() == 2 \
             else logits.new_tensor(float("nan"))
         B = obs.shape[0]

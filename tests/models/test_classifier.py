@@ -108,3 +108,26 @@ def test_seq_jepa_rules_are_refused_with_one_line(rule, tmp_path):
     assert res.exit_code == 2, res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     assert f"rule '{rule}'" in res.output
+
+
+def test_class_il_trains_and_scores_the_outputs_seen_so_far():
+    """van de Ven & Tolias's code: in Class-IL only the classes met so far are active (``active_outputs: seen``)."""
+    _, _, column, *_ = _built("split_digits_class")
+    obs, act, start = torch.rand(6, 1, 8, 8), torch.zeros(6, 1), torch.ones(6, dtype=torch.bool)
+    emb = column.embed(obs[:, None].expand(6, 2, 1, 8, 8), torch.zeros(6, 2, 1))
+    assert torch.isfinite(emb["logits"]).all()  # before training: every output
+    target = torch.tensor([0, 1, 1, 0, 1, 0])
+    column.train()
+    _, tr = column({}, obs, act, start, labels={"class": target, "target": target})
+    assert column.seen.tolist() == [True, True] + [False] * 8
+    z, _ = column.encoder(obs)
+    assert torch.allclose(tr["loss"], F.cross_entropy(column.head(z)[:, :2], target))  # a 2-way softmax
+    emb = column.embed(obs[:, None].expand(6, 2, 1, 8, 8), torch.zeros(6, 2, 1))
+    assert torch.isinf(emb["logits"][..., 2:]).all() and torch.isfinite(emb["logits"][..., :2]).all()
+    column.eval()  # an evaluation-mode pass scores a new class's targets without making them seen
+    _, tr = column({}, obs, act, start, labels={"class": target + 4, "target": target + 4})
+    assert torch.isfinite(tr["loss"]) and column.seen.sum() == 2
+    _, _, column, *_ = _built("split_digits_class", overrides=["model.active_outputs=all"])
+    column.train()
+    _, tr = column({}, obs, act, start, labels={"class": target, "target": target})
+    assert torch.allclose(tr["loss"], F.cross_entropy(tr["logits"], target)) and torch.isfinite(tr["logits"]).all()
