@@ -227,7 +227,8 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
 
 
 # in-run read-outs (colsim.evaluate) -> summary prefix, higher is better
-_READOUTS = {"seen_": ("seen_acc", True), "frozen_": ("frozen_acc", True), "prediction_": ("prediction_loss", False)}
+_READOUTS = {"seen_": ("seen_acc", True), "frozen_": ("frozen_acc", True), "prediction_": ("prediction_loss", False),
+             "head_": ("head_acc", True)}  # head_: a supervised column's own heads, only in its runs
 
 
 def readout_summary(evaluation: xr.Dataset) -> dict:
@@ -249,6 +250,8 @@ def readout_summary(evaluation: xr.Dataset) -> dict:
         init = values[0] if phases and phases[0] == "init" else None
         cont = continual_of_rows(rows, init, se, higher)  # the arithmetic of the run's summary.json
         out.update({f"{prefix}{k}": cont[k] for k in ("forgetting", "bwt", "fwt", "forgetting_se")})
+        if prefix == "head_":  # van de Ven & Tolias 2019's headline number, as in the run's summary.json
+            out["average_accuracy"], out["average_accuracy_se"] = cont["average_accuracy"], cont["average_accuracy_se"]
     for key, sign in (("probe_acc_agg", 1), ("probe_acc_z", 1), ("equivariance_r2", 1), ("prediction_loss", -1)):
         if key not in evaluation:
             continue

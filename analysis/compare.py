@@ -48,6 +48,10 @@ KEY_METRICS = {
     "radius_cv": "circle radius CV (lower better)",
     "loss_final": "final loss",
     "n_alarms": "alarms",
+    # supervised columns only (models/classifier.py: their own heads; van de Ven & Tolias 2019; dropped for other runs)
+    "average_accuracy": "average accuracy, own heads (after the last task)",
+    "head_forgetting": "own-head forgetting (lower better)",
+    "head_bwt": "own-head BWT",
     # circuits of many columns only (colsim.analysis.circuits; dropped for other runs)
     "circuit_acc_vote": "circuit: acc z_AGG, vote",
     "circuit_acc_single": "circuit: acc z_AGG, single column (mean)",

@@ -5,6 +5,8 @@ before any training exists, pass it as ``init`` (row vector over j) — FWT need
 
 * forgetting of phase k = ``A[k, k] - A[last, k]``, averaged over k < last
 * BWT = mean over k < last of ``A[last, k] - A[k, k]``
+* average accuracy = mean over j of ``A[last, j]``, once every phase is done (van de Ven & Tolias 2019,
+  "Three scenarios for continual learning": the accuracy over all tasks after the last one)
 * FWT_k = ``A[k-1, k] - init[k]`` for k >= 1, averaged over every k whose row k-1 exists: a
   run that stopped after T < P phases passes its T completed rows (a (T, P) matrix) and still
   scores FWT_1 .. FWT_T — row T-1 already holds the next phase's accuracy ``A[T-1, T]``.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["forgetting", "bwt", "fwt", "continual_summary", "phase_end_rows", "continual_of_rows"]
+__all__ = ["forgetting", "bwt", "fwt", "average_accuracy", "continual_summary", "phase_end_rows", "continual_of_rows"]
 
 
 def _check(acc) -> np.ndarray:
@@ -37,6 +39,12 @@ def bwt(acc) -> float:
     if T < 2:
         return float("nan")
     return float(np.mean([a[T - 1, k] - a[k, k] for k in range(T - 1)]))
+
+
+def average_accuracy(acc) -> float:
+    """Mean of the last row of a square A: every task's accuracy after the last task (NaN if any is missing)."""
+    a = _check(acc)
+    return float(a[-1].mean()) if a.shape[0] else float("nan")
 
 
 def fwt(acc, init) -> float:
@@ -89,7 +97,8 @@ def continual_of_rows(rows, init=None, se=None, higher_better: bool = True) -> d
     read-out that exists only from its phase's end on has no FWT). For a loss (``higher_better=False``) rows
     and init are negated first: forgetting > 0 means the loss went up. ``se`` (T, P), the cells' standard
     errors, gives ``forgetting_se`` (cells treated as independent). Also ``per_phase_forgetting``
-    (``rows[k, k] - rows[T-1, k]``, k < T-1) and ``phases_completed`` T.
+    (``rows[k, k] - rows[T-1, k]``, k < T-1), ``phases_completed`` T, and ``average_accuracy`` (the mean of
+    the last row once all P phases are done, else NaN; with its ``average_accuracy_se`` from ``se``).
 
     The one implementation behind the run's summary.json (:mod:`colsim.analysis.summary`) and
     ``colsim analyze`` (:mod:`colsim.analysis.analyze`, :func:`colsim.analysis.metrics.continual_metrics`)."""
@@ -100,13 +109,17 @@ def continual_of_rows(rows, init=None, se=None, higher_better: bool = True) -> d
                          f"got shape {a.shape}")
     T = a.shape[0]
     out = {"phases_completed": T, "forgetting": float("nan"), "bwt": float("nan"), "fwt": float("nan"),
-           "forgetting_se": float("nan"),
+           "forgetting_se": float("nan"), "average_accuracy": float("nan"), "average_accuracy_se": float("nan"),
            "per_phase_forgetting": [float(a[k, k] - a[T - 1, k]) for k in range(T - 1)]}
     if T >= 2:
         out["forgetting"], out["bwt"] = forgetting(a[:, :T]), bwt(a[:, :T])
         if se is not None:
             s = np.asarray(se, dtype=np.float64)
             out["forgetting_se"] = float(np.sqrt(sum(s[k, k] ** 2 + s[T - 1, k] ** 2 for k in range(T - 1))) / (T - 1))
+    if T >= 1 and T == a.shape[1]:
+        out["average_accuracy"] = sign * average_accuracy(a)
+        if se is not None:
+            out["average_accuracy_se"] = float(np.sqrt(np.sum(np.asarray(se, dtype=np.float64)[T - 1] ** 2)) / T)
     if init is not None and T >= 1:
         out["fwt"] = fwt(a, sign * np.asarray(init, dtype=np.float64))
     return out

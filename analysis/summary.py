@@ -13,13 +13,15 @@ import numpy as np
 
 from colsim.analysis.continual import continual_of_rows, phase_end_rows
 
-__all__ = ["make_summary", "READOUTS", "COLUMN_SUMMARY_KEYS"]
+__all__ = ["make_summary", "READOUTS", "HEAD_READOUT", "COLUMN_SUMMARY_KEYS"]
 
 # a circuit's per-column pooled accuracies in the summary (colsim/circuit/evaluate.py fills them per evaluation)
 COLUMN_SUMMARY_KEYS = ("probe_acc_agg", "probe_acc_agg_se", "probe_acc_z", "probe_acc_z_se")
 # summary prefix -> (evaluation key, higher is better)
 READOUTS = {"": ("acc_agg", True), "seen_": ("seen_acc", True), "frozen_": ("frozen_acc", True),
             "prediction_": ("prediction_loss", False)}
+# a supervised column's own heads (models/classifier.py), present only in its runs
+HEAD_READOUT = ("head_", ("head_acc", True))
 
 
 def _f(x) -> Optional[float]:
@@ -43,14 +45,17 @@ def _continual(evals: list[dict], names: list[str], key: str, higher_better: boo
     se = np.stack([np.asarray(e.get(f"{key}_se", np.full(P, np.nan)), dtype=float) for e in evals])[index]
     init = values[0] if at_start and evals[0]["phase"] == "init" else None
     c = continual_of_rows(rows, init, se, higher_better)
-    return {k: _f(c[k]) for k in ("forgetting", "bwt", "fwt", "forgetting_se")}
+    return {k: _f(c[k]) for k in ("forgetting", "bwt", "fwt", "forgetting_se", "average_accuracy",
+                                  "average_accuracy_se")}
 
 
 def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, status: str, at_start: bool,
                  columns: Optional[list[str]] = None) -> dict:
     """summary.json. Matrices have rows = evaluations (init first when present) and columns = probe
     sets, each with a ``_se`` twin: ``accuracy_matrix`` (task probe on z_AGG), ``seen_matrix``,
-    ``frozen_matrix``, ``prediction_loss_matrix``. For each read-out, forgetting / BWT / FWT on its
+    ``frozen_matrix``, ``prediction_loss_matrix``; a supervised column's runs add ``head_matrix`` (its own heads'
+    accuracy), ``average_accuracy`` (the mean of its phase-end row after the last phase: van de Ven & Tolias 2019)
+    and ``head_forgetting`` / ``head_bwt`` / ``head_fwt``. For each read-out, forgetting / BWT / FWT on its
     phase-end rows: ``forgetting``, ``bwt``, ``fwt`` (task probe), ``seen_*``, ``frozen_*``,
     ``prediction_*`` (loss: forgetting > 0 = the loss went up), each forgetting with ``_se``.
     ``gain`` holds every headline metric's change from the step-0 evaluation (positive = better; a
@@ -69,7 +74,14 @@ def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, s
         "probe_sets": names,
     }
     for prefix, (key, hb) in READOUTS.items():
-        out.update({f"{prefix}{k}": v for k, v in _continual(evals, names, key, hb, at_start).items()})
+        out.update({f"{prefix}{k}": v for k, v in _continual(evals, names, key, hb, at_start).items()
+                    if not k.startswith("average_")})
+    if evals and all(HEAD_READOUT[1][0] in e for e in evals):  # the column's own heads: the scenarios' metrics
+        prefix, (key, hb) = HEAD_READOUT
+        out["head_matrix"], out["head_matrix_se"] = _rows(evals, key), _rows(evals, f"{key}_se")
+        c = _continual(evals, names, key, hb, at_start)
+        out["average_accuracy"], out["average_accuracy_se"] = c.pop("average_accuracy"), c.pop("average_accuracy_se")
+        out.update({f"{prefix}{k}": v for k, v in c.items()})
     for key in ("probe_acc_agg", "probe_acc_z", "equivariance_r2"):
         out[key] = [_f(e[key]) for e in evals]
         out[f"{key}_se"] = [_f(e[f"{key}_se"]) for e in evals]

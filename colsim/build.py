@@ -59,6 +59,8 @@ def build_column(cfg: RunConfig, world) -> AbstractColumn:
     e = registry.lookup(registry.MODELS, cfg.model.name, "model")
     try:
         return e.factory(cfg.model, world.spec)
+    except ConfigError:  # already one line naming its field (e.g. model.heads)
+        raise
     except ValueError as exc:  # shape / divisibility problems found while building
         raise ConfigError(f"model: {exc}") from None
 

@@ -18,6 +18,11 @@ are the same.
 A :class:`Circuit` (issue 14) is itself a column: N named columns behind their sensors, with
 lateral wiring read from t-1 and a vote, stepped together each tick.
 
+A supervised column (``reads_labels = True``, models/classifier.py) also takes the world's labels of the
+tick, ``forward(..., labels={"class": (B,), "target": (B,), "task": (B,), ...})``: its objective is the
+cross-entropy on them (the simulator passes them; without them its loss is NaN). Its ``embed`` adds
+``logits`` (N, H, K): every head's class scores, which the evaluation scores as the column's own accuracy.
+
 ``embed(obs, actions)`` maps held-out episodes (N, V, C, H, W) to the representations the
 evaluation records (``z`` (N, V, D), ``z_agg`` (N, D)). ``update_target(step)`` moves
 any teacher (EMA) after the optimizer step; ``progress`` in [0, 1] is the fraction of
@@ -40,6 +45,7 @@ __all__ = ["AbstractColumn", "Circuit", "vote", "running_stat_buffers"]
 
 class AbstractColumn(nn.Module, abc.ABC):
     provides: frozenset = frozenset()
+    reads_labels: bool = False  # True: forward(..., labels=) gets the tick's world labels (a supervised column)
 
     @abc.abstractmethod
     def init_state(self, batch: int, device: torch.device | str) -> PyTree:

@@ -13,6 +13,10 @@ the column embeds the fixed held-out episodes of every probe set in one pass
 * ``frozen_acc[j]`` — the *frozen* read-out (Davari et al., CVPR 2022): the task probe fitted on
   set j right after phase j is kept and re-applied unchanged to later embeddings; it measures the
   drift of the representation itself (NaN before phase j ends).
+* ``head_acc[j]`` — a supervised column's *own* read-out (models/classifier.py; ``embed``'s ``logits``
+  (N, H, K)): the accuracy of its head on set j, the head picked by the episode's ``task`` label when the
+  column has one head per task (Task-IL), scored against ``target`` (else ``class``). This is the accuracy of
+  van de Ven & Tolias (2019, "Three scenarios for continual learning"); only columns with heads have it.
 * ``probe_acc_agg`` / ``probe_acc_z`` — one probe on all probe sets pooled (all classes).
 * ``prediction_loss[j]`` — the column's own objective on set j's episodes (objective-level,
   world-model forgetting): ``1 - cos`` of the prediction of the last view from the views
@@ -44,7 +48,7 @@ from colsim.analysis import schema as S
 from colsim.analysis.probes import LinearReadout, equivariance_r2, fit_readout, group_sides, readout_accuracy
 from colsim.stream import ProbeSet
 
-__all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups", "spiking_probe_arrays"]
+__all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups", "spiking_probe_arrays", "head_accuracy"]
 
 
 class Embeddings(NamedTuple):
@@ -55,6 +59,7 @@ class Embeddings(NamedTuple):
     spike_count: tuple = ()  # spiking columns, per block l: (P, N, V, C_l) spikes per unit and view
     raster: tuple = ()  # spiking columns, per block l: (V, T, K_l) probe set 0's first episode
     raster_neuron: tuple = ()  # per block l: (K_l,) the raster's neurons (flat index into the block)
+    logits: Optional[np.ndarray] = None  # (P, N, H, K) a supervised column's head scores (None: no heads)
 
 
 @torch.no_grad()
@@ -62,11 +67,11 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
     """One column pass over every probe set (eval mode; batches of ``batch`` episodes)."""
     was_training = column.training
     column.eval()
-    zs, aggs, losses, blocks, counts = [], [], [], [], []
+    zs, aggs, losses, blocks, counts, logits = [], [], [], [], [], []
     raster, raster_neuron = (), ()
     try:
         for ps in probe_sets:
-            z_parts, a_parts, l_parts, b_parts, c_parts = [], [], [], [], []
+            z_parts, a_parts, l_parts, b_parts, c_parts, h_parts = [], [], [], [], [], []
             for i in range(0, ps.obs.shape[0], batch):
                 out = column.embed(ps.obs[i:i + batch].to(device, non_blocking=True),  # pinned when bound for CUDA
                                    ps.actions[i:i + batch].to(device, non_blocking=True))
@@ -77,6 +82,8 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
                         raster_neuron = tuple(n.cpu().numpy() for n in out["raster_neuron"])
                 z = out["z"].float()
                 z_parts.append(z.cpu())
+                if "logits" in out:
+                    h_parts.append(out["logits"].float().cpu())
                 a_parts.append(out["z_agg"].float().cpu())
                 lp = out.get("loss_pred")
                 l_parts.append(lp.float().cpu() if lp is not None else torch.full((z.shape[0],), float("nan")))
@@ -87,13 +94,32 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
             aggs.append(torch.cat(a_parts).numpy())
             losses.append(torch.cat(l_parts).numpy())
             blocks.append(torch.cat(b_parts).numpy())
+            if h_parts:
+                logits.append(torch.cat(h_parts).numpy())  # (N, H, K)
             if c_parts:
                 counts.append([torch.cat(c).numpy() for c in zip(*c_parts)])  # [(N, V, C_l)]
     finally:
         column.train(was_training)
     spike_count = tuple(np.stack(c) for c in zip(*counts)) if counts else ()  # [(P, N, V, C_l)]
     return Embeddings(np.stack(zs), np.stack(aggs), np.stack(losses), np.stack(blocks), spike_count, raster,
-                      raster_neuron)
+                      raster_neuron, np.stack(logits) if logits else None)
+
+
+def head_accuracy(logits: np.ndarray, labels: dict) -> "tuple[float, float]":
+    """A supervised column's own accuracy on one probe set and its binomial standard error.
+
+    logits (N, H, K): every head's scores; with H > 1 heads (Task-IL) episode n is read by head
+    ``labels["task"][n]`` (van de Ven & Tolias 2019), else by the one head. The answer is scored against
+    ``labels["target"]`` (the class within the head's outputs), or ``labels["class"]`` when a world gives no target.
+    """
+    N, H, _ = logits.shape
+    if H > 1 and "task" not in labels:
+        raise ValueError(f"{H} heads (one per task) need the probe set's task labels; the world gives none")
+    head = np.asarray(labels["task"]).astype(np.int64) if H > 1 else np.zeros(N, np.int64)
+    target = np.asarray(labels["target"] if "target" in labels else labels["class"]).astype(np.int64)
+    pred = logits[np.arange(N), head].argmax(-1)  # (N,)
+    p = float((pred == target).mean()) if N else float("nan")
+    return p, float(np.sqrt(p * (1 - p) / N)) if N else float("nan")
 
 
 def spiking_probe_arrays(emb: Embeddings) -> "tuple[dict, dict]":
@@ -186,6 +212,10 @@ def _probe_scores(emb, probe_sets, action_names, seed, frozen) -> dict:
         out["prediction_loss"][j], out["prediction_loss_se"][j] = _mean_se(emb.loss_pred[j])
     L = emb.block_pred.shape[-1]
     out["block_pred_loss"] = emb.block_pred.mean(1) if N else np.full((P, L), np.nan)  # (P, L)
+    if emb.logits is not None:  # the column's own heads (supervised columns only)
+        acc = [head_accuracy(emb.logits[j], {k: v.numpy() for k, v in ps.labels.items()})
+               for j, ps in enumerate(probe_sets)]
+        out["head_acc"], out["head_acc_se"] = np.array([a for a, _ in acc]), np.array([s for _, s in acc])
     out["readouts"] = readouts
 
     # pooled over probe sets (every class of the protocol)

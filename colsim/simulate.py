@@ -263,8 +263,13 @@ def _record(recorder, step: int, metrics: dict, trace: dict, column, circ, prog:
             monitor: CollapseMonitor) -> None:
     """Step 7: the tick's metric row with its collapse diagnostics and the step rate, to the recorder."""
     if circ is None:
-        metrics.update(monitor(trace["z"], "z"))
-        metrics.update(monitor(trace["z_agg"], "zagg", trace.get("valid")))
+        zd = monitor(trace["z"], "z")
+        metrics.update(zd)
+        if trace["z_agg"] is trace["z"] and ("valid" not in trace or bool(trace["valid"].all())):
+            # one tensor (a supervised column's features, models/classifier.py): the same numbers, computed once
+            metrics.update({"zagg" + k[1:]: v for k, v in zd.items()})
+        else:
+            metrics.update(monitor(trace["z_agg"], "zagg", trace.get("valid")))
     metrics.update(column.diagnostics())
     metrics["steps_per_s"] = prog.tick_rate(ts)
     recorder.record(step, metrics if circ is None else circuit_metrics(circ, trace, metrics))

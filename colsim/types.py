@@ -63,6 +63,9 @@ class WorldSpec(NamedTuple):
     action_names: tuple[str, ...]
     num_classes: int
     channel_names: tuple[str, ...] = ()  # names of the obs channels where a world gives them (a sensor may pick one)
+    # supervised columns (models/classifier.py; van de Ven & Tolias 2019's scenarios, protocols/_samples.py):
+    num_tasks: int = 0  # task ids the world gives in labels["task"] (0..num_tasks-1; Task-IL); 0: none
+    num_targets: int = 0  # outputs of one read-out head, labels["target"] in 0..num_targets-1; 0: labels["class"]
 
 
 def tree_map(fn, tree: PyTree) -> PyTree:

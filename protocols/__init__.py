@@ -5,3 +5,5 @@ from colsim.protocols import affine_digits  # noqa: F401,E402  (registers the wo
 from colsim.protocols import image_files  # noqa: F401,E402  (registers the world)
 from colsim.protocols import saccades  # noqa: F401,E402  (registers the world)
 from colsim.protocols import objects3d  # noqa: F401,E402  (registers the world)
+from colsim.protocols import split_images  # noqa: F401,E402  (registers the world)
+from colsim.protocols import permuted_images  # noqa: F401,E402  (registers the world)

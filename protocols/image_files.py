@@ -45,8 +45,8 @@ from colsim.config import ConfigError
 from colsim.protocols._affine_views import FIXED, AffineViewConfig, AffineViewWorld, place_in_canvas
 from colsim.registry import register_world
 
-__all__ = ["ImageFilesConfig", "ImageFiles", "image_files", "read_idx", "read_images", "FASHION_MNIST",
-           "FASHION_CLASSES"]
+__all__ = ["ImageFilesConfig", "ImageFiles", "image_files", "read_idx", "read_images", "idx_part_rows",
+           "FASHION_MNIST", "FASHION_CLASSES"]
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -122,6 +122,16 @@ def _read_idx_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
         xs.append(x[..., None])
         ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def idx_part_rows(path: str) -> dict[str, range]:
+    """The rows of each part of an IDX folder in :func:`read_images`' order (``train`` first, then the others by
+    name): Fashion-MNIST -> ``{"train": range(0, 60000), "t10k": range(60000, 70000)}``."""
+    parts, out, start = _idx_parts(Path(path)), {}, 0
+    for part in sorted(parts, key=lambda p: (p != "train", p)):
+        n = len(read_idx(parts[part]["labels-idx1"])) if "labels-idx1" in parts[part] else 0
+        out[part], start = range(start, start + n), start + n
+    return out
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:

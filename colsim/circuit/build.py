@@ -42,9 +42,14 @@ def build_circuit(cfg, world) -> Circuit:
             raise ConfigError(f"model: {exc} (a column sees a {sensor.height}x{sensor.width} sensor patch)") from None
 
     if c.shared:
-        return Circuit(c.names, sensors, wiring, c.vote, shared=make(sensors[0], any(reads)))
-    return Circuit(c.names, sensors, wiring, c.vote,
-                   columns={n: make(s, r) for n, s, r in zip(c.names, sensors, reads)})
+        circuit = Circuit(c.names, sensors, wiring, c.vote, shared=make(sensors[0], any(reads)))
+    else:
+        circuit = Circuit(c.names, sensors, wiring, c.vote,
+                          columns={n: make(s, r) for n, s, r in zip(c.names, sensors, reads)})
+    if any(getattr(m, "reads_labels", False) for _, m in circuit._modules_by_name()):
+        raise ConfigError(f"protocol.circuit: model family {cfg.model.name!r} learns from the world's labels, which a "
+                          "circuit does not pass to its columns; run it as one column (drop protocol.circuit)")
+    return circuit
 
 
 def _column_of(pattern: str, names: list[str]) -> Optional[str]:

@@ -56,6 +56,10 @@ def _lines(s: dict) -> list[str]:
     out = [f"forgetting (± s.e.) — task probe {pm('forgetting')} · seen-so-far {pm('seen_forgetting')} · "
            f"frozen read-out {pm('frozen_forgetting')} · prediction loss {pm('prediction_forgetting')}",
            f"BWT {_f(s.get('bwt'))} · FWT {_f(s.get('fwt'))} · prediction BWT {_f(s.get('prediction_bwt'))}"]
+    if s.get("head_matrix"):  # a supervised column: its own heads (van de Ven & Tolias 2019's metrics)
+        last = next((r for r in reversed(s["head_matrix"]) if r), [])
+        out.append(f"own heads — average accuracy {pm('average_accuracy')} · forgetting {pm('head_forgetting')} · "
+                   f"BWT {_f(s.get('head_bwt'))} · last row " + " ".join(_f(v) for v in last))
     g = s.get("gain") or {}
     if g:
         out.append("gain over step 0 (± s.e.) — " + " · ".join(

@@ -26,6 +26,7 @@ __all__ = ["Evaluator", "EVAL_SET_KEYS", "EVAL_SCALAR_KEYS", "readouts_to_tensor
 # evaluation-group variables (written every evaluation; see colsim.evaluate)
 EVAL_SET_KEYS = ("acc_agg", "acc_agg_se", "acc_z", "acc_z_se", "seen_acc", "seen_acc_se", "frozen_acc", "frozen_acc_se",
                  "prediction_loss", "prediction_loss_se", "equivariance_r2_set", "equivariance_r2_set_se")
+HEAD_SET_KEYS = ("head_acc", "head_acc_se")  # only for columns with read-out heads (models/classifier.py)
 EVAL_SCALAR_KEYS = ("probe_acc_agg", "probe_acc_agg_se", "probe_acc_z", "probe_acc_z_se", "equivariance_r2",
                     "equivariance_r2_se")
 
@@ -131,6 +132,9 @@ def _evaluation_data(sc: dict) -> dict:
     for n in ("equivariance_r2_set_dim", "equivariance_r2_set_dim_se"):
         data[n] = (S.evaluation_layout("set_dim"), np.asarray(sc[n], dtype=np.float64)[None])
     data["block_pred_loss"] = (S.evaluation_layout("block"), np.asarray(sc["block_pred_loss"], np.float64)[None])
+    for n in HEAD_SET_KEYS:  # a supervised column's own heads (colsim.evaluate.head_accuracy)
+        if n in sc:
+            data[n] = (S.evaluation_layout("set"), np.asarray(sc[n], dtype=np.float64)[None])
     return data
 
 

@@ -51,16 +51,19 @@ def tick(ctx: TickContext, ahead, sstate, cstate, rstate, *, p_idx: int, first: 
     obs, action = host_to_device(st.obs, ctx.device), host_to_device(st.action, ctx.device)  # pinned to CUDA
     start = st.start.to(ctx.device) | first
     metrics: dict[str, float] = {"phase": float(p_idx)}
+    # a supervised column's objective reads the world's labels (colsim.column, reads_labels)
+    sup = {"labels": {k: v.to(ctx.device) for k, v in st.labels.items()}} if getattr(column, "reads_labels", False) \
+        else {}
     progress.lap("stream")
     if not learn:
         with torch.no_grad(), ctx.amp():
-            cstate, trace = column(cstate, obs, action, start, local=False)
+            cstate, trace = column(cstate, obs, action, start, local=False, **sup)
         metrics["loss"] = float(trace["loss"])
         progress.lap("learn")
         return TickOut(sstate, cstate, rstate, trace, None, None, metrics, None)
     with ctx.amp():
         # 2. column forward
-        cstate, trace = column(cstate, obs, action, start, local=ctx.local, **ctx.graph_kw)
+        cstate, trace = column(cstate, obs, action, start, local=ctx.local, **ctx.graph_kw, **sup)
         # world truth, for rule diagnostics only (replay's class histogram); laid out like the trace
         trace["labels"] = st.labels if circ is None else circ.batch_labels(st.labels)
         # 3. rule update
