@@ -1,7 +1,7 @@
 """The run store's dimension names and variable layouts: the one place they are spelled for the writers.
 
 The recorder (``colsim.record``), the evaluator (``colsim.sim.evaluator``, ``colsim.circuit.evaluate``,
-``colsim.evaluate``) and the probe-set labels (``colsim.stream.label_dims``) build every ``(dims, array)`` pair
+``colsim.evaluate``) and the probe-set labels (:func:`label_layout`) build every ``(dims, array)`` pair
 from the names and layouts here; docs/reference/store.md describes the same store for readers. Readers select
 by these names as keywords (``ds.sel(probe_set=...)``), the same names a user types in xarray.
 
