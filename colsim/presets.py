@@ -105,8 +105,9 @@ def load(kind: str, ref: Union[str, Path]) -> dict:
     """A preset by packaged name (``nonstationary``) or by file path (``my/proto.yaml``), ``extends`` resolved.
 
     A path that does not exist but names a packaged preset's file (``protocols/stationary.yaml`` run from
-    another directory) falls back to the packaged preset."""
-    if not is_path(ref) and not Path(ref).exists():
+    another directory) falls back to the packaged preset. A bare name is a file only when such a file exists: a
+    folder of the same name in the working directory (a run folder ``backprop/``) does not shadow the preset."""
+    if not is_path(ref) and not Path(ref).is_file():
         return preset(kind, str(ref))
     p = Path(ref)
     if not p.exists() and p.stem in preset_names(kind) and p.parent.name in (kind, ""):

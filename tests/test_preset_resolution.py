@@ -57,3 +57,15 @@ def test_protocols_resolve_to_the_same_run_config_by_name_and_by_path(now):
 if __name__ == "__main__":
     SNAPSHOT.write_text(json.dumps(current(), indent=1))
     print(f"wrote {SNAPSHOT}")
+
+
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path, monkeypatch):
+    """`colsim run ... --out backprop` then `--rule backprop+si` from the same directory: the run folder
+    `backprop/` is not a rule file (it used to fail with "backprop: not a file")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "backprop").mkdir()
+    (tmp_path / "stationary").mkdir()
+    assert presets.load("rules", "backprop") == presets.preset("rules", "backprop")
+    assert presets.load("protocols", "stationary") == presets.preset("protocols", "stationary")
+    cfg = resolve_run_config("stationary", rule="backprop+si")
+    assert cfg.to_dict() == resolve_run_config(ROOT / "protocols" / "stationary.yaml", rule="backprop+si").to_dict()
