@@ -124,3 +124,25 @@ def test_context_gates_act_on_activity_by_default_and_switch_at_the_phase_end():
     column.eval()
     assert torch.allclose(lin(x), plain * g0)  # probes: the context trained last
     column.train()
+
+
+def test_units_the_context_silences_keep_their_availability():
+    """A unit with gate 0 in the current context has h dL/dh = 0 on every sample, so importance 0: its running
+    availability stays exactly 1 (eps = 0), free for the next context; the active ones fall (those not silenced
+by their ReLU on this batch)."""
+    from colsim.build import build_run
+
+    cfg = resolve_run_config("permuted_digits", rule="backprop+metaplastic", overrides=[], seed=0)
+    world, column, rule, local, opt = build_run(cfg)
+    params = column.trainable()
+    state = rule.init(params)
+    column.train()
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.rand(16, *world.spec.obs_shape, generator=gen)
+    trace = column.forward_inputs({"obs": obs, "target": torch.randint(0, 10, (16,), generator=gen)})
+    _, state, m = rule.update(params, state, trace)
+    assert m["metaplastic.per_sample"] == 1.0
+    for w, g in ((w, context_gate(U, 0)) for w, U in state["U"].items() if w.startswith("encoder")):
+        a = state["a_next"][w]
+        assert int((g == 0).sum()) > 0 and torch.equal(a[g == 0], torch.ones(int((g == 0).sum())))
+        assert float(a[g > 0].min()) < 0.99 and float(a[g > 0].mean()) < 1
