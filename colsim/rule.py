@@ -18,7 +18,10 @@ Two optional hooks keep the step schedule explicit (no hook zoo):
   gating: Adam cancels a constant gradient scale, so availability is applied to the
   update) or accumulate from it (Synaptic Intelligence's path integral).
 * ``boundary(params, state, event) -> state`` is called at ``"phase_end"`` (EWC's Fisher,
-  SI's Omega).
+  SI's Omega). A rule whose method restarts the optimizer there (n-GateON resets Adam at each
+  context switch) calls :func:`request_optimizer_reset` from its ``boundary``; the simulator then
+  clears the optimizer's state (moments, step counts) after the boundary. The request passes through
+  every wrapper and combinator, since each calls its inner rules' ``boundary``.
 
 Order of ``post_step`` in nested modifiers (``--rule lpl+si+metaplastic`` is
 ``metaplastic(si(lpl))``): the ``delta`` a wrapper's ``post_step`` returns is the update that
@@ -59,7 +62,7 @@ __all__ = [
     "masked",
     "per_column",
     "loss_grads",
-    "select", "first_match", "retain_graph",
+    "select", "first_match", "retain_graph", "request_optimizer_reset", "optimizer_reset_requests",
 ]
 
 RuleState = PyTree  # nested dict of tensors / python scalars; must round-trip through torch.save
@@ -107,6 +110,28 @@ def _retaining(on: bool) -> Iterator[None]:
         yield
     finally:
         _RETAIN_GRAPH.reset(token)
+
+
+_RESET_REQUESTS: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("colsim_reset_requests", default=None)
+
+
+def request_optimizer_reset() -> None:
+    """From a rule's ``boundary``: ask the simulator to reset the optimizer's state once the boundary is done (no
+    effect outside :func:`optimizer_reset_requests`, e.g. a boundary called by hand)."""
+    req = _RESET_REQUESTS.get()
+    if req is not None:
+        req.append(True)
+
+
+@contextlib.contextmanager
+def optimizer_reset_requests() -> Iterator[list]:
+    """Collect :func:`request_optimizer_reset` calls made inside the block: the list is non-empty if any was made."""
+    req: list = []
+    token = _RESET_REQUESTS.set(req)
+    try:
+        yield req
+    finally:
+        _RESET_REQUESTS.reset(token)
 
 
 def select(params: Params, patterns: "list[str] | str") -> Params:

@@ -33,7 +33,8 @@ and every step t of it:
 
 and at the end of every phase:
 
-11. the rule's ``boundary(..., "phase_end")`` (EWC Fisher, SI Omega);
+11. the rule's ``boundary(..., "phase_end")`` (EWC Fisher, SI Omega; the optimizer's state cleared when the
+    rule requests it, n-GateON's switch: :func:`phase_end`);
 12. evaluate on every probe set (this fills row p of the accuracy matrix);
 13. checkpoint (``checkpoints/phaseNN-name.pt``).
 
@@ -67,7 +68,7 @@ from colsim.column import Circuit, running_stat_buffers
 from colsim.config import ProtocolConfig
 from colsim.device import autocast_context
 from colsim.record import Recorder
-from colsim.rule import Rule
+from colsim.rule import Rule, optimizer_reset_requests
 from colsim.sim.checkpointer import Checkpointer, phase_states, resume_position
 from colsim.sim.diagnostics import CollapseMonitor, circuit_metrics, collapse_diagnostics
 from colsim.sim.evaluator import EVAL_SCALAR_KEYS, EVAL_SET_KEYS, Evaluator  # noqa: F401 (re-exported)
@@ -122,6 +123,18 @@ def apply_update(params: dict, grads: dict, optimizer: torch.optim.Optimizer, ru
         optimizer.step()
     for p in params.values():
         p.grad = None
+    return rstate
+
+
+def phase_end(params: dict, rule: Rule, rstate: Any, optimizer: torch.optim.Optimizer) -> Any:
+    """Step 11 of the schedule: the rule's ``boundary(..., "phase_end")``; when the rule requests it
+    (:func:`colsim.rule.request_optimizer_reset`, n-GateON), the optimizer's state is then cleared: Adam
+    restarts with zero moments and step count, as a freshly built optimizer would (learning rates kept)."""
+    with optimizer_reset_requests() as reset:
+        rstate = rule.boundary(params, rstate, "phase_end")
+    if reset:
+        for opt in getattr(optimizer, "optimizers", [optimizer]):  # a MultiOptimizer's, or the one
+            opt.state.clear()
     return rstate
 
 
@@ -235,7 +248,7 @@ def run(column, rule: Rule, protocol: ProtocolConfig, recorder: Recorder, *, wor
                     break
                 # 11. rule boundary
                 if rule.boundary is not None and learn:
-                    s.rstate = rule.boundary(params, s.rstate, "phase_end")
+                    s.rstate = phase_end(params, rule, s.rstate, optimizer)
                 # 12. evaluate
                 _timed(prog, "evaluate", evaluate, ph.name, s.step, phase_end=s.phase)
                 # 13. checkpoint

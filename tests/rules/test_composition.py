@@ -90,7 +90,7 @@ def test_si_and_metaplastic_nest_hand_computed(order, h):
     theta = torch.nn.Parameter(torch.ones(2, 1))
     params = {"lin.weight": theta}
     base = h.fake_rule(lambda p, tr: {"lin.weight": torch.tensor([[1.0], [2.0]])})
-    mcfg, scfg = MetaplasticConfig(eta_a=0.0), SIConfig()
+    mcfg, scfg = MetaplasticConfig(eta_a=0.0, context_gates="off"), SIConfig()  # no column: no gates on activity
     rule = si(scfg, metaplastic(mcfg, base)) if order == "si(metaplastic)" else metaplastic(mcfg, si(scfg, base))
     state = rule.init(params)
     meta = state["inner"] if order == "si(metaplastic)" else state

@@ -79,7 +79,8 @@ def test_availability_scales_the_post_optimizer_update():
     w, b = "predictor.net.0.weight", "predictor.net.0.bias"
     a = torch.linspace(0.0, 1.0, 16)
     plain, _ = _one_step("backprop")
-    gated, state = _one_step("backprop+metaplastic", ["rule.wrap[0].eta_a=0.0"], avail={w: a})
+    gated, state = _one_step("backprop+metaplastic", ["rule.wrap[0].eta_a=0.0", "rule.wrap[0].context_gates=off"],
+                             avail={w: a})  # gates off: the same forward as plain backprop
     assert torch.equal(state["a"][w], a)
     assert plain[w].abs().sum() > 0
     # AdamW normalises the gradient, so the gate must act on the applied update: delta_i = a_i * delta_i
@@ -118,7 +119,8 @@ def test_per_sample_importance_on_units_followed_by_batchnorm(h):
     params = col.trainable()
     state = rule.init(params)
     g, state, m = rule.update(params, state, {"x": x, "t": t})
-    assert torch.allclose(state["a"]["lin.weight"], torch.tensor([0.8, 0.2]), atol=1e-5)
+    assert torch.allclose(state["a_next"]["lin.weight"], torch.tensor([0.8, 0.2]), atol=1e-5)  # the running copy
+    assert torch.equal(state["a"]["lin.weight"], torch.ones(2))  # applied at the switch only
     assert m["metaplastic.per_sample"] == 1.0
     sigma = (2 / 3) ** 0.5
     assert torch.allclose(g["lin.weight"].flatten(), torch.zeros(2), atol=1e-6)  # batch sum h dL/dh = w dL/dw = 0
@@ -165,7 +167,7 @@ def test_attention_out_projection_gets_the_per_sample_form(h):
     _, state, m = rule.update(params, state, {"x": x, "t": t})
     out = col.att(x, x, x)[0].detach()
     imp = ((out * t).sum(0) ** 2).mean(0)  # dL/dh = t; sum over t (positions), mean over the batch -> (E,)
-    assert torch.allclose(state["a"]["att.out_proj.weight"], (1 - imp / imp.mean()).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(state["a_next"]["att.out_proj.weight"], (1 - imp / imp.mean()).clamp(0, 1), atol=1e-5)
     assert m["metaplastic.per_sample"] == 0.5  # in_proj (no module output) falls back to the direction form
 
 
@@ -178,7 +180,7 @@ def test_activity_importance_hand_computed(h):
     params = col.trainable()
     state = rule.init(params)
     _, state, _ = rule.update(params, state, {"x": torch.tensor([[1.0], [-3.0]])})
-    assert torch.allclose(state["a"]["lin.weight"], torch.tensor([1.0, 0.9]))
+    assert torch.allclose(state["a_next"]["lin.weight"], torch.tensor([1.0, 0.9]))
 
 
 def test_crate_dictionaries_are_gated_by_unit():
@@ -187,7 +189,7 @@ def test_crate_dictionaries_are_gated_by_unit():
     from colsim.rule import Rule
 
     inner = Rule(lambda p: {}, lambda p, s, tr: ({}, s, {}))
-    rule = metaplastic(MetaplasticConfig(), inner)
+    rule = metaplastic(MetaplasticConfig(context_gates="off"), inner)  # no column: no gates on activity
     state = rule.init(params)
     assert state["a"]["l.ista.D"].shape == (3,) and state["a"]["l.ista.D_hat"].shape == (2,)
     state["a"]["l.ista.D"] = torch.tensor([0.0, 0.5, 1.0])
@@ -235,7 +237,8 @@ def test_context_gates_on_plasticity_scale_the_update(h):
 def test_change_point_detection_switches_context(h):
     theta = torch.nn.Parameter(torch.ones(3, 2))
     params = {"lin.weight": theta}
-    rule = metaplastic(MetaplasticConfig(context_gates=True, refractory=5, fast_window=2, slow_window=20),
+    rule = metaplastic(MetaplasticConfig(context_gates=True, switch="detect", refractory=5, fast_window=2,
+                                         slow_window=20),
                        h.fake_rule(lambda p, tr: {"lin.weight": torch.zeros(3, 2)}))
     state = rule.init(params)
     opt = torch.optim.SGD([theta], lr=0.1)
