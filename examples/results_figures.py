@@ -15,8 +15,8 @@ from pathlib import Path
 
 from colsim.analysis.figures import paired_figure, per_rule_figure, save_png
 
-ORDER = ["frozen", "backprop", "backprop+replay", "backprop+si", "backprop+ewc", "backprop+metaplastic", "lpl",
-         "lpl+replay"]
+ORDER = ["frozen", "backprop", "backprop+replay", "backprop+si", "backprop+ewc", "backprop+metaplastic",
+         "backprop+metaplastic_step", "lpl", "lpl+replay"]
 
 
 def load(sweep: Path) -> list[dict]:
