@@ -11,7 +11,9 @@ An *item* is one stream's column input of one tick (``trace["inputs"]``: the con
 ``obs_ctx`` (M, C, H, W), ``act_ctx`` (M, A), ``count``, the current ``obs`` and ``action``),
 kept on the CPU; only items with a prediction (``valid``) are stored. Each step:
 
-1. draw R items uniformly without replacement from the items stored before this step;
+1. draw R items uniformly without replacement from the items stored before this step, once at least R
+   are stored (R = ``batch``, default the live batch size B, and at most the capacity K: a buffer smaller
+   than the batch replays all K of its items once it is full, rather than never);
 2. re-run the column on them (``column.forward_inputs``, in the same local / global mode as
    the live forward) — the replayed trace is computed with the current parameters;
 3. concatenate live and replayed traces along the batch (per-stream tensors, block lists,
@@ -48,7 +50,7 @@ __all__ = ["ReplayConfig", "replay", "reservoir_slots", "merge_traces"]
 class ReplayConfig(Strict):
     name: Literal["replay"] = "replay"
     capacity: int = Field(1000, gt=0)  # K items
-    batch: Optional[int] = Field(None, gt=0)  # R replayed items per step (None: the live batch size)
+    batch: Optional[int] = Field(None, gt=0)  # R replayed items per step (None: the live batch size; at most capacity)
     seed: int = Field(0, ge=0)
 
 
@@ -109,10 +111,11 @@ def replay(cfg: ReplayConfig, inner: Rule, column=None) -> Rule:
         inputs = trace["inputs"]
         valid = trace["valid"].detach().cpu()
         B = valid.shape[0]
-        R = cfg.batch or B
+        R = min(cfg.batch or B, K)  # a buffer smaller than the batch replays all of itself once full
         filled = state["filled"]
         # 1-3. replay R stored items, merged into the live trace
-        if filled >= R:
+        replayed = filled >= R
+        if replayed:
             idx = torch.randperm(filled, generator=gen)[:R]  # (R,)
             dev = trace["valid"].device
             rep_in = {k: v[idx].to(dev) for k, v in stored.items()}
@@ -144,6 +147,7 @@ def replay(cfg: ReplayConfig, inner: Rule, column=None) -> Rule:
         metrics = dict(metrics)
         metrics["replay.filled"] = float(filled)
         metrics["replay.seen"] = float(seen)
+        metrics["replay.replayed"] = float(R if replayed else 0)  # items replayed this step
         if "labels" in trace:
             have = labels[:filled]
             have = have[have >= 0]

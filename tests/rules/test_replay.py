@@ -92,3 +92,14 @@ def test_replay_is_deterministic_under_its_seed():
     s1, _ = _run("backprop+replay", extra=["rule.wrap[0].capacity=10"])
     s2, _ = _run("backprop+replay", extra=["rule.wrap[0].capacity=10"])
     assert torch.equal(s1["buf"]["obs"], s2["buf"]["obs"]) and torch.equal(s1["rng"], s2["rng"])
+
+
+def test_a_buffer_smaller_than_the_batch_replays_all_of_itself_once_full():
+    """capacity 3 < the live batch (8): replay used to wait for 8 stored items, i.e. never started; now it replays
+    the 3 it holds from the step after they are stored on."""
+    _, m1 = _run("backprop+replay", steps=1, extra=["rule.wrap[0].capacity=3"])
+    assert m1["replay.replayed"] == 0.0  # nothing stored before the first step
+    state, m = _run("backprop+replay", steps=4, extra=["rule.wrap[0].capacity=3"])
+    assert state["filled"] == 3 and m["replay.replayed"] == 3.0
+    _, big = _run("backprop+replay", steps=4, extra=["rule.wrap[0].capacity=100"])
+    assert big["replay.replayed"] == 8.0  # the live batch size, as before
