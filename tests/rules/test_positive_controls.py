@@ -1,0 +1,74 @@
+"""Positive controls in van de Ven & Tolias (2019)'s Class-IL setting (issue 30, item 6), slow.
+
+``split_digits_class``: the supervised column (``classifier_mlp``) learns five tasks of two digits one after
+the other, no task id, one 10-way head. The paper's finding for this scenario: the regularisers (SI, EWC) do not
+lift the average accuracy above fine-tuning, and replay is far above it. Claims, each paired over seeds 0-2 with
+a t-based 95 % CI (colsim.analysis.compare.mean_ci) of the per-seed difference in ``average_accuracy``:
+
+1. replay beats fine-tuning;
+2. replay beats each regulariser (it is the only method far above fine-tuning);
+3. neither regulariser gains more than 0.1 over fine-tuning (upper end of the CI below 0.1; replay gains about
+   0.75). A margin of 0.05 was tried first: three seeds cannot resolve it (EWC +0.010 ± 0.043, upper end 0.052).
+
+Measured (2026-12-07, seeds 0-2): fine-tuning 0.196 / 0.196 / 0.194, SI 0.196 / 0.192 / 0.192, EWC 0.224 / 0.203
+/ 0.188, replay 0.944 / 0.936 / 0.945.
+
+Strengths: SI c = 10 and EWC lambda = 1e6, chosen for this scenario on the validation pool
+(protocols/sweeps/pc_si_scan.yaml, pc_ewc_scan.yaml); replay's capacity is the preset's (1000). The 10-seed table
+is docs/results/positive_controls.md. Twelve in-process runs of ~8 s on one thread.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from colsim.analysis.compare import mean_ci
+from colsim.build import build_run
+from colsim.config import resolve_run_config
+from colsim.record import NullRecorder
+from colsim.simulate import run
+
+SEEDS = (0, 1, 2)
+ARMS = {"backprop": [], "backprop+si": ["rule.wrap[0].c=10"], "backprop+ewc": ["rule.wrap[0].lam=1e6"],
+        "backprop+replay": []}
+
+
+def _average_accuracy(rule: str, sets: list[str], seed: int) -> float:
+    cfg = resolve_run_config("split_digits_class", rule=rule, seed=seed,
+                             overrides=["protocol.record.enabled=false", *sets])
+    world, column, r, local, opt = build_run(cfg)
+    res = run(column, r, cfg.protocol, NullRecorder(), world=world, optimizer=opt, seed=cfg.seed, local=local)
+    assert res.status == "completed"
+    return float(res.summary["average_accuracy"])
+
+
+@pytest.fixture(scope="module")
+def acc() -> dict[str, np.ndarray]:
+    return {rule: np.array([_average_accuracy(rule, sets, s) for s in SEEDS]) for rule, sets in ARMS.items()}
+
+
+def _paired(acc, a: str, b: str) -> tuple[float, float]:
+    m, h, n = mean_ci(acc[a] - acc[b])
+    print(f"\nClass-IL average accuracy, {a} - {b}: {m:+.3f} ± {h:.3f} ({acc[a].round(3)} vs {acc[b].round(3)})")
+    assert n == len(SEEDS)
+    return m, h
+
+
+@pytest.mark.slow
+def test_replay_beats_fine_tuning_in_class_il(acc):
+    m, h = _paired(acc, "backprop+replay", "backprop")
+    assert m - h > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reg", ["backprop+si", "backprop+ewc"])
+def test_replay_beats_the_regularisers_in_class_il(acc, reg):
+    m, h = _paired(acc, "backprop+replay", reg)
+    assert m - h > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reg", ["backprop+si", "backprop+ewc"])
+def test_the_regularisers_gain_little_over_fine_tuning_in_class_il(acc, reg):
+    m, h = _paired(acc, reg, "backprop")
+    assert m + h < 0.1
