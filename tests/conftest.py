@@ -25,11 +25,12 @@ def tiny_overrides():
 # The longest modules first. Under `make test` (pytest-xdist, --dist loadfile --no-loadscope-reorder: without that
 # flag xdist hands out the files with the most tests first) a test file is one unit of work, handed to the workers
 # in collection order; a long file collected last runs alone at the end (CI took 36-53 min
-# that way). Started first, it overlaps with the rest. The ESPP science check alone takes about 10 minutes on 2
+# that way). Started first, it overlaps with the rest. The ESPP science check alone takes about 5 minutes on 2
 # cores (2026-12-07); the others are the slow-marked files, longest expected first.
 _LONGEST_FIRST = ("tests/rules/test_espp_science.py", "tests/rules/test_trained_vs_untrained.py",
                   "tests/rules/test_forgetting.py", "tests/test_fault_tolerance.py", "tests/test_sweep.py",
-                  "tests/test_default_run.py", "tests/test_doc_snippets.py")
+                  "tests/test_default_run.py", "tests/test_doc_snippets.py", "tests/rules/test_ngateon_science.py",
+                  "tests/rules/test_positive_controls.py")
 
 
 def pytest_collection_modifyitems(config, items):
