@@ -157,7 +157,8 @@ def analyze(runs: _Runs) -> None:
 def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = None, vs: _Vs = None) -> None:
     """Table of key metrics (mean ± 95 % CI over seeds) grouped by run attributes; saved as CSV and HTML.
     With ``--vs RULE``: each rule's per-seed paired difference from RULE (same protocol and seed), with its CI
-    and the minimum detectable effect at 80 % power, also saved as ``paired-vs-RULE.csv``."""
+    and the minimum detectable effect at 80 % power, also saved as ``paired-vs-RULE.csv``; of the ``--metric``
+    metrics when given, else of the forgetting read-outs and the final pooled probe."""
     from colsim.analysis.compare import KEY_METRICS, compare_runs_to_files
 
     paths = _check(runs)
@@ -182,10 +183,10 @@ def compare(runs: _Runs, by: _By = None, out: _Out = None, metric: _Metric = Non
         console.print(t)
     console.print(f"wrote {csv_path.resolve()} and {html_path.resolve()}", highlight=False, soft_wrap=True)
     for base in vs or []:
-        _paired(paths, base, out, console)
+        _paired(paths, base, out, console, list(metric) if metric else None)
 
 
-def _paired(paths, base: str, out: str, console) -> None:
+def _paired(paths, base: str, out: str, console, metrics=None) -> None:
     import csv
     from pathlib import Path
 
@@ -193,15 +194,16 @@ def _paired(paths, base: str, out: str, console) -> None:
 
     from colsim.analysis.compare import PAIRED_METRICS, paired_rows
 
-    rows = paired_rows(paths, base)
+    metrics = metrics or list(PAIRED_METRICS)
+    rows = paired_rows(paths, base, metrics)
     if not rows:
         _fail(f"--vs {base!r}: no completed run of rule {base!r} shares a protocol and seed with another rule")
     t = RichTable(title=f"paired difference rule - {base} (same protocol and seed): mean ± 95 % CI [MDE at 80 % power]")
-    for c in ("protocol", "rule", "n", *PAIRED_METRICS):
+    for c in ("protocol", "rule", "n", *metrics):
         t.add_column(c, justify="left" if c in ("protocol", "rule") else "right", overflow="fold")
     for r in rows:
         t.add_row(r["protocol"], r["rule"], str(r["n"]),
-                  *[f"{r[m]:+.3f} ± {r[m + '_ci95']:.3f} [{r[m + '_mde']:.3f}]" for m in PAIRED_METRICS])
+                  *[f"{r[m]:+.3f} ± {r[m + '_ci95']:.3f} [{r[m + '_mde']:.3f}]" for m in metrics])
     console.print(t)
     path = Path(out) / f"paired-vs-{base.replace('+', '_')}.csv"
     with open(path, "w", newline="") as f:

@@ -68,6 +68,11 @@ def test_analyze_compare_dashboard_through_typer(app, sweep_runs, tmp_path, monk
     assert r.exit_code == 2 and "--metric 'forgeting'" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(app, ["compare", *runs, "--metric", "forgetting", "--out", str(tmp_path / "cmp2")])
     assert r.exit_code == 0 and "forgetting" in (tmp_path / "cmp2" / "compare.csv").read_text().splitlines()[0]
+    r = CliRunner().invoke(app, ["compare", *runs, "--metric", "loss_final", "--vs", "backprop",
+                                 "--out", str(tmp_path / "pv3")])  # the paired table of the --metric metrics
+    assert r.exit_code == 0, r.output
+    head = (tmp_path / "pv3" / "paired-vs-backprop.csv").read_text().splitlines()[0].split(",")
+    assert head[4:] == ["loss_final", "loss_final_ci95", "loss_final_mde"]
     out = tmp_path / "d.html"
     r = CliRunner().invoke(app, ["dashboard", *runs[:2], "-o", str(out)])
     assert r.exit_code == 0, r.output
