@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from scipy import stats
+from colsim.analysis.compare import mean_ci
 
 
 def _ci(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    m = sum(xs) / n
-    if n < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-    return m, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    m, h, _ = mean_ci(xs)
+    return m, h
 
 
 def main() -> None:
@@ -39,13 +34,15 @@ def main() -> None:
     print("| protocol | rule | n | gain in pooled z_AGG | prediction-loss decrease | final pooled z_AGG | learns |")
     print("|---|---|---|---|---|---|---|")
     for proto, runs in by.items():
-        g = _ci([r["gain"]["probe_acc_agg"] for r in runs])
+        gains = [r["gain"]["probe_acc_agg"] for r in runs]
+        g = _ci(gains)
         p = _ci([r["gain"]["prediction_loss"] for r in runs])
         f = _ci([r["probe_acc_agg"][-1] for r in runs])
-        ok = g[0] - g[1] > 0 and p[0] - p[1] > 0
-        print(f"| `{proto}` | {runs[0]['rule']} | {len(runs)} | {g[0]:+.3f} ± {g[1]:.3f} | {p[0]:+.3f} ± {p[1]:.3f} "
-              f"| {f[0]:.3f} ± {f[1]:.3f} | {'yes' if ok else 'not resolved'} |")
-
+        g_ok, p_ok = g[0] - g[1] > 0, p[0] - p[1] > 0
+        seeds = "" if g_ok else " (" + ", ".join(f"{x:+.3f}" for x in gains) + ")"  # per seed where the CI reaches 0
+        learns = "yes" if g_ok and p_ok else ("objective yes; pooled probe not resolved" if p_ok else "not resolved")
+        print(f"| `{proto}` | {runs[0]['rule']} | {len(runs)} | {g[0]:+.3f} ± {g[1]:.3f}{seeds} "
+              f"| {p[0]:+.3f} ± {p[1]:.3f} | {f[0]:.3f} ± {f[1]:.3f} | {learns} |")
 
 if __name__ == "__main__":
     main()
