@@ -14,13 +14,12 @@ every-10th-step diagnostics and its store flushes count; the median is printed b
 between two ticks and is left out of both arms, as the plain loop has none. Arms alternate (ABAB, ``--reps``) on
 ``--threads`` threads.
 
-Measured (2026-12-07, the 2-core host under another user's load, load average 5-6; 1 thread, ``--reps 2-3``, samples/s
-colsim / plain, ratio of the medians over reps of the per-rep means): ``classifier_mlp`` 22,060 / 37,311 (0.59),
-27,690 / 44,809 (0.62), 27,400 / 38,387 (0.71, ``--set protocol.record.enabled=false``); ``classifier_cnn`` 16,755 /
-21,015 (0.80). Medians per tick put the MLP at 0.85-0.94: colsim's column forward + rule update take what the plain
-forward + backward take (1.88 / 1.86 ms for 128 images in isolation), its median tick adds ~0.3-0.7 ms (finite check,
-update bookkeeping), and every 10th tick ~5.5 ms of collapse diagnostics (two SVDs of the (128, 400) features). The
-single-rep spread (0.6-0.95) is the host's load: rerun on a quiet machine before reading the ratio against 0.8.
+Measured on the quiet 2-core host (2026-12-07, 1 thread, ``--reps 3``, samples/s colsim / plain, ratio of the
+medians): ``classifier_mlp`` 25,447 / 33,842 (0.75) with the collapse diagnostics computed by two SVDs of the (128,
+400) features on every 10th (recorded) tick; 25,465 / 25,887 (0.98) with ``--set protocol.record.metrics_every=1000``
+(no diagnostics), so the SVDs were the cost. They now come from the eigenvalues of the 128 x 128 Gram matrix
+(colsim/sim/diagnostics.py, the same values to 1e-15): 25,896 / 29,144 (0.89). The per-rep spread is about ±0.05.
+Earlier, under another user's load (load average 5-6): ``classifier_cnn`` 16,755 / 21,015 (0.80).
 
     python benchmarks/bench_classifier.py [--protocol split_digits_task] [--model classifier_mlp] [--reps 2]
                                           [--warmup 20] [--threads 1] [--set KEY=VALUE]
