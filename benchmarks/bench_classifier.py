@@ -18,7 +18,8 @@ Measured on the quiet 2-core host (2026-12-07, 1 thread, ``--reps 3``, samples/s
 medians): ``classifier_mlp`` 25,447 / 33,842 (0.75) with the collapse diagnostics computed by two SVDs of the (128,
 400) features on every 10th (recorded) tick; 25,465 / 25,887 (0.98) with ``--set protocol.record.metrics_every=1000``
 (no diagnostics), so the SVDs were the cost. They now come from the eigenvalues of the 128 x 128 Gram matrix
-(colsim/sim/diagnostics.py, the same values to 1e-15): 25,896 / 29,144 (0.89). The per-rep spread is about ±0.05.
+(colsim/sim/diagnostics.py, the same values to 1e-15): 25,896 / 29,144 (0.89); ``classifier_cnn`` 12,817 / 14,158
+(0.91). The per-rep spread is about ±0.05.
 Earlier, under another user's load (load average 5-6): ``classifier_cnn`` 16,755 / 21,015 (0.80).
 
     python benchmarks/bench_classifier.py [--protocol split_digits_task] [--model classifier_mlp] [--reps 2]
