@@ -39,12 +39,18 @@ def build_run(cfg: RunConfig) -> Built:
     for j, ph in enumerate(cfg.protocol.phases):  # every phase's probe set can be drawn (classes, pool)
         world.check_phase(ph.classes, ph.world, pool=cfg.protocol.evaluation.pool, where=f"protocol.phases[{j}]")
     if cfg.protocol.circuit is not None:  # several columns (issue 14): colsim/circuit/build.py
+        if cfg.protocol.evaluation.readouts == "heads":
+            raise ConfigError("protocol.evaluation.readouts: heads is for one supervised column, not a circuit; use "
+                              "readouts: all")
         from colsim.circuit.build import build_circuit, build_circuit_rule
 
         column = build_circuit(cfg, world).to(cfg.device)
         rule, local, opt_spec = build_circuit_rule(cfg.rule, column, build_rule, check_rule)
         return Built(world, column, rule, local, build_optimizer(opt_spec, column, cfg.protocol.schedule))
     column = build_column(cfg, world).to(cfg.device)
+    if cfg.protocol.evaluation.readouts == "heads" and not column.reads_labels:
+        raise ConfigError(f"protocol.evaluation.readouts: heads scores a supervised column's own heads and "
+                          f"{cfg.model.name} has none; use readouts: all or a classifier_* model")
     rule = build_rule(cfg.rule, column)
     local = check_rule(cfg.rule, rule, column)
     return Built(world, column, rule, local, build_optimizer(cfg.rule, column, cfg.protocol.schedule))

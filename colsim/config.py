@@ -89,6 +89,10 @@ class EvaluationConfig(Strict):
     # hyper-parameters; disjoint from the train and probe images; never reported as a result)
     pool: Literal["probe", "validation"] = "probe"
     batch: int = Field(256, gt=0)
+    # which read-outs an evaluation scores: "all" (the linear probes, equivariance and, on a supervised column, its
+    # own heads) or "heads" (a supervised column's own heads only: the continual-learning accuracies of
+    # models/classifier.py at about half the run time; the probe read-outs are NaN)
+    readouts: Literal["all", "heads"] = "all"
 
 
 class RecordConfig(Strict):

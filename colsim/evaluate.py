@@ -167,13 +167,14 @@ def _mean_se(v: np.ndarray) -> "tuple[float, float]":
 
 
 def probe_scores(emb: Embeddings, probe_sets: list[ProbeSet], action_names: list[str], seed: int = 0,
-                 frozen: Optional[dict[int, LinearReadout]] = None) -> dict:
+                 frozen: Optional[dict[int, LinearReadout]] = None, heads_only: bool = False) -> dict:
     """Score every read-out of the module docstring on embeddings ``emb``.
 
     ``frozen``: probe set index -> the read-out kept since that phase ended (re-applied as is).
     Returns arrays over probe sets (P,) / scalars, each value ``x`` with ``x_se``, and
     ``readouts`` (P,): this evaluation's task read-outs (the simulator freezes set p's at the end
-    of phase p).
+    of phase p). ``heads_only`` (``evaluation.readouts: heads``): score only a supervised column's own heads and
+    the prediction losses; every probe and equivariance read-out is NaN and no read-out is fitted.
 
     BLAS runs on one thread here: the probes are small problems, and in a training process
     torch's OpenMP workers still spin after each step, so a multi-threaded BLAS fights them
@@ -182,10 +183,17 @@ def probe_scores(emb: Embeddings, probe_sets: list[ProbeSet], action_names: list
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
-        return _probe_scores(emb, probe_sets, action_names, seed, frozen)
+        return _probe_scores(emb, probe_sets, action_names, seed, frozen, heads_only)
 
 
-def _probe_scores(emb, probe_sets, action_names, seed, frozen) -> dict:
+def _no_probe(*_args) -> "tuple[float, float, None]":
+    return float("nan"), float("nan"), None
+
+
+def _probe_scores(emb, probe_sets, action_names, seed, frozen, heads_only=False) -> dict:
+    if heads_only and emb.logits is None:
+        raise ValueError("heads_only needs a supervised column's logits (models/classifier.py)")
+    probe = _no_probe if heads_only else _probe
     P, N, V, D = emb.z.shape
     frozen = frozen or {}
     labels = np.stack([ps.labels["class"].numpy() for ps in probe_sets])  # (P, N)
@@ -197,16 +205,16 @@ def _probe_scores(emb, probe_sets, action_names, seed, frozen) -> dict:
     zv = emb.z.reshape(P, N * V, D)  # views of an episode share its side
     for j in range(P):
         f, t = fit[j], ~fit[j]
-        out["acc_agg"][j], out["acc_agg_se"][j], r = _probe(emb.z_agg[j][f], labels[j][f], emb.z_agg[j][t],
+        out["acc_agg"][j], out["acc_agg_se"][j], r = probe(emb.z_agg[j][f], labels[j][f], emb.z_agg[j][t],
                                                              labels[j][t])
         readouts.append(r)
         fv, tv = np.repeat(f, V), np.repeat(t, V)
         yv = np.repeat(labels[j], V)
-        out["acc_z"][j], out["acc_z_se"][j], _ = _probe(zv[j][fv], yv[fv], zv[j][tv], yv[tv])
+        out["acc_z"][j], out["acc_z_se"][j], _ = probe(zv[j][fv], yv[fv], zv[j][tv], yv[tv])
         # seen so far: one probe over sets 0..j, scored on set j's held-out images
         fs = fit[: j + 1].reshape(-1)
         xs, ys = emb.z_agg[: j + 1].reshape((j + 1) * N, -1), labels[: j + 1].reshape(-1)
-        out["seen_acc"][j], out["seen_acc_se"][j], _ = _probe(xs[fs], ys[fs], emb.z_agg[j][t], labels[j][t])
+        out["seen_acc"][j], out["seen_acc_se"][j], _ = probe(xs[fs], ys[fs], emb.z_agg[j][t], labels[j][t])
         if j in frozen and frozen[j] is not None and np.isfinite(emb.z_agg[j]).all():
             out["frozen_acc"][j], out["frozen_acc_se"][j] = readout_accuracy(frozen[j], emb.z_agg[j][t], labels[j][t])
         out["prediction_loss"][j], out["prediction_loss_se"][j] = _mean_se(emb.loss_pred[j])
@@ -221,10 +229,10 @@ def _probe_scores(emb, probe_sets, action_names, seed, frozen) -> dict:
     # pooled over probe sets (every class of the protocol)
     fa = fit.reshape(-1)
     xa, ya = emb.z_agg.reshape(P * N, -1), labels.reshape(-1)
-    out["probe_acc_agg"], out["probe_acc_agg_se"], _ = _probe(xa[fa], ya[fa], xa[~fa], ya[~fa])
+    out["probe_acc_agg"], out["probe_acc_agg_se"], _ = probe(xa[fa], ya[fa], xa[~fa], ya[~fa])
     fav, yav = np.repeat(fa, V), np.repeat(ya, V)
     xz = emb.z.reshape(P * N * V, D)
-    out["probe_acc_z"], out["probe_acc_z_se"], _ = _probe(xz[fav], yav[fav], xz[~fav], yav[~fav])
+    out["probe_acc_z"], out["probe_acc_z_se"], _ = probe(xz[fav], yav[fav], xz[~fav], yav[~fav])
 
     # equivariance: consecutive views (v, v+1) of every episode, pooled over probe sets and per set
     acts = np.stack([ps.actions.numpy() for ps in probe_sets])  # (P, N, V, A)
@@ -232,6 +240,11 @@ def _probe_scores(emb, probe_sets, action_names, seed, frozen) -> dict:
     groups = np.repeat(image_groups(probe_sets).reshape(-1), V - 1)  # (P*N*(V-1),) pairs of an image together
     za, zb = emb.z[:, :, :-1].reshape(-1, D), emb.z[:, :, 1:].reshape(-1, D)
     aa = acts[:, :, :-1].reshape(-1, A)
+    if heads_only:
+        out.update(equivariance_r2=float("nan"), equivariance_r2_se=float("nan"), equivariance_probe="none",
+                   equivariance_r2_dim=np.full(A, np.nan), equivariance_r2_dim_se=np.full(A, np.nan),
+                   equivariance_r2_set_dim=np.full((P, A), np.nan), equivariance_r2_set_dim_se=np.full((P, A), np.nan))
+        return out
     eq = equivariance_r2(za, zb, aa, probe="linear", seed=seed, groups=groups, names=action_names)
     out["equivariance_r2"], out["equivariance_r2_se"] = eq["r2"], eq.get("r2_se", float("nan"))
     out["equivariance_r2_dim"] = np.array([eq["per_dim"].get(n, np.nan) for n in action_names])

@@ -56,6 +56,8 @@ class SampleConfig(PoolConfig):
     scenario: Literal["task", "domain", "class"] = Field(
         "class", description="van de Ven & Tolias 2019: task (task id given, a head per task), domain (no task id, "
                              "the answer within the task), class (no task id, the class among all tasks')")
+    joint: bool = Field(False, description="joint training, the upper bound: every phase's training stream shows "
+                                           "every task's images, mixed; the probe sets stay one task per phase")
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,7 +94,8 @@ class SampleWorld(World):
     A final subclass sets ``num_tasks`` / ``num_targets`` / ``task_ids`` and implements ``_labels`` (which task,
     target a sample of a phase has) and ``_show`` (the image as the task presents it)."""
 
-    fixed: tuple[str, ...] = ("name", "data", "path", "probe_fraction", "validation_fraction", "split_seed", "scenario")
+    fixed: tuple[str, ...] = ("name", "data", "path", "probe_fraction", "validation_fraction", "split_seed", "scenario",
+                              "joint")
     num_classes: int  # classes a phase may name
     num_tasks: int  # tasks of the protocol
     num_targets: int  # outputs of one head
@@ -119,6 +122,11 @@ class SampleWorld(World):
     @abc.abstractmethod
     def _show(self, x: Tensor, tasks: Tensor) -> Tensor:
         """Images x (n, 1, H, W) float in [0, 1] as task ``tasks`` (n,) presents them."""
+
+    def _joint(self, cfg: SampleConfig) -> SampleConfig:
+        """The phase config of a joint-training stream (``joint``): a world whose phases pick a task by a world
+        field resets it here to "every task"."""
+        return cfg
 
     # ---- helpers
     def _resolve(self, overrides: Optional[dict[str, Any]], where: str = "world") -> SampleConfig:
@@ -157,6 +165,8 @@ class SampleWorld(World):
             raise ConfigError(f"stream: batch must be >= 1, got {batch}")
         cfg = self._resolve(overrides)
         cls = self.check_phase(classes, overrides)
+        if cfg.joint:  # every task's images in every phase (the phase still picks its probe set)
+            cls, cfg = list(range(self.num_classes)), self._joint(cfg)
         rows = self.rows["train"]
         pick = class_picker(self.labels[rows], cls)  # u (B, 2) -> train-pool indices (B,)
         B = batch

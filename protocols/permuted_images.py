@@ -7,7 +7,8 @@ Task k's permutation pi_k of the H x W pixels is fixed by (``permutation_seed``,
 default seed 0 (GMvandeVen/continual-learning, main.py: ``exception=True if args.seed==0``; other seeds permute every
 task, ``identity_first: false`` here). The paper has 10 permutations; the packaged protocols 5.
 A phase picks its task with the world override ``task: k`` (``phases[k].world``); ``task`` unset mixes every
-task, sample by sample (joint training). The paper's permuted MNIST is Domain-IL (``scenario: domain``: no task id,
+task, sample by sample; ``joint: true`` (protocols/_samples.py) does so in every phase's training stream while
+each phase keeps its own task's probe set (the joint-training upper bound). The paper's permuted MNIST is Domain-IL (``scenario: domain``: no task id,
 one 10-way head); ``task`` gives the task id and one 10-way head per task; ``class`` asks for
 ``task * 10 + class`` (one head of 10 x permutations outputs).
 
@@ -72,6 +73,9 @@ class PermutedImages(SampleWorld):
         if cfg.task is not None:
             return torch.full_like(classes, cfg.task)
         return (u * self.num_tasks).long().clamp_(max=self.num_tasks - 1)  # joint: a task per sample
+
+    def _joint(self, cfg: PermutedImagesConfig) -> PermutedImagesConfig:
+        return cfg.model_copy(update={"task": None})  # every permutation, sample by sample
 
     def _target(self, classes: Tensor, tasks: Tensor) -> Tensor:
         return tasks * 10 + classes if self.cfg.scenario == "class" else classes

@@ -3,8 +3,8 @@ van de Ven & Tolias (2019, "Three scenarios for continual learning", arXiv 1904.
 
 The ``tasks`` x ``classes_per_task`` first classes are cut into tasks in class order: task k holds classes
 ``k * classes_per_task .. (k + 1) * classes_per_task - 1`` (the defaults: {0,1}, {2,3}, {4,5}, {6,7}, {8,9}). A
-protocol shows one task per phase (``phases[k].classes``); a sample's task follows from its class, so a phase
-naming every class is joint training. The scenario (``scenario``) sets what the learner is told and asked:
+protocol shows one task per phase (``phases[k].classes``); a sample's task follows from its class. ``joint: true``
+(protocols/_samples.py) trains every phase on every task's images, the joint-training upper bound. The scenario (``scenario``) sets what the learner is told and asked:
 
 =========  ===============================  ==================================  ===========================
 scenario   task id (``labels["task"]``)     answer (``labels["target"]``)       read-out (models/classifier)

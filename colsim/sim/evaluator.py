@@ -71,7 +71,8 @@ class Evaluator:
         with self.amp():
             emb = embed_probe_sets(self.column, probe_sets, self.protocol.evaluation.batch, self.device)
         if circ is None:
-            per = [probe_scores(emb, probe_sets, self.action_names, seed=self.seed, frozen=frozen)]
+            per = [probe_scores(emb, probe_sets, self.action_names, seed=self.seed, frozen=frozen,
+                                heads_only=self.protocol.evaluation.readouts == "heads")]
         else:  # every column and the vote (the last entry), each on its own
             per = circuit_scores(emb, probe_sets, self.action_names, self.seed, frozen)
         for e_k, sc in enumerate(per):

@@ -131,3 +131,23 @@ def test_class_il_trains_and_scores_the_outputs_seen_so_far():
     column.train()
     _, tr = column({}, obs, act, start, labels={"class": target, "target": target})
     assert torch.allclose(tr["loss"], F.cross_entropy(tr["logits"], target)) and torch.isfinite(tr["logits"]).all()
+
+
+def test_heads_only_evaluation_gives_the_same_head_accuracies_and_no_probe_read_outs(tmp_path):
+    """``evaluation.readouts: heads`` skips the linear probes (about half a Fashion run) and changes no head number."""
+    out = {}
+    for mode in ("all", "heads"):
+        res = runner.invoke(app, ["run", "split_digits_class", "--rule", "backprop", "--steps", "50", "--out",
+                                  str(tmp_path / mode), "--quiet", *FAST, "--set", f"protocol.evaluation.readouts={mode}"])
+        assert res.exit_code == 0, res.output
+        out[mode] = json.loads((tmp_path / mode / "summary.json").read_text())
+    assert out["heads"]["head_matrix"] == out["all"]["head_matrix"]
+    assert out["heads"]["average_accuracy"] == out["all"]["average_accuracy"]
+    assert all(np.isfinite(out["all"]["probe_acc_agg"])) and set(out["heads"]["probe_acc_agg"]) == {None}
+
+
+def test_heads_only_evaluation_on_a_column_without_heads_exits_2(tmp_path):
+    res = runner.invoke(app, ["run", "stationary", "--steps", "2", "--out", str(tmp_path / "r"), "--quiet",
+                              "--set", "protocol.evaluation.readouts=heads"])
+    assert res.exit_code == 2 and "protocol.evaluation.readouts: heads" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output

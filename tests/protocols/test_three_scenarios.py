@@ -150,3 +150,23 @@ def test_bad_input_exits_2_with_one_line_naming_the_field(args, field, tmp_path)
     assert res.exit_code == 2, res.output
     assert field in " ".join(res.output.split()) and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_joint_streams_show_every_task_and_keep_each_phases_probe_set():
+    """``joint: true``: the training stream of any phase mixes every task; the phase's probe set is its own task's."""
+    cfg = resolve_run_config("split_digits_task", overrides=["protocol.world.joint=true"])
+    world, ph = build_world(cfg), cfg.protocol.phases[1]
+    tasks = torch.cat([st.labels["task"] for st in _steps(world, ph, n=3)])
+    assert sorted(set(tasks.tolist())) == [0, 1, 2, 3, 4]
+    ps = world.probe_set(ph.classes, 40, 2, torch.Generator().manual_seed(0), ph.world)
+    assert set(ps.labels["class"].tolist()) == {2, 3}
+    cfg = resolve_run_config("permuted_digits", overrides=["protocol.world.joint=true"])
+    world, ph = build_world(cfg), cfg.protocol.phases[3]
+    st = _steps(world, ph, n=1, batch=200)[0]
+    raw = world.images[st.labels["image"]].flatten(1)
+    shown = [k for k in range(5) if torch.equal(st.obs[:1].flatten(1), raw[:1, world.perm[k]])]
+    assert shown  # every sample is one of the five permutations ...
+    perms = {k for n in range(200) for k in range(5) if torch.equal(st.obs[n].flatten(), raw[n, world.perm[k]])}
+    assert perms == {0, 1, 2, 3, 4}  # ... and the batch holds all five
+    ps = world.probe_set(ph.classes, 20, 2, torch.Generator().manual_seed(0), ph.world)
+    assert torch.equal(ps.obs[:, 0].flatten(1), world.images[ps.labels["image"]].flatten(1)[:, world.perm[3]])
