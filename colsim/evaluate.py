@@ -39,6 +39,7 @@ The probes are colsim.analysis's (numpy + scikit-learn), so ``colsim analyze`` r
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -46,6 +47,7 @@ import torch
 
 from colsim.analysis import schema as S
 from colsim.analysis.probes import LinearReadout, equivariance_r2, fit_readout, group_sides, readout_accuracy
+from colsim.rule import PROBE_CONTEXT
 from colsim.stream import ProbeSet
 
 __all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups", "spiking_probe_arrays", "head_accuracy"]
@@ -64,17 +66,20 @@ class Embeddings(NamedTuple):
 
 @torch.no_grad()
 def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> Embeddings:
-    """One column pass over every probe set (eval mode; batches of ``batch`` episodes)."""
+    """One column pass over every probe set (eval mode; batches of ``batch`` episodes); probe set j inside the
+    context manager ``column.<PROBE_CONTEXT>(j)`` when a rule set one (colsim.rule.PROBE_CONTEXT)."""
     was_training = column.training
     column.eval()
+    in_context = getattr(column, PROBE_CONTEXT, None)
     zs, aggs, losses, blocks, counts, logits = [], [], [], [], [], []
     raster, raster_neuron = (), ()
     try:
-        for ps in probe_sets:
+        for j, ps in enumerate(probe_sets):
             z_parts, a_parts, l_parts, b_parts, c_parts, h_parts = [], [], [], [], [], []
             for i in range(0, ps.obs.shape[0], batch):
-                out = column.embed(ps.obs[i:i + batch].to(device, non_blocking=True),  # pinned when bound for CUDA
-                                   ps.actions[i:i + batch].to(device, non_blocking=True))
+                with in_context(j) if in_context is not None else contextlib.nullcontext():
+                    out = column.embed(ps.obs[i:i + batch].to(device, non_blocking=True),  # pinned for CUDA
+                                       ps.actions[i:i + batch].to(device, non_blocking=True))
                 if "spike_count" in out:
                     c_parts.append([c.float().cpu() for c in out["spike_count"]])
                     if not raster:  # the first episode of the first probe set

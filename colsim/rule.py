@@ -32,6 +32,10 @@ modifier sees every rescaling, inside or outside it, in any order of the modifie
 ``chain`` runs its rules' ``post_step`` one after the other on the same update (a rule
 later in the chain sees the earlier ones' rescaling, not the other way round).
 
+A rule that changes how its column is *evaluated* per probe set (n-GateON's ``probe_context: own``, each
+task's probe set in that task's context) sets the column attribute :data:`PROBE_CONTEXT` to a callable
+``j -> context manager``; ``colsim.evaluate.embed_probe_sets`` embeds probe set j inside it.
+
 ``needs`` names the Trace keys the rule reads; the special key ``"local"`` asks the
 column to run with detached block inputs (layer-local learning).
 
@@ -63,7 +67,10 @@ __all__ = [
     "per_column",
     "loss_grads",
     "select", "first_match", "retain_graph", "request_optimizer_reset", "optimizer_reset_requests",
+    "PROBE_CONTEXT",
 ]
+
+PROBE_CONTEXT = "_colsim_probe_context"  # column attribute: j -> the context manager probe set j is embedded in
 
 RuleState = PyTree  # nested dict of tensors / python scalars; must round-trip through torch.save
 

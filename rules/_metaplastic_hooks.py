@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any
 
 import torch
@@ -150,6 +152,16 @@ class Gates:
     @property
     def eval_context(self) -> int:
         return self._k[1]
+
+    @contextlib.contextmanager
+    def in_context(self, k: int):
+        """Evaluation forwards in context ``k`` for the duration (``probe_context: own``); the buffer is untouched."""
+        old = self._k[1]
+        self._k[1] = k
+        try:
+            yield
+        finally:
+            self._k[1] = old
 
     @eval_context.setter
     def eval_context(self, k: int) -> None:

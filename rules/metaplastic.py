@@ -35,8 +35,12 @@ Deliberate differences from the reference, each for a stated reason:
 * the context gates' projection U is fixed (N(0, 1), seeded); the reference trains its context
   projection ``projections_context`` with Adam;
 * the reference evaluates each task under that task's own context (the task identity at test time)
-  and restarts each context from the best model on the test set; colsim's probes run in the context
-  trained last (Domain-IL has no task id at test) and select nothing on probe data.
+  and restarts each context from the best model on the test set; colsim's probes run by default in the
+  context trained last (Domain-IL has no task id at test) and select nothing on probe data.
+  ``probe_context: own`` evaluates probe set j (phase j's task) in context j, as the reference does:
+  the evaluation is then told the task, which makes a Domain-IL or Class-IL protocol task-informed at
+  test time (van de Ven & Tolias 2019 would call it Task-IL); it needs ``context_gates: activity`` and
+  ``switch: phase`` (context j is phase j's, modulo ``max_contexts``).
 
 **Context switch** (``switch``): ``phase`` (default) — the protocol's phase end, the simulator's
 ``boundary(..., "phase_end")``, when the world's task changes (the reference's known switch,
@@ -115,12 +119,12 @@ import fnmatch
 from typing import Literal, Union
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from colsim.config import Strict
 from colsim.registry import register_rule
-from colsim.rule import Rule, request_optimizer_reset
+from colsim.rule import PROBE_CONTEXT, Rule, request_optimizer_reset
 from colsim.rules._metaplastic_hooks import Gates, Probe, context_gate, per_sample_importance, shared
 from colsim.rules._params import gated_units, layer_name
 
@@ -140,11 +144,21 @@ class MetaplasticConfig(Strict):
     activity_gates_on: list[str] = Field(default_factory=lambda: ["encoder.*"])  # unit weights gated by activity
     exempt: list[str] = Field(default_factory=list)  # fnmatch patterns of unit weights never gated (e.g. head.*)
     max_contexts: int = Field(8, ge=1)
+    # the context probe set j is evaluated in: "last" (the one trained last; no task id at test) or "own"
+    # (context j, the reference's evaluation: the task identity given at test)
+    probe_context: Literal["last", "own"] = "last"
     change_threshold: float = Field(1.01, gt=0)
     fast_window: int = Field(10, ge=1)  # steps of the fast loss average
     slow_window: int = Field(100, ge=1)  # steps of the slow ("recent mean") loss average
     refractory: int = Field(100, ge=1)
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _own_context_needs_phase_gates(self) -> "MetaplasticConfig":
+        if self.probe_context == "own" and (self.context_gates != "activity" or self.switch != "phase"):
+            raise ValueError("probe_context: own evaluates probe set j in phase j's context and needs "
+                             "context_gates: activity and switch: phase")
+        return self
 
     @field_validator("context_gates", mode="before")
     @classmethod
@@ -187,6 +201,8 @@ def metaplastic(cfg: MetaplasticConfig, inner: Rule, column=None) -> Rule:
             gates = shared(column, "_colsim_metaplastic_gates", lambda: Gates(column, gated))
             gates.U, gates.context, gates.eval_context = {}, 0, 0  # a new rule starts in context 0 (init keeps
             # the context: a resumed run's column, loaded after this, holds the checkpoint's)
+        if cfg.probe_context == "own":  # colsim.evaluate.embed_probe_sets embeds probe set j in context j
+            setattr(column, PROBE_CONTEXT, lambda j: gates.in_context(j % cfg.max_contexts))
     elif cfg.importance == "activity" or cfg.context_gates == "activity":
         raise ValueError("metaplastic(importance='activity' or context_gates='activity') needs the column")
 

@@ -146,3 +146,29 @@ by their ReLU on this batch)."""
         a = state["a_next"][w]
         assert int((g == 0).sum()) > 0 and torch.equal(a[g == 0], torch.ones(int((g == 0).sum())))
         assert float(a[g > 0].min()) < 0.99 and float(a[g > 0].mean()) < 1
+
+
+def test_own_context_evaluation_runs_each_probe_set_in_its_phase_context(tmp_path):
+    """``probe_context: own`` (the reference's evaluation): training is unchanged, so every diagonal cell of the head
+    matrix (task j right after phase j, when its context is the last one trained) equals the default's; the cells of
+    old tasks differ, because they are read through their own context's gates instead of the newest one's."""
+    import json
+
+    import pytest
+    from typer.testing import CliRunner
+
+    from colsim.cli import app
+
+    m = {}
+    for mode in ("last", "own"):
+        res = CliRunner().invoke(app, [
+            "run", "permuted_digits", "--rule", "backprop+metaplastic", "--steps", "60", "--out", str(tmp_path / mode),
+            "--quiet", "--set", "protocol.evaluation.readouts=heads", "--set", "protocol.evaluation.probe_samples=60",
+            "--set", f"rule.wrap[0].probe_context={mode}"])
+        assert res.exit_code == 0, res.output
+        m[mode] = json.loads((tmp_path / mode / "summary.json").read_text())["head_matrix"]
+    # rows: at start, then after each phase
+    assert [m["own"][j + 1][j] for j in range(5)] == pytest.approx([m["last"][j + 1][j] for j in range(5)])
+    assert m["own"][5][:4] != m["last"][5][:4]
+    with pytest.raises(ValueError, match="probe_context: own"):
+        MetaplasticConfig(probe_context="own", context_gates="off")
