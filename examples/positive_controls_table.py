@@ -1,6 +1,9 @@
-"""The 10-seed reproduction table of docs/results/positive_controls.md, from the pc_digits_* sweeps.
+"""The 10-seed reproduction tables of docs/results/positive_controls.md, from the pc_<data>_* sweeps.
 
-    python examples/positive_controls_table.py runs    # reads runs/pc_digits_{finetune,si,ewc,replay,metaplastic}
+    python examples/positive_controls_table.py runs                  # runs/pc_digits_{finetune,si,ewc,...}
+    python examples/positive_controls_table.py runs --data fashion   # runs/pc_fashion_{finetune,si,ewc,...}
+
+An arm whose sweep folder is missing is left out.
 
 A cell: ``average_accuracy`` (summary.json), mean ± 95 % CI over seeds; for every arm but fine-tuning, in brackets,
 the paired difference from fine-tuning (same protocol and seed), its CI and the minimum detectable effect at 80 %
@@ -17,8 +20,10 @@ import numpy as np
 from colsim.analysis.compare import mean_ci, min_detectable_effect
 
 ARMS = [("fine-tuning (`backprop`)", "finetune"), ("`+si`", "si"), ("`+ewc`", "ewc"), ("`+replay`", "replay"),
-        ("`+metaplastic` (n-GateON)", "metaplastic")]
-PROTOCOLS = ["split_digits_task", "split_digits_domain", "split_digits_class", "permuted_digits"]
+        ("`+metaplastic` (n-GateON)", "metaplastic"),
+        ("`+metaplastic`, each task in its own context", "metaplastic_own"),
+        ("joint training (upper bound)", "joint")]
+SCENARIOS = ["split_{}_task", "split_{}_domain", "split_{}_class", "permuted_{}"]
 
 
 def _accuracies(folder: Path, protocol: str) -> dict[int, float]:
@@ -33,15 +38,22 @@ def _accuracies(folder: Path, protocol: str) -> dict[int, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("root", type=Path, help="the folder holding the pc_digits_* sweep folders")
+    ap.add_argument("root", type=Path, help="the folder holding the pc_<data>_* sweep folders")
+    ap.add_argument("--data", choices=["digits", "fashion"], default="digits")
     a = ap.parse_args()
-    base = {p: _accuracies(a.root / "pc_digits_finetune", p) for p in PROTOCOLS}
+    PROTOCOLS = [p.format(a.data) for p in SCENARIOS]
+    base = {p: _accuracies(a.root / f"pc_{a.data}_finetune", p) for p in PROTOCOLS}
     print("| arm | " + " | ".join(f"`{p}`" for p in PROTOCOLS) + " |")
     print("|---|" + "---|" * len(PROTOCOLS))
     for name, arm in ARMS:
+        if not (a.root / f"pc_{a.data}_{arm}").is_dir():
+            continue
         cells = []
         for p in PROTOCOLS:
-            acc = _accuracies(a.root / f"pc_digits_{arm}", p)
+            acc = _accuracies(a.root / f"pc_{a.data}_{arm}", p)
+            if not acc:
+                cells.append("—")
+                continue
             m, h, n = mean_ci([acc[k] for k in sorted(acc)])
             cell = f"{m:.3f} ± {h:.3f}"
             if arm != "finetune":

@@ -34,7 +34,9 @@ from colsim.cli import app
 
 SEEDS = (0, 1, 2)
 ARMS = {"backprop": [], "backprop+metaplastic": [],
-        "gates off": ["--rule", "backprop+metaplastic", "--set", "rule.wrap[0].context_gates=off"]}
+        "gates off": ["--rule", "backprop+metaplastic", "--set", "rule.wrap[0].context_gates=off"],
+        "own context": ["--rule", "backprop+metaplastic", "--set", "rule.wrap[0].probe_context=own"]}
+HEADS_ONLY = ["--set", "protocol.evaluation.readouts=heads"]  # the heads' accuracies only: half the run time
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def first_task_after_last(tmp_path_factory):
         for seed in SEEDS:
             d = root / f"{arm.replace(' ', '_')}-{seed}"
             res = CliRunner().invoke(app, ["run", "permuted_digits", *(args or ["--rule", arm]), "--seed", str(seed),
-                                           "--out", str(d), "--quiet"])
+                                           "--out", str(d), "--quiet", *HEADS_ONLY])
             assert res.exit_code == 0, res.output
             out.setdefault(arm, []).append(json.loads((d / "summary.json").read_text())["head_matrix"][-1][0])
     return out
@@ -71,4 +73,16 @@ def test_ngateon_availability_without_context_gates_keeps_the_first_permutation_
     mean, half, n = mean_ci([a - b for a, b in zip(ng, ft)])
     print(f"\nn-GateON without context gates - fine-tuning, permutation 0 after the last: {mean:+.3f} ± {half:.3f} "
           f"(gates off {ng}, fine-tuning {ft})")
+    assert n == len(SEEDS) and mean - half > 0, (ng, ft, mean, half)
+
+
+@pytest.mark.slow
+def test_ngateon_evaluated_in_each_tasks_own_context_keeps_the_first_permutation_above_fine_tuning(
+        first_task_after_last):
+    """The default's training, evaluated as the reference evaluates it (``probe_context: own``: permutation j's probe
+    set in context j, the task identity given at test)."""
+    ft, ng = first_task_after_last["backprop"], first_task_after_last["own context"]
+    mean, half, n = mean_ci([a - b for a, b in zip(ng, ft)])
+    print(f"\nn-GateON in its own contexts - fine-tuning, permutation 0 after the last: {mean:+.3f} ± {half:.3f} "
+          f"(own context {ng}, fine-tuning {ft})")
     assert n == len(SEEDS) and mean - half > 0, (ng, ft, mean, half)

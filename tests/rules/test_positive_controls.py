@@ -47,7 +47,7 @@ PERMUTED_ARMS = {"backprop": [], "backprop+si": ["rule.wrap[0].c=10"], "backprop
 
 def _average_accuracy(rule: str, sets: list[str], seed: int, protocol: str = "split_digits_class") -> float:
     cfg = resolve_run_config(protocol, rule=rule, seed=seed,
-                             overrides=["protocol.record.enabled=false", *sets])
+                             overrides=["protocol.record.enabled=false", "protocol.evaluation.readouts=heads", *sets])
     world, column, r, local, opt = build_run(cfg)
     res = run(column, r, cfg.protocol, NullRecorder(), world=world, optimizer=opt, seed=cfg.seed, local=local)
     assert res.status == "completed"
