@@ -24,6 +24,8 @@ The ``analysis`` group (idempotent: re-running replaces it):
 * ``dz_eigenspectrum`` (eval, probe_set, factor, component): variance shares, descending;
   ``dz_top2_share`` (eval, probe_set, factor); ``dz_method`` (same dims): "isolated" (pairs
   where only that factor changes), "residualised" (other factors regressed out) or "none";
+* ``head_matrix`` (after_phase, probe_set): a supervised column's own heads (models/classifier.py), task j
+  after phase i, the rows of summary.json's ``head_matrix``;
 * ``acc_matrix`` (after_phase, probe_set), ``acc_init`` (probe_set), ``forgetting_phase``
   (probe_set); ``circle_xy`` (orbit, view, xy) / ``circle_angle`` (orbit, view) for the last
   evaluation; ``unit_std`` (eval, probe_set, unit);
@@ -197,6 +199,13 @@ def _analyze_run(path, max_probe_samples, mlp, mlp_max_samples, usage_tol, seed,
     summary.update(_final_summary(out, coords))
     if evaluation is not None and evaluation.sizes.get("eval", 0) > 0:
         summary.update(readout_summary(evaluation))
+        if "head_acc" in evaluation:  # a supervised column's own heads: task j after phase i (summary.json's)
+            da = evaluation["head_acc"].load().transpose("eval", "probe_set")
+            names = [str(p) for p in da["probe_set"].values]
+            rows, index = phase_end_rows([str(p) for p in evaluation["phase"].values], da.values, names)
+            out["head_matrix"] = (("after_phase", "probe_set"), rows)
+            coords.setdefault("probe_set", names)
+            coords.setdefault("after_phase", names[: len(rows)])
 
     rule = str(tree.attrs.get("rule", info["rule"]))
     alarms = health_alarms(metrics, rule=rule, eval_series=eval_series)

@@ -238,7 +238,13 @@ def _mean_over_runs(runs, var):
 
 
 def _accmat_panel(hv, runs, title):
-    A = _mean_over_runs(runs, "acc_matrix")
+    """The linear probes' accuracy matrix; for supervised columns the own heads' (``head_matrix``), which is the
+    accuracy of van de Ven & Tolias (2019) and the only one a heads-only evaluation records."""
+    A = _mean_over_runs(runs, "head_matrix")
+    if A is not None:
+        title = title.replace(TITLES[2], f"{TITLES[2]} (own heads)")
+    else:
+        A = _mean_over_runs(runs, "acc_matrix")
     if A is None:
         return _empty(hv, title)
     rows = [(str(j), str(i), float(A.values[ii, jj])) for ii, i in enumerate(A["after_phase"].values)

@@ -40,6 +40,7 @@ def main() -> None:
         if len(swept) != 1:
             raise SystemExit(f"{a.sweep}: a scan sweeps one field besides protocol and seed, got {sorted(point)}")
         (key, value), = swept
+        value = float(value)  # YAML 1.1 reads 1.0e4 (no exponent sign) as a string; the rule config casts it
         strengths.append(value)
         cells.setdefault(point["protocol"], {}).setdefault(value, []).append(s[a.metric])
     strengths = sorted(set(strengths))

@@ -83,9 +83,13 @@ def test_short_backprop_run_shows_the_textbook_pattern(protocol, low, high, tmp_
     else:  # the store holds the heads' accuracy and `colsim analyze` reads the same numbers from it
         from colsim.analysis.analyze import analyze_run
 
+        from colsim.analysis.store import open_run
+
         a = analyze_run(tmp_path / "r")
         assert a["average_accuracy"] == pytest.approx(s["average_accuracy"])
         assert a["head_forgetting"] == pytest.approx(s["head_forgetting"])
+        tree = open_run(tmp_path / "r")  # the dashboard's own-heads matrix is summary.json's
+        np.testing.assert_allclose(tree["analysis"]["head_matrix"].values, s["head_matrix"])
 
 
 @pytest.mark.parametrize("rule", ["backprop+si", "backprop+ewc", "backprop+replay", "backprop+metaplastic", "frozen"])
