@@ -44,6 +44,12 @@ def latency_code(x: Tensor, T: int) -> Tensor:
 
 def input_trace(x: Tensor, beta: float) -> Tensor:
     """x (T, B, ...) -> x~ (T, B, ...), x~_t = beta x~_{t-1} + x_t, x~_0 = x_0."""
+    if x.requires_grad and torch.is_grad_enabled():  # differentiable: out of place
+        acc, outs = torch.zeros_like(x[0]), []
+        for t in range(x.shape[0]):
+            acc = beta * acc + x[t]
+            outs.append(acc)
+        return torch.stack(outs)
     out = torch.empty_like(x)
     out[0].copy_(x[0])
     for t in range(1, x.shape[0]):

@@ -115,7 +115,8 @@ def espp_dw(post: Tensor, x_trace: Tensor, synapse: nn.Module) -> Tensor:
     if isinstance(synapse, nn.Conv2d):
         return torch.nn.grad.conv2d_weight(x_trace.flatten(0, 1), synapse.weight.shape, post.flatten(0, 1),
                                            synapse.stride, synapse.padding, synapse.dilation, synapse.groups)
-    return torch.einsum("tbn,tbj->nj", post, x_trace)
+    N, J = post.shape[-1], x_trace.shape[-1]
+    return torch.mm(post.reshape(-1, N).t(), x_trace.reshape(-1, J))  # one GEMM over the (t, b) pairs
 
 
 def check_gate_range(cfg: EsppConfig, neurons: dict[int, int]) -> None:
@@ -178,7 +179,9 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
             trace["z"] = trace["z"].detach()
             trace["layers"] = [l.detach() for l in trace["layers"]]
         retain = retain_graph()
-        grads = loss_grads(cfg.predictive_weight * trace["loss"], params, retain_graph=retain)
+        # a column without a differentiable objective (EchoSpike's MLP: LIF layers only) has nothing else to train
+        grads = loss_grads(cfg.predictive_weight * trace["loss"], params, retain_graph=retain) \
+            if trace["loss"].requires_grad else {}
         metrics = {"loss.pred": float(trace["loss"].detach())}
         active = trace["broadcast"] != 0  # (B,)
         n_act = int(active.sum())
