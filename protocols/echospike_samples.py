@@ -77,10 +77,7 @@ class EchoSpikeSamples(SampleWorld):
     def stream(self, batch: int, episode_length: int, classes: Optional[list[int]] = None,
                overrides: Optional[dict[str, Any]] = None) -> Stream:
         """B streams, one image each per tick, in the successor order of ``contrastive_ratio``."""
-        if batch < 1:
-            raise ConfigError(f"stream: batch must be >= 1, got {batch}")
-        cfg = self._resolve(overrides)
-        cls = self.check_phase(classes, overrides)
+        cfg, cls = self._stream_phase(batch, classes, overrides)
         r = cfg.contrastive_ratio
         if r > 0 and len(cls) < 2:
             raise ConfigError(f"protocol.world.contrastive_ratio: {r} asks for different-class successors, and the "
