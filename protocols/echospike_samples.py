@@ -27,7 +27,7 @@ balanced probe sets of single images). Labels: ``class``, ``target`` (= class) a
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -45,6 +45,9 @@ __all__ = ["EchoSpikeSamplesConfig", "EchoSpikeSamples", "echospike_samples", "c
 
 class EchoSpikeSamplesConfig(SampleConfig):
     """EchoSpike's stream over digits or Fashion-MNIST (module docstring)."""
+
+    LABELS: ClassVar[tuple[str, ...]] = ("class", "target", "image")
+    ACTION_ENCODING: ClassVar[str] = "none: labelled images, one view each (a constant-zero action)"
 
     name: Literal["echospike_samples"] = "echospike_samples"
     contrastive_ratio: float = Field(0.5, ge=0, le=1, description="share of successors from a different class "
