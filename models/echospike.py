@@ -16,7 +16,8 @@ sample; the echo is the previous sample's spike counts, L1-normalised per layer.
 successor comes (protocols/echospike_samples.py: EchoSpike's 1:1 alternation).
 
 Trace (batch first, no graph): ``spikes``, ``mem`` [(B, T, N_l)], ``block_in``, ``in_trace`` [(B, T, J_l)],
-``echo`` [(B, N_l)], ``broadcast`` (B,) (the keys ESPP reads, as models/spiking.py's), ``z`` = ``z_agg`` (B, D)
+``echo`` [(B, N_l)], ``broadcast`` (B,) (the keys ESPP reads, as models/spiking.py's; ``in_trace`` is computed
+when a rule first reads a layer's), ``z`` = ``z_agg`` (B, D)
 the last layer's spike counts, ``layers`` [(B, N_l)] firing rates (spikes per bin), ``loss`` the EchoSpike
 objective of the sample, recorded only: the mean over layers and over streams with b != 0 of
 ``-b sum_t <S_t, e> / T`` (the reference's ``sample_loss`` per bin; lower = predictive overlap high and
@@ -30,6 +31,7 @@ colsim.evaluate fits and scores the classifiers (``layer_readout_accuracy`` in s
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal, Optional
 
 import torch
@@ -43,7 +45,7 @@ from colsim.models.spiking import SpikingEncoderConfig
 from colsim.registry import register_model
 from colsim.types import Trace, WorldSpec
 
-__all__ = ["EchoSpikeConfig", "EchoSpikeColumn", "echospike", "readout_names"]
+__all__ = ["EchoSpikeConfig", "EchoSpikeColumn", "InputTraces", "echospike", "readout_names"]
 
 
 class EchoSpikeConfig(Strict):
@@ -97,6 +99,27 @@ def readout_names(layers: "list[int]") -> "list[str]":
     return ["input" if k == 0 else f"layer{k}" for k in layers]
 
 
+class InputTraces(Sequence):
+    """The Trace's ``in_trace`` [(B, T, J_l)]: each layer's input trace x~_t = beta x~_{t-1} + x_t, computed on first
+    access (a rule reads it only for layers and ticks where some gate is open: with the paper's c, about half the
+    ticks of a 1:1 stream need none)."""
+
+    def __init__(self, inputs: "list[Tensor]", beta: float):
+        self._x, self._beta = inputs, beta  # [(T, B, J_l)] input spikes
+        self._cache: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._x)
+
+    def __getitem__(self, l):
+        if isinstance(l, slice):
+            return [self[i] for i in range(len(self))[l]]
+        l = range(len(self))[l]  # negative indices, IndexError past the end
+        if l not in self._cache:
+            self._cache[l] = input_trace(self._x[l], self._beta).transpose(0, 1)  # (B, T, J_l)
+        return self._cache[l]
+
+
 class EchoSpikeColumn(AbstractColumn):
     """LIF layers trained by a local spiking rule; the module docstring lists the Trace and the read-out."""
 
@@ -112,7 +135,7 @@ class EchoSpikeColumn(AbstractColumn):
         self.dim = cfg.hidden[-1]
         self.readout_layers = list(range(len(cfg.hidden) + 1)) if cfg.readout_layers is None \
             else list(cfg.readout_layers)
-        self._stats: dict[str, float] = {}
+        self._last_spikes: "list[Tensor]" = []
 
     def init_state(self, batch: int, device) -> dict:
         dt = self.encoder.blocks[0].synapse.weight.dtype
@@ -136,7 +159,7 @@ class EchoSpikeColumn(AbstractColumn):
         e = echo(state["counts_prev"])  # [(B, N_l)]
         has_prev = state["has_prev"]
         b = torch.where(has_prev, torch.where(start, -1.0, 1.0), 0.0).to(obs.dtype)  # (B,) broadcast
-        self._stats = spike_stats(spikes)
+        self._last_spikes = spikes  # diagnostics() summarises them when a metrics row is recorded
         active = b != 0
         per_layer = [-(b * torch.einsum("tbn,bn->b", s, el)) / self.T for s, el in zip(spikes, e)]  # [(B,)]
         loss = torch.stack(per_layer).mean(0)[active].mean() if bool(active.any()) else obs.new_zeros(())
@@ -146,14 +169,14 @@ class EchoSpikeColumn(AbstractColumn):
                       valid=torch.ones_like(has_prev), local=torch.tensor(local),
                       spikes=[s.transpose(0, 1) for s in spikes], mem=[u.transpose(0, 1) for _, _, u in recs],
                       block_in=[x.transpose(0, 1) for x, _, _ in recs],
-                      in_trace=[input_trace(x, beta).transpose(0, 1) for x, _, _ in recs], echo=e,
+                      in_trace=InputTraces([x for x, _, _ in recs], beta), echo=e,
                       broadcast=b)
         new_state = {"counts_prev": counts, "has_prev": torch.ones_like(has_prev), "seed": state["seed"] + 1}
         return new_state, trace
 
     def diagnostics(self) -> dict[str, float]:
         """Per layer l (0-based): ``spiking.l{l}.rate``, ``.silent``, ``.saturated`` of the last training forward."""
-        return dict(self._stats)
+        return spike_stats(self._last_spikes)
 
     def raster_neurons(self, k: int = 128) -> "list[Tensor]":
         return raster_neurons(self.block_shapes, k)

@@ -168,11 +168,15 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
         keep = gate.any(0).nonzero().squeeze(1)  # (K,) samples that learn in some bin
         if not len(keep):
             return torch.zeros_like(syn.weight), gate, L
-        g = (b[keep] * gate[:, keep]).to(U.dtype) if cfg.online else b[keep].to(U.dtype).unsqueeze(0)  # (T|1, K)
-        Uk = U[:, keep]  # (T, K, *shape_l)
-        coef = g.unsqueeze(-1) * e[keep].unsqueeze(0)  # (T|1, K, N_l)
-        post = _psi_times(Uk, coef.view(*coef.shape[:2], *Uk.shape[2:]))  # (T, K, *shape_l)
-        return espp_dw(post, trace["in_trace"][l].transpose(0, 1)[:, keep], syn), gate, L
+        x_tr = trace["in_trace"][l].transpose(0, 1)  # (T, B, *in_l)
+        if len(keep) < B:  # only the learning samples (no copy when all learn, as on contrastive ticks)
+            U, x_tr, b, e, gate_k = U[:, keep], x_tr[:, keep], b[keep], e[keep], gate[:, keep]
+        else:
+            gate_k = gate
+        g = (b * gate_k).to(U.dtype) if cfg.online else b.to(U.dtype).unsqueeze(0)  # (T|1, K)
+        coef = g.unsqueeze(-1) * e.unsqueeze(0)  # (T|1, K, N_l)
+        post = _psi_times(U, coef.view(*coef.shape[:2], *U.shape[2:]))  # (T, K, *shape_l)
+        return espp_dw(post, x_tr, syn), gate, L
 
     def update(params, state, trace):
         if not retain_graph():  # nothing after this rule reads the block-local graphs
