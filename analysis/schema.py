@@ -10,7 +10,7 @@ Plain strings and tuples only (no numpy, no torch): both the torch side and :mod
 from __future__ import annotations
 
 __all__ = ["STEP", "EVAL", "PROBE_SET", "SAMPLE", "VIEW", "UNIT", "UNIT_AGG", "ACTION_DIM", "BLOCK", "COLUMN",
-           "BIN", "LABEL_TRAILING_DIMS", "unit_l", "neuron_l", "evaluation_layout",
+           "BIN", "READOUT_LAYER", "LABEL_TRAILING_DIMS", "unit_l", "neuron_l", "evaluation_layout",
            "z_layout", "z_agg_layout", "label_layout", "metric_layout", "CORE_DIMS"]
 
 # metrics group: one row per training step (and a column per circuit entry)
@@ -26,8 +26,9 @@ ACTION_DIM = "action_dim"  # a dimension of the action vector
 BLOCK = "block"            # an encoder block (LPL's per-block predictive loss)
 COLUMN = "column"          # a circuit's entry: each column, then the vote
 BIN = "bin"                # a time bin of a spiking raster
+READOUT_LAYER = "readout_layer"  # a layer read out on its full spike-count vector (the input first; models/echospike.py)
 
-CORE_DIMS = (STEP, EVAL, PROBE_SET, SAMPLE, VIEW, UNIT, UNIT_AGG, ACTION_DIM, BLOCK, COLUMN, BIN)
+CORE_DIMS = (STEP, EVAL, PROBE_SET, SAMPLE, VIEW, UNIT, UNIT_AGG, ACTION_DIM, BLOCK, COLUMN, BIN, READOUT_LAYER)
 
 # trailing dimension names of per-view labels (N, V, ...) in the ``probe`` group
 LABEL_TRAILING_DIMS = {"shift": ("xy",), "fixation": ("xy",), "orientation": ("quat",), "light": ("light_dim",)}
@@ -51,9 +52,10 @@ def metric_layout(circuit: bool) -> tuple[str, ...]:
 def evaluation_layout(kind: str, circuit: bool = False) -> tuple[str, ...]:
     """An ``evaluation``-group variable's dims by kind: ``set`` (one value per probe set), ``scalar``, ``dim``
     (per action dimension), ``set_dim`` (per probe set and action dimension), ``block`` (per probe set and encoder
-    block; a circuit's blocks are concatenated, so no column). A circuit appends ``column`` (not to ``block``)."""
+    block; a circuit's blocks are concatenated, so no column), ``readout`` (per read-out layer of a column that
+    reads its layers out, models/echospike.py). A circuit appends ``column`` (not to ``block``)."""
     base = {"set": (EVAL, PROBE_SET), "scalar": (EVAL,), "dim": (EVAL, ACTION_DIM),
-            "set_dim": (EVAL, PROBE_SET, ACTION_DIM), "block": (EVAL, PROBE_SET, BLOCK)}
+            "set_dim": (EVAL, PROBE_SET, ACTION_DIM), "block": (EVAL, PROBE_SET, BLOCK), "readout": (EVAL, READOUT_LAYER)}
     if kind not in base:
         raise ValueError(f"unknown evaluation variable kind {kind!r}; one of {sorted(base)}")
     return base[kind] + ((COLUMN,) if circuit and kind != "block" else ())

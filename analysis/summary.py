@@ -58,6 +58,9 @@ def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, s
     and ``head_forgetting`` / ``head_bwt`` / ``head_fwt``. For each read-out, forgetting / BWT / FWT on its
     phase-end rows: ``forgetting``, ``bwt``, ``fwt`` (task probe), ``seen_*``, ``frozen_*``,
     ``prediction_*`` (loss: forgetting > 0 = the loss went up), each forgetting with ``_se``.
+    A column that reads its layers out (models/echospike.py) adds ``layer_readout_accuracy`` (rows = evaluations,
+    columns = ``layer_readout_names``: the input first, then each layer; a linear classifier on the layer's full
+    spike-count vector), its ``_se`` and ``layer_readout_spikes`` (mean spikes per unit and view).
     ``gain`` holds every headline metric's change from the step-0 evaluation (positive = better; a
     loss counts as its decrease) with its standard error."""
     P = len(names)
@@ -82,6 +85,11 @@ def make_summary(evals: list[dict], names: list[str], steps: int, wall: float, s
         c = _continual(evals, names, key, hb, at_start)
         out["average_accuracy"], out["average_accuracy_se"] = c.pop("average_accuracy"), c.pop("average_accuracy_se")
         out.update({f"{prefix}{k}": v for k, v in c.items()})
+    if evals and all("layer_acc" in e for e in evals):  # per-layer read-outs (models/echospike.py), input first
+        out["layer_readout_names"] = list(evals[-1]["layer_names"])
+        out["layer_readout_accuracy"] = _rows(evals, "layer_acc")
+        out["layer_readout_accuracy_se"] = _rows(evals, "layer_acc_se")
+        out["layer_readout_spikes"] = _rows(evals, "layer_spikes")
     for key in ("probe_acc_agg", "probe_acc_z", "equivariance_r2"):
         out[key] = [_f(e[key]) for e in evals]
         out[f"{key}_se"] = [_f(e[f"{key}_se"]) for e in evals]

@@ -51,6 +51,19 @@ the separate processes (13 MiB without, 5 MiB with the graph in one run) are bel
 for these sizes: glibc keeps and reuses freed pages, and a process's peak may predate the timed steps.
 
     python benchmarks/bench_spiking.py [--steps 10] [--T 10] [--model spiking_cnn] [--device cpu] [--set KEY=VALUE ...]
+
+``--echospike`` (issue 31) times instead ESPP training of EchoSpike's MLP (models/echospike.py: 784 -> 200 -> 200
+-> 200 LIF layers, T = 10, batch 128, protocols/echospike_fashion.yaml, or echospike_digits' 64 inputs when
+Fashion-MNIST is not installed) as the simulator steps it (stream, column forward, rule update, optimizer step),
+against a plain PyTorch loop doing the same work in the same process on the same images: rate coding, the LIF
+recurrence, the input traces, the echo, the per-sample gate and the ESPP outer products of the samples whose gate
+is open, and the SGD step. The two alternate step by step (a loaded host slows both alike); the line printed gives
+each one's samples/s over all timed steps and the speed ratio colsim / plain as the median over steps of the
+paired ratio (the plain step's time over the colsim step's just before it, on the same tick kind: contrastive
+ticks learn in every sample, predictive ones in few). Issue 31's targets: >= 5,000 samples/s on 2 cores, ratio
+>= 0.8. ``--threads`` sets torch's intra-op threads (default 2).
+
+    python benchmarks/bench_spiking.py --echospike [--steps 40] [--threads 2]
 """
 from __future__ import annotations
 
@@ -165,6 +178,103 @@ def _sub(*args, sets=()) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _plain_espp(W0: "list", T: int, beta: float, rate_scale: float, c_pos: float, c_neg: float, lr: float):
+    """A plain PyTorch loop of offline ESPP on bias-free LIF layers (no colsim code): one step per batch of images
+    (B, C, H, W) with the batch's broadcast b (one number: +1 predictive, -1 contrastive, 0 the first sample)."""
+    import math
+
+    import torch
+
+    Ws = [w.detach().clone() for w in W0]
+    prev = [None] * len(Ws)
+    g = torch.Generator().manual_seed(0)
+
+    def step(obs, b: float):
+        x = obs.flatten(1)  # (B, J)
+        B = x.shape[0]
+        h = (torch.rand(T, B, x.shape[1], generator=g) < x * rate_scale).float()  # (T, B, J) input spikes
+        for l, W in enumerate(Ws):
+            cur = (h.reshape(T * B, -1) @ W.T).view(T, B, -1)  # (T, B, N)
+            U, S = torch.empty_like(cur), torch.empty_like(cur)
+            u, s = torch.zeros_like(cur[0]), torch.zeros_like(cur[0])
+            for t in range(T):
+                u = beta * u + cur[t] - s
+                s = (u > 1.0).float()
+                U[t], S[t] = u, s
+            if b != 0 and prev[l] is not None:
+                N = W.shape[0]
+                n = prev[l].sum(1, keepdim=True)
+                e = prev[l] / torch.where(n > 0, n, torch.ones_like(n))  # (B, N) echo
+                c = c_pos if b > 0 else c_neg
+                L = -b * torch.einsum("tbn,bn->b", S, e) + c * T * N  # (B,)
+                keep = (L > 0).nonzero().squeeze(1)
+                if len(keep):
+                    xt = torch.empty(T, len(keep), h.shape[2])
+                    acc = torch.zeros(len(keep), h.shape[2])
+                    hk = h[:, keep]
+                    for t in range(T):
+                        acc = beta * acc + hk[t]
+                        xt[t] = acc
+                    post = b * e[keep] / (math.pi * (1 + (math.pi * (U[:, keep] - 1.0)) ** 2))  # (T, K, N)
+                    W.add_(post.reshape(-1, N).T @ xt.reshape(-1, xt.shape[2]), alpha=lr)  # SGD on -dW
+            prev[l] = S.sum(0)
+            h = S
+
+    return step
+
+
+def echospike_bench(steps: int, threads: int) -> dict:
+    """Interleaved colsim / plain-loop ESPP steps on EchoSpike's MLP (module docstring): median samples/s."""
+    import statistics
+    from pathlib import Path
+
+    import torch
+
+    import colsim.models  # noqa: F401
+    import colsim.protocols  # noqa: F401
+    import colsim.rules  # noqa: F401
+    from colsim.build import build_run
+    from colsim.config import resolve_run_config
+    from colsim.simulate import _seeded, apply_update
+
+    torch.set_num_threads(threads)
+    proto = "echospike_fashion" if Path("/usr/share/datasets/fashion-mnist").is_dir() else "echospike_digits"
+    cfg = resolve_run_config(proto, rule="espp")
+    world, column, rl, local, opt = build_run(cfg)
+    B = cfg.protocol.stream.batch
+    stream = world.stream(B, cfg.protocol.stream.episode_length, None, {})
+    ss = stream.init(_seeded(0, 1))
+    cs = column.init_state(B, "cpu")
+    params = column.trainable()
+    rs = rl.init(params)
+    m, r = cfg.model, cfg.rule
+    plain = _plain_espp([b.synapse.weight for b in column.encoder.blocks], m.T, m.beta, m.rate_scale, r.config.c_pos,
+                        r.config.c_neg, r.optimizer.lr)
+    times: dict = {"colsim": [], "plain": []}
+    opened = []
+    for t in range(3 + steps):
+        t0 = time.perf_counter()
+        ss, st = stream.step(ss)
+        cs, tr = column(cs, st.obs, st.action, st.start | (t == 0), local=local, encoder_graph=rl.encoder_graph)
+        grads, rs, metrics = rl.update(params, rs, tr)
+        rs = apply_update(params, grads, opt, rl, rs)
+        t1 = time.perf_counter()
+        plain(st.obs, float(tr["broadcast"][0]))
+        t2 = time.perf_counter()
+        if t >= 3:  # warm-up
+            times["colsim"].append(t1 - t0)
+            times["plain"].append(t2 - t1)
+            opened.append(metrics.get("espp.l0.gate", float("nan")))
+    # throughput over all timed steps (predictive ticks learn little, contrastive ones a lot: a median of the mixed
+    # step times is unstable); the ratio pairs each colsim step with the plain step right after it (same tick
+    # kind, nearly the same load) and takes the median of the per-step ratios
+    n = len(times["colsim"])
+    paired = [p / c for c, p in zip(times["colsim"], times["plain"])]
+    return {"protocol": proto, "batch": B, "threads": threads, "steps": steps,
+            "colsim_samples_per_s": B * n / sum(times["colsim"]), "plain_samples_per_s": B * n / sum(times["plain"]),
+            "ratio": statistics.median(paired), "gate_l0": statistics.fmean(opened)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=10)
@@ -176,7 +286,17 @@ def main() -> None:
                     help="override for the spiking column, e.g. model.coding=latency")
     ap.add_argument("--one", nargs=6, metavar=("MODEL", "RULE", "T", "STEPS", "DEVICE", "CHANNELS"))
     ap.add_argument("--interleave", nargs=5, metavar=("MODEL", "T", "STEPS", "DEVICE", "CHANNELS"))
+    ap.add_argument("--echospike", action="store_true", help="ESPP on EchoSpike's MLP against a plain PyTorch loop")
+    ap.add_argument("--threads", type=int, default=2, help="--echospike: torch intra-op threads")
     a = ap.parse_args()
+    if a.echospike:
+        r = echospike_bench(a.steps, a.threads)
+        print(f"EchoSpike MLP, ESPP, {r['protocol']}, batch {r['batch']}, {r['threads']} thread(s), "
+              f"{r['steps']} interleaved steps: colsim {r['colsim_samples_per_s']:.0f} samples/s, plain PyTorch loop "
+              f"{r['plain_samples_per_s']:.0f} samples/s, speed ratio colsim / plain {r['ratio']:.2f} (median of the "
+              f"paired steps; target >= 0.8; "
+              f"target >= 5,000 samples/s on 2 cores); layer-1 gate open in {r['gate_l0']:.2f} of samples")
+        return
     if a.interleave:
         m, T, n, d, ch = a.interleave
         print(json.dumps(interleaved(m, int(T), int(n), d, ch, a.set)))

@@ -100,6 +100,9 @@ def check_rule(spec: RuleSpec, rule: Rule, column: AbstractColumn) -> bool:
     if missing:
         raise ConfigError(f"rule {spec.name!r} needs {sorted(missing)} which model {type(column).__name__} does not "
                           f"provide (it provides {sorted(column.provides)}); pick another --model or --rule")
+    if "global" in rule.needs and not getattr(column, "differentiable", True):
+        raise ConfigError(f"rule {spec.name!r} needs end-to-end gradients, but model {type(column).__name__} has no "
+                          f"differentiable objective (local rules only); pick another --rule")
     params = column.trainable()
     names = [m.name for m in spec.wrap]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -209,11 +212,15 @@ def _override_split(o: OptimizerConfig, params: dict, schedule: str) -> list[tup
     """Split ``params`` by ``o.groups`` (first matching glob wins) -> [(hyper-parameters, params)].
 
     A pattern that matches none of the rule's parameters is an error (a typo would otherwise
-    silently leave the defaults in place)."""
+    silently leave the defaults in place), except the catch-all ``"*"``, which cannot be a typo: on a
+    column whose every parameter an earlier pattern takes (EchoSpike's MLP, LIF layers only), the presets'
+    ``"*"`` group for shared modules is simply empty."""
     default = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup_steps": o.warmup_steps,
                "schedule": o.schedule or schedule, "name": None}
     out = []
     for (pat, ov), part in zip(o.groups.items(), first_match(params, o.groups)):
+        if not part and pat == "*":
+            continue
         if not part:
             raise ConfigError(f"rule.optimizer.groups: pattern {pat!r} matches no trainable parameter of this rule "
                               f"(names look like {', '.join(sorted(params)[:3])}); fix or remove it")

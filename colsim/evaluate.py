@@ -24,6 +24,12 @@ the column embeds the fixed held-out episodes of every probe set in one pass
 * ``block_pred_loss[j, l]`` — the local predictive term of every encoder block on set j:
   ``mean (h_l(v+1) - h_l(v))²`` over consecutive views of pooled block activity h_l (LPL's
   ``L_pred``, Halvagal & Zenke 2023), the per-block loss a layer-local rule drives down.
+* ``layer_acc[k]`` — a column that reads its layers out (``embed``'s ``readout``: models/echospike.py, as EchoSpike
+  reads its layers, Graf et al. 2024): a linear classifier (logistic regression on standardised features) per
+  read-out layer k (the input first) on the layer's full spike-count vector (every neuron's spikes in the view),
+  fitted on the fit side's views and scored on the other side's, pooled over probe sets; ``layer_acc_se`` its
+  binomial standard error over the scored *images* (the views of an image are not independent, so n counts
+  images, not views); ``layer_spikes[k]`` the mean spikes per unit and view.
 * ``equivariance_r2`` — R² of a linear (ridge, CV penalty) probe predicting the relative action
   from ``(z_v, z_{v+1})``, pooled over probe sets; ``equivariance_r2_dim`` per action dimension;
   ``equivariance_r2_set`` / ``equivariance_r2_set_dim`` per probe set (bootstrap standard errors).
@@ -46,11 +52,14 @@ import numpy as np
 import torch
 
 from colsim.analysis import schema as S
-from colsim.analysis.probes import LinearReadout, equivariance_r2, fit_readout, group_sides, readout_accuracy
+from colsim.analysis.probes import (
+    LinearReadout, binomial_se, equivariance_r2, fit_readout, group_sides, readout_accuracy,
+)
 from colsim.rule import PROBE_CONTEXT
 from colsim.stream import ProbeSet
 
-__all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups", "spiking_probe_arrays", "head_accuracy"]
+__all__ = ["Embeddings", "embed_probe_sets", "probe_scores", "image_groups", "spiking_probe_arrays", "head_accuracy",
+           "layer_readout_scores"]
 
 
 class Embeddings(NamedTuple):
@@ -62,6 +71,8 @@ class Embeddings(NamedTuple):
     raster: tuple = ()  # spiking columns, per block l: (V, T, K_l) probe set 0's first episode
     raster_neuron: tuple = ()  # per block l: (K_l,) the raster's neurons (flat index into the block)
     logits: Optional[np.ndarray] = None  # (P, N, H, K) a supervised column's head scores (None: no heads)
+    readout: tuple = ()  # per read-out layer k (input first): (P, N, V, F_k) full spike-count vectors
+    readout_names: tuple = ()  # (K,) their names
 
 
 @torch.no_grad()
@@ -71,11 +82,11 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
     was_training = column.training
     column.eval()
     in_context = getattr(column, PROBE_CONTEXT, None)
-    zs, aggs, losses, blocks, counts, logits = [], [], [], [], [], []
-    raster, raster_neuron = (), ()
+    zs, aggs, losses, blocks, counts, logits, feats = [], [], [], [], [], [], []
+    raster, raster_neuron, readout_names = (), (), ()
     try:
         for j, ps in enumerate(probe_sets):
-            z_parts, a_parts, l_parts, b_parts, c_parts, h_parts = [], [], [], [], [], []
+            z_parts, a_parts, l_parts, b_parts, c_parts, h_parts, r_parts = [], [], [], [], [], [], []
             for i in range(0, ps.obs.shape[0], batch):
                 with in_context(j) if in_context is not None else contextlib.nullcontext():
                     out = column.embed(ps.obs[i:i + batch].to(device, non_blocking=True),  # pinned for CUDA
@@ -85,6 +96,9 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
                     if not raster:  # the first episode of the first probe set
                         raster = tuple(r.to(torch.uint8).cpu().numpy() for r in out["raster"])
                         raster_neuron = tuple(n.cpu().numpy() for n in out["raster_neuron"])
+                if "readout" in out:
+                    r_parts.append([r.float().cpu() for r in out["readout"]])
+                    readout_names = tuple(out["readout_names"])
                 z = out["z"].float()
                 z_parts.append(z.cpu())
                 if "logits" in out:
@@ -103,11 +117,14 @@ def embed_probe_sets(column, probe_sets: list[ProbeSet], batch: int, device) -> 
                 logits.append(torch.cat(h_parts).numpy())  # (N, H, K)
             if c_parts:
                 counts.append([torch.cat(c).numpy() for c in zip(*c_parts)])  # [(N, V, C_l)]
+            if r_parts:
+                feats.append([torch.cat(r).numpy() for r in zip(*r_parts)])  # [(N, V, F_k)]
     finally:
         column.train(was_training)
     spike_count = tuple(np.stack(c) for c in zip(*counts)) if counts else ()  # [(P, N, V, C_l)]
+    readout = tuple(np.stack(f) for f in zip(*feats)) if feats else ()  # [(P, N, V, F_k)]
     return Embeddings(np.stack(zs), np.stack(aggs), np.stack(losses), np.stack(blocks), spike_count, raster,
-                      raster_neuron, np.stack(logits) if logits else None)
+                      raster_neuron, np.stack(logits) if logits else None, readout, readout_names)
 
 
 def head_accuracy(logits: np.ndarray, labels: dict) -> "tuple[float, float]":
@@ -144,6 +161,25 @@ def spiking_probe_arrays(emb: Embeddings) -> "tuple[dict, dict]":
         data[f"raster_l{l}"] = ((S.EVAL, S.VIEW, S.BIN, S.neuron_l(l)), r[None].astype(np.uint8))
         static[f"raster_neuron_l{l}"] = ((S.neuron_l(l),), n.astype(np.int64))
     return data, static
+
+
+def layer_readout_scores(emb: Embeddings, labels: np.ndarray, fit: np.ndarray) -> dict:
+    """The per-layer read-outs of the module docstring (``layer_acc``, ``layer_acc_se``, ``layer_spikes``, each
+    (K,)) from ``emb.readout`` [(P, N, V, F_k)], class ``labels`` (P, N) and the fit side ``fit`` (P, N) bool."""
+    K = len(emb.readout)
+    out = {k: np.full(K, np.nan) for k in ("layer_acc", "layer_acc_se", "layer_spikes")}
+    f, t = fit.reshape(-1), ~fit.reshape(-1)  # (P*N,)
+    n_scored = int(t.sum())
+    for k, x in enumerate(emb.readout):
+        P, N, V, F = x.shape
+        xv, yv = x.reshape(P * N * V, F), np.repeat(labels.reshape(-1), V)
+        fv, tv = np.repeat(f, V), np.repeat(t, V)
+        out["layer_spikes"][k] = float(x.mean()) if x.size else float("nan")
+        if not n_scored or not fv.any() or not np.isfinite(xv).all():
+            continue
+        acc = readout_accuracy(fit_readout(xv[fv], yv[fv]), xv[tv], yv[tv])[0]
+        out["layer_acc"][k], out["layer_acc_se"][k] = acc, binomial_se(acc, n_scored)
+    return out
 
 
 def image_groups(probe_sets: list[ProbeSet]) -> np.ndarray:
@@ -230,6 +266,9 @@ def _probe_scores(emb, probe_sets, action_names, seed, frozen, heads_only=False)
                for j, ps in enumerate(probe_sets)]
         out["head_acc"], out["head_acc_se"] = np.array([a for a, _ in acc]), np.array([s for _, s in acc])
     out["readouts"] = readouts
+    if emb.readout and not heads_only:  # a column that reads its layers out (models/echospike.py)
+        out.update(layer_readout_scores(emb, labels, fit))
+        out["layer_names"] = list(emb.readout_names)
 
     # pooled over probe sets (every class of the protocol)
     fa = fit.reshape(-1)

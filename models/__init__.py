@@ -5,3 +5,4 @@ if __name__ != "colsim.models":  # guard: the folder must not be importable unde
 from colsim.models import seq_jepa  # noqa: E402,F401  (registers the "seqjepa" model)
 from colsim.models import spiking  # noqa: E402,F401  (registers the "spiking" model; needs the `spiking` extra at build)
 from colsim.models import classifier  # noqa: E402,F401  (registers the supervised "classifier" model)
+from colsim.models import echospike  # noqa: E402,F401  (registers EchoSpike's plain spiking MLP "echospike")

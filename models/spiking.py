@@ -65,7 +65,9 @@ from torch import Tensor, nn
 
 from colsim.column import AbstractColumn
 from colsim.config import Strict
-from colsim.models._spiking_lif import THETA, LIFBlock, SpikingEncoder, input_trace, latency_code, rate_code
+from colsim.models._spiking_lif import (
+    THETA, LIFBlock, SpikingEncoder, echo as echo_of, input_trace, latency_code, raster_neurons, rate_code, spike_stats,
+)
 from colsim.models.seq_jepa import SeqJepaColumn
 from colsim.models.seq_jepa_parts import (
     ActionEmbed, AggregatorConfig, PredictorConfig, TeacherConfig, build_aggregator, build_predictor, ema_momentum,
@@ -233,8 +235,7 @@ class SpikingColumn(AbstractColumn):
         layers_prev = [lc[ar, idx] * valid.unsqueeze(1) for lc in state["l_cache"]]  # [(B, C_l)] as at t-1
         spikes = [s.detach() for _, s, _ in recs]
         counts = [s.sum(0).flatten(1) for s in spikes]  # [(B, N_l)] spike counts of this view
-        echo = [c / torch.where(c.sum(1, keepdim=True) > 0, c.sum(1, keepdim=True), torch.ones_like(c[:, :1]))
-                for c in state["counts_prev"]]  # [(B, N_l)] L1-normalised
+        echo = echo_of(state["counts_prev"])  # [(B, N_l)] L1-normalised
         has_prev = state["has_prev"]
         broadcast = torch.where(has_prev, torch.where(start, -1.0, 1.0), 0.0).to(obs.dtype)  # (B,) b
         self._record_stats(spikes)
@@ -277,14 +278,9 @@ class SpikingColumn(AbstractColumn):
         self._stats = stats  # the metrics describe the live view, not a replayed one
         return trace
 
-    @torch.no_grad()
     def _record_stats(self, spikes: "list[Tensor]") -> None:
         """spikes [(T, B, *shape_l)] -> per block rate, silent and saturated fractions (``diagnostics``)."""
-        for l, s in enumerate(spikes):
-            n = s.sum(0)  # (B, *shape) spikes per neuron in the view
-            self._stats[f"spiking.l{l}.rate"] = float(s.mean())
-            self._stats[f"spiking.l{l}.silent"] = float((n == 0).float().mean())
-            self._stats[f"spiking.l{l}.saturated"] = float((n == s.shape[0]).float().mean())
+        self._stats.update(spike_stats(spikes))
 
     def diagnostics(self) -> dict[str, float]:
         """Per block l: ``spiking.l{l}.rate`` (spikes per neuron and bin), ``.silent`` / ``.saturated``
@@ -340,19 +336,8 @@ class SpikingColumn(AbstractColumn):
         return out
 
     def raster_neurons(self, k: int = 128) -> "list[Tensor]":
-        """Per block, the flat indices (into the block's (C, H, W) / (N,) neurons) of at most ``k``
-        neurons shown in a raster: a conv block's neuron at the centre position of (evenly spaced)
-        channels, an MLP block's evenly spaced neurons."""
-        out = []
-        for shape in self.block_shapes:
-            C = shape[0]
-            ch = torch.linspace(0, C - 1, min(k, C)).round().long().unique()  # (K,)
-            if len(shape) == 3:
-                _, Hl, Wl = shape
-                out.append(ch * Hl * Wl + (Hl // 2) * Wl + Wl // 2)
-            else:
-                out.append(ch)
-        return out
+        """Per block, the flat indices of at most ``k`` neurons shown in a raster (_spiking_lif.raster_neurons)."""
+        return raster_neurons(self.block_shapes, k)
 
     # ------------------------------------------------------------------ teacher
     @torch.no_grad()

@@ -101,7 +101,8 @@ def missing_class(labels: Tensor, classes: list[int]) -> Optional[int]:
 def class_picker(labels: Tensor, classes: list[int]) -> Callable[..., Tensor]:
     """Stream sampler over a pool's items with classes ``labels`` (n,): uniforms u (B, 2) -> item
     indices (B,), uniform over ``classes`` (u[:, 0]), then over that class's items (u[:, 1]).
-    ``pick(u, like=items)`` keeps the class of ``items`` (B,) and draws only the item (u[:, 1])."""
+    ``pick(u, like=items)`` keeps the class of ``items`` (B,) and draws only the item (u[:, 1]);
+    ``pick(u, k=k)`` draws an item of class ``classes[k]`` for k (B,) long."""
     members = [torch.nonzero(labels == c).flatten() for c in classes]
     counts = torch.tensor([len(m) for m in members])  # (K,)
     table = torch.zeros(len(classes), int(counts.max()), dtype=torch.long)  # (K, max n): item indices
@@ -110,10 +111,10 @@ def class_picker(labels: Tensor, classes: list[int]) -> Callable[..., Tensor]:
     position = torch.full((max(int(labels.max()), *classes) + 1,), -1, dtype=torch.long)  # class -> its k
     position[torch.tensor(classes)] = torch.arange(len(classes))
 
-    def pick(u: Tensor, like: Optional[Tensor] = None) -> Tensor:  # u (B, 2) -> (B,)
-        if like is None:
+    def pick(u: Tensor, like: Optional[Tensor] = None, k: Optional[Tensor] = None) -> Tensor:  # u (B, 2) -> (B,)
+        if k is None and like is None:
             k = (u[:, 0] * len(classes)).long().clamp_(max=len(classes) - 1)
-        else:
+        elif k is None:
             k = position[labels[like]]
         j = torch.minimum((u[:, 1] * counts[k]).long(), counts[k] - 1)
         return table[k, j]

@@ -158,13 +158,17 @@ class SampleWorld(World):
         return cls
 
     # ---- streams
+    def _stream_phase(self, batch: int, classes: Optional[list[int]], overrides: Optional[dict[str, Any]]
+                      ) -> "tuple[SampleConfig, list[int]]":
+        """A stream's checked batch, phase config and classes (ConfigError naming the field otherwise)."""
+        if batch < 1:
+            raise ConfigError(f"stream: batch must be >= 1, got {batch}")
+        return self._resolve(overrides), self.check_phase(classes, overrides)
+
     def stream(self, batch: int, episode_length: int, classes: Optional[list[int]] = None,
                overrides: Optional[dict[str, Any]] = None) -> Stream:
         """B i.i.d. training images per tick (each its own episode; ``episode_length`` is not used)."""
-        if batch < 1:
-            raise ConfigError(f"stream: batch must be >= 1, got {batch}")
-        cfg = self._resolve(overrides)
-        cls = self.check_phase(classes, overrides)
+        cfg, cls = self._stream_phase(batch, classes, overrides)
         if cfg.joint:  # every task's images in every phase (the phase still picks its probe set)
             cls, cfg = list(range(self.num_classes)), self._joint(cfg)
         rows = self.rows["train"]

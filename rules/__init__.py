@@ -2,4 +2,6 @@
 if __name__ != "colsim.rules":  # guard: the folder must not be importable under its bare name
     raise ImportError("import colsim.rules, not 'rules': the rules/ folder installs as colsim.rules (pip install -e .)")
 
-from colsim.rules import backprop, consolidation, espp, frozen, layerwise, lpl, metaplastic, replay, sparse_coding  # noqa: E402,F401
+from colsim.rules import (  # noqa: E402,F401
+    backprop, consolidation, espp, frozen, layerwise, lpl, metaplastic, rate_matched, replay, sparse_coding,
+)

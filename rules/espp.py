@@ -115,7 +115,8 @@ def espp_dw(post: Tensor, x_trace: Tensor, synapse: nn.Module) -> Tensor:
     if isinstance(synapse, nn.Conv2d):
         return torch.nn.grad.conv2d_weight(x_trace.flatten(0, 1), synapse.weight.shape, post.flatten(0, 1),
                                            synapse.stride, synapse.padding, synapse.dilation, synapse.groups)
-    return torch.einsum("tbn,tbj->nj", post, x_trace)
+    N, J = post.shape[-1], x_trace.shape[-1]
+    return torch.mm(post.reshape(-1, N).t(), x_trace.reshape(-1, J))  # one GEMM over the (t, b) pairs
 
 
 def check_gate_range(cfg: EsppConfig, neurons: dict[int, int]) -> None:
@@ -167,18 +168,24 @@ def espp(cfg: EsppConfig, column=None) -> Rule:
         keep = gate.any(0).nonzero().squeeze(1)  # (K,) samples that learn in some bin
         if not len(keep):
             return torch.zeros_like(syn.weight), gate, L
-        g = (b[keep] * gate[:, keep]).to(U.dtype) if cfg.online else b[keep].to(U.dtype).unsqueeze(0)  # (T|1, K)
-        Uk = U[:, keep]  # (T, K, *shape_l)
-        coef = g.unsqueeze(-1) * e[keep].unsqueeze(0)  # (T|1, K, N_l)
-        post = _psi_times(Uk, coef.view(*coef.shape[:2], *Uk.shape[2:]))  # (T, K, *shape_l)
-        return espp_dw(post, trace["in_trace"][l].transpose(0, 1)[:, keep], syn), gate, L
+        x_tr = trace["in_trace"][l].transpose(0, 1)  # (T, B, *in_l)
+        if len(keep) < B:  # only the learning samples (no copy when all learn, as on contrastive ticks)
+            U, x_tr, b, e, gate_k = U[:, keep], x_tr[:, keep], b[keep], e[keep], gate[:, keep]
+        else:
+            gate_k = gate
+        g = (b * gate_k).to(U.dtype) if cfg.online else b.to(U.dtype).unsqueeze(0)  # (T|1, K)
+        coef = g.unsqueeze(-1) * e.unsqueeze(0)  # (T|1, K, N_l)
+        post = _psi_times(U, coef.view(*coef.shape[:2], *U.shape[2:]))  # (T, K, *shape_l)
+        return espp_dw(post, x_tr, syn), gate, L
 
     def update(params, state, trace):
         if not retain_graph():  # nothing after this rule reads the block-local graphs
             trace["z"] = trace["z"].detach()
             trace["layers"] = [l.detach() for l in trace["layers"]]
         retain = retain_graph()
-        grads = loss_grads(cfg.predictive_weight * trace["loss"], params, retain_graph=retain)
+        # a column without a differentiable objective (EchoSpike's MLP: LIF layers only) has nothing else to train
+        grads = loss_grads(cfg.predictive_weight * trace["loss"], params, retain_graph=retain) \
+            if trace["loss"].requires_grad else {}
         metrics = {"loss.pred": float(trace["loss"].detach())}
         active = trace["broadcast"] != 0  # (B,)
         n_act = int(active.sum())

@@ -15,7 +15,8 @@ from colsim import registry
 from colsim.simulate import _seeded
 from _tiny import TINY, build_tiny
 
-SPIKING_RULES = {"espp"}  # rules that need a spiking column: run on the tiny spiking preset (models/spiking.py)
+SPIKING_RULES = {"espp", "rate_matched"}  # rules that need a spiking column: the tiny spiking preset (models/spiking.py)
+RULE_OPTIONS = {"rate_matched": ["rule.target_rates=[0.05]"]}  # settings a rule has no default for
 
 
 def _build(rule_spec: str, extra=(), seed: int = 0):
@@ -24,8 +25,8 @@ def _build(rule_spec: str, extra=(), seed: int = 0):
     from colsim.build import build_run
     from colsim.config import resolve_run_config
 
-    cfg = resolve_run_config("nonstationary", rule=rule_spec, model="spiking_cnn",
-                             overrides=TINY + ["model.T=3"] + list(extra), seed=seed)
+    cfg = resolve_run_config("nonstationary", rule=rule_spec, model="spiking_cnn", seed=seed,
+                             overrides=TINY + ["model.T=3"] + RULE_OPTIONS.get(rule_spec.split("+")[0], []) + list(extra))
     return (cfg, *build_run(cfg))
 
 

@@ -60,6 +60,12 @@ def _lines(s: dict) -> list[str]:
         last = next((r for r in reversed(s["head_matrix"]) if r), [])
         out.append(f"own heads — average accuracy {pm('average_accuracy')} · forgetting {pm('head_forgetting')} · "
                    f"BWT {_f(s.get('head_bwt'))} · last row " + " ".join(_f(v) for v in last))
+    if s.get("layer_readout_accuracy"):  # per-layer read-outs on full spike-count vectors (models/echospike.py)
+        first, last = s["layer_readout_accuracy"][0], s["layer_readout_accuracy"][-1]
+        ses = s.get("layer_readout_accuracy_se", [[None] * len(last)])[-1]
+        out.append("layer read-outs at the last evaluation (± s.e.; first evaluation in brackets) — " + " · ".join(
+            f"{n} {_f(v)}" + (f" ± {e:.2f}" if e is not None else "") + f" [{_f(v0)}]"
+            for n, v, e, v0 in zip(s["layer_readout_names"], last, ses, first)))
     g = s.get("gain") or {}
     if g:
         out.append("gain over step 0 (± s.e.) — " + " · ".join(

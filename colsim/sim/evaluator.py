@@ -27,6 +27,7 @@ __all__ = ["Evaluator", "EVAL_SET_KEYS", "EVAL_SCALAR_KEYS", "readouts_to_tensor
 EVAL_SET_KEYS = ("acc_agg", "acc_agg_se", "acc_z", "acc_z_se", "seen_acc", "seen_acc_se", "frozen_acc", "frozen_acc_se",
                  "prediction_loss", "prediction_loss_se", "equivariance_r2_set", "equivariance_r2_set_se")
 HEAD_SET_KEYS = ("head_acc", "head_acc_se")  # only for columns with read-out heads (models/classifier.py)
+LAYER_READOUT_KEYS = ("layer_acc", "layer_acc_se", "layer_spikes")  # only for columns with ``readout`` (echospike)
 EVAL_SCALAR_KEYS = ("probe_acc_agg", "probe_acc_agg_se", "probe_acc_z", "probe_acc_z_se", "equivariance_r2",
                     "equivariance_r2_se")
 
@@ -102,6 +103,8 @@ class Evaluator:
                                                  dtype="<U64"))}
         if self.circ is not None:
             coords[S.COLUMN] = ((S.COLUMN,), np.array(self.entries, dtype="<U64"))
+        if "layer_names" in sc:  # a column that reads its layers out (colsim.evaluate.layer_readout_scores)
+            coords[S.READOUT_LAYER] = ((S.READOUT_LAYER,), np.array(sc["layer_names"], dtype="<U64"))
         return coords
 
     def _record_probe(self, emb, coords: dict) -> None:
@@ -117,7 +120,8 @@ class Evaluator:
         zs = circuit_probe_data(emb) if self.circ is not None else {
             "z": (S.z_layout(), emb.z[None].astype(np.float32)),
             "z_agg": (S.z_agg_layout(), emb.z_agg[None].astype(np.float32))}
-        self.recorder.record_eval("probe", {**zs, **spk}, {n: c for n, c in coords.items() if n != S.BLOCK},
+        self.recorder.record_eval("probe", {**zs, **spk}, {n: c for n, c in coords.items()
+                                                         if n not in (S.BLOCK, S.READOUT_LAYER)},
                                   {**static, **spk_static})
 
 
@@ -133,6 +137,9 @@ def _evaluation_data(sc: dict) -> dict:
     for n in ("equivariance_r2_set_dim", "equivariance_r2_set_dim_se"):
         data[n] = (S.evaluation_layout("set_dim"), np.asarray(sc[n], dtype=np.float64)[None])
     data["block_pred_loss"] = (S.evaluation_layout("block"), np.asarray(sc["block_pred_loss"], np.float64)[None])
+    for n in LAYER_READOUT_KEYS:  # a column that reads its layers out (colsim.evaluate.layer_readout_scores)
+        if n in sc:
+            data[n] = (S.evaluation_layout("readout"), np.asarray(sc[n], dtype=np.float64)[None])
     for n in HEAD_SET_KEYS:  # a supervised column's own heads (colsim.evaluate.head_accuracy)
         if n in sc:
             data[n] = (S.evaluation_layout("set"), np.asarray(sc[n], dtype=np.float64)[None])

@@ -1,6 +1,7 @@
 """Cross-check of the torch spiking column + espp rule against the independent BrainPy backend
 (models/_spiking_brainpy.py): identical weights and input spike trains must give identical spikes
-over the T bins and, after K = 6 ESPP updates, weights equal within 1e-6 (float64)."""
+over the T bins and, after K = 6 ESPP updates, weights equal within 1e-6 (float64); for the seq-JEPA spiking column
+and for EchoSpike's plain MLP (models/echospike.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +12,7 @@ pytest.importorskip("snntorch")
 pytest.importorskip("brainpy", reason="the BrainPy cross-check needs the brainpy extra: pip install -e '.[brainpy]'")
 
 from colsim.models._spiking_brainpy import run_layers_bp, train_espp_bp  # noqa: E402
+from colsim.models.echospike import EchoSpikeConfig, echospike  # noqa: E402
 from colsim.models.spiking import SpikingConfig, spiking  # noqa: E402
 from colsim.rules.espp import EsppConfig, espp  # noqa: E402
 from colsim.types import WorldSpec  # noqa: E402
@@ -20,20 +22,24 @@ STARTS = [[True] * B, [False, False, True, False], [False] * B, [True, False, Fa
           [False, True, False, False]]
 
 
-def _torch_column(beta_spread: float, online: bool, c: float):
+def _torch_column(beta_spread: float, online: bool, c: float, model: str = "spiking"):
     spec = WorldSpec((1, 3, 4), 1, ("a",), 2)
+    torch.manual_seed(0)
+    if model == "echospike":  # EchoSpike's plain MLP (models/echospike.py): the same LIF blocks, no aggregator
+        col = echospike(EchoSpikeConfig(hidden=[6, 4], T=T, beta=0.8, beta_spread=beta_spread), spec).double()
+        return col, espp(EsppConfig(online=online, c_pos=c, c_neg=-c), col)
     cfg = SpikingConfig(encoder={"kind": "mlp", "hidden": [6, 4]}, T=T, beta=0.8, beta_spread=beta_spread,
                         action_embed=2, aggregator={"layers": 1, "heads": 2}, predictor={"hidden": 4},
                         teacher={"kind": "stopgrad"})
-    torch.manual_seed(0)
     col = spiking(cfg, spec).double()
     rule = espp(EsppConfig(online=online, c_pos=c, c_neg=-c), col)
     return col, rule
 
 
-@pytest.mark.parametrize("online, beta_spread, c", [(False, 0.0, 1e-2), (True, 0.1, 1e-4), (False, 0.1, 0.05)])
-def test_torch_and_brainpy_agree(online, beta_spread, c):
-    col, rule = _torch_column(beta_spread, online, c)
+@pytest.mark.parametrize("online, beta_spread, c, model", [(False, 0.0, 1e-2, "spiking"), (True, 0.1, 1e-4, "spiking"),
+                                                          (False, 0.1, 0.05, "spiking"), (False, 0.0, 1e-2, "echospike")])
+def test_torch_and_brainpy_agree(online, beta_spread, c, model):
+    col, rule = _torch_column(beta_spread, online, c, model)
     g = torch.Generator().manual_seed(1)
     xs = (torch.rand(K, T, B, 1, 3, 4, generator=g, dtype=torch.float64) < 0.4).double()  # input spike trains
     blocks = col.encoder.blocks
