@@ -193,22 +193,9 @@ def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, qu
 
 
 def _ensemble_with_progress(cfg, runs, quiet):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from colsim.rundir import execute_ensemble
 
-    if quiet:
-        return execute_ensemble(runs, cfg)
-    cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("mean loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
-            TimeElapsedColumn()]
-    with Progress(*cols, console=Console(), transient=False) as prog:
-        task = prog.add_task("run", total=cfg.protocol.total_steps, phase="init", loss=float("nan"), rate=0.0)
-
-        def on_step(info):
-            prog.update(task, completed=info["step"], phase=info["phase"], loss=info["loss"], rate=info["steps_per_s"])
-
-        return execute_ensemble(runs, cfg, on_step=on_step)
+    return _with_progress(cfg, quiet, lambda on_step: execute_ensemble(runs, cfg, on_step=on_step), "mean loss")
 
 
 def _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt):
@@ -330,14 +317,20 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
 
 
 def _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt=None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from colsim.rundir import execute
 
+    return _with_progress(cfg, quiet, lambda on_step: execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt,
+                                                              on_step=on_step))
+
+
+def _with_progress(cfg, quiet, execute, loss_label: str = "loss"):
+    """``execute(on_step)`` under a progress bar (none with ``quiet``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     if quiet:
-        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt)
+        return execute(None)
     cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
+            TextColumn(loss_label + " {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
             TimeElapsedColumn()]
     with Progress(*cols, console=Console(), transient=False) as prog:
         task = prog.add_task("run", total=cfg.protocol.total_steps, phase="init", loss=float("nan"), rate=0.0)
@@ -345,6 +338,4 @@ def _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt=N
         def on_step(info):
             prog.update(task, completed=info["step"], phase=info["phase"], loss=info["loss"], rate=info["steps_per_s"])
 
-        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt, on_step=on_step)
-
-
+        return execute(on_step)
