@@ -148,6 +148,9 @@ def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, qu
             if cfgs[0].device != "cpu":
                 raise ConfigError(f"--ensemble: runs on the CPU only so far, not --device {cfgs[0].device}; run the "
                                   "seeds separately with --seeds")
+            if getattr(cfgs[0].model, "autocast", None) not in (None, "none"):
+                raise ConfigError(f"--ensemble: model.autocast={cfgs[0].model.autocast} is not batched over seeds yet; "
+                                  "drop it or run the seeds separately with --seeds")
             built = []
             for cfg in cfgs:  # each seed's world, column, rule and optimizer, and its global RNG as its run starts
                 b = build_for_run(cfg)
@@ -173,7 +176,10 @@ def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, qu
         console.print(f"[bold]colsim run --ensemble[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
                       f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seeds "
                       f"{', '.join(map(str, seed_list))} -> {', '.join(map(str, dirs))}", soft_wrap=True)
-        results = _ensemble_with_progress(cfg, runs, quiet)
+        try:
+            results = _ensemble_with_progress(cfg, runs, quiet)
+        except ConfigError as exc:  # found at a tick (the seeds' episode starts differ): the stores say failed
+            _fail(str(exc))
     finally:
         for lock in locks:
             lock.close()

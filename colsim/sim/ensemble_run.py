@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 
 from colsim.build import build_optimizer, lr_at
+from colsim.config import ConfigError
 from colsim.sim.checkpointer import Checkpointer, phase_states
 from colsim.sim.diagnostics import CollapseMonitor
 from colsim.sim.ensemble import SeedEnsemble, split_seeds
@@ -120,8 +121,8 @@ def run_ensemble(seeds: list[SeedRun], rule_spec, protocol, *, device: str = "cp
                     st.labels["phase"] = torch.full_like(st.labels["class"], p)
                     steps.append(st)
                 if any(not torch.equal(st.start, steps[0].start) for st in steps[1:]):
-                    raise RuntimeError("--ensemble: the seeds' episodes start at different ticks (the world draws "
-                                       "episode lengths); run the seeds separately with --seeds")
+                    raise ConfigError("--ensemble: the seeds' episodes start at different ticks (the world does not "
+                                      "align its episodes across seeds); run the seeds separately with --seeds")
                 obs = torch.stack([st.obs for st in steps]).to(device)  # (S, B, C, H, W)
                 action = torch.stack([st.action for st in steps]).to(device)  # (S, B, A)
                 start = steps[0].start.to(device) | (t == 0)  # (B,)
