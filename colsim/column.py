@@ -71,6 +71,8 @@ class AbstractColumn(nn.Module, abc.ABC):
     # over parameters stacked on a leading seed dimension. ``seed_shared_state``: keys of the state that are the
     # same for every seed (they follow the episode starts alone) and enter the forward once, unstacked.
     seed_shared_state: tuple = ()
+    # sub-modules run seed by seed inside the ensemble's forward (convolutions: colsim.sim.ensemble._per_seed)
+    seed_loop: tuple = ()
 
     def ensemble_refusal(self) -> Optional[str]:
         """Why this column cannot run as a seed ensemble (one line naming the setting), or None when it can."""

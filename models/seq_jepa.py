@@ -82,6 +82,7 @@ parameters, as the global path does; so does ``forward_inputs`` (replay has no c
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Literal, Optional
 
 import torch
@@ -532,6 +533,14 @@ class SeqJepaColumn(AbstractColumn):
 
     # ------------------------------------------------------------------ seed ensembles (colsim/sim/ensemble.py)
     seed_shared_state = ("count",)  # the window's fill follows the episode starts, the same for every seed
+
+    @property
+    def seed_loop(self) -> tuple:
+        """The conv encoders run seed by seed in an ensemble: vmap's grouped convolutions measured slower on CPU
+        (benchmarks/bench_ensemble.py)."""
+        if os.environ.get("COLSIM_ENSEMBLE_VMAP_CONV") == "1" or self.cfg.encoder.kind != "cnn":
+            return ()
+        return ("encoder",) + (("target_encoder",) if self.target_encoder is not None else ())
 
     def ensemble_refusal(self) -> Optional[str]:
         """The settings a vmapped forward cannot run, or has not been checked against separate runs: batch

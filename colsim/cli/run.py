@@ -188,8 +188,8 @@ def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, qu
         print_summary(res.summary)
     stopped = [res for res in results if res.signal is not None]
     if stopped:
-        err_console.print(f"[bold red]ensemble interrupted[/] by {signal.Signals(stopped[0].signal).name}; continue each "
-                          f"seed with: colsim run --resume RUN_DIR ({', '.join(str(r.dir) for r in runs)})",
+        err_console.print(f"[bold red]ensemble interrupted[/] by {signal.Signals(stopped[0].signal).name}; continue "
+                          f"each seed with: colsim run --resume RUN_DIR ({', '.join(str(r.dir) for r in runs)})",
                           highlight=False, soft_wrap=True)
         raise typer.Exit(128 + int(stopped[0].signal))
     bad = [(r.seed, res.status) for r, res in zip(runs, results) if res.status != "completed"]

@@ -109,6 +109,35 @@ class _SeedDropout(TorchFunctionMode):
         return _functorch._add_batch_dim(out, bdim, level)
 
 
+def _per_seed(module: nn.Module, S: int) -> None:
+    """Make ``module`` (a sub-module of the stacked column) run seed by seed inside the vmapped forward: its input
+    and its parameters' slices are unwrapped to the physical (S, ...) tensors, the module runs once per seed on
+    plain tensors (the kernels of a separate run), and the outputs are stacked and wrapped back. For convolutions,
+    which vmap would run as one grouped convolution over the seeds (slower on CPU, and transposed layouts after it)."""
+    inner = module.forward
+
+    def forward(x, *args, **kw):
+        if not _functorch.is_batchedtensor(x):
+            return inner(x, *args, **kw)
+        level = _functorch.maybe_get_level(x)
+
+        def phys(t):
+            return _functorch.get_unwrapped(t).movedim(_functorch.maybe_get_bdim(t), 0) \
+                if _functorch.is_batchedtensor(t) else t.expand(S, *t.shape)
+
+        params = {n: phys(p) for n, p in module.named_parameters()}
+        buffers = {n: phys(b) for n, b in module.named_buffers()}
+        xs = phys(x)
+        with torch._C._DisableFuncTorch():
+            outs = [torch.func.functional_call(module, ({n: p[s] for n, p in params.items()},
+                                                        {n: b[s] for n, b in buffers.items()}), (xs[s], *args), kw)
+                    for s in range(S)]
+            out = torch.utils._pytree.tree_map(lambda *ts: torch.stack(ts), *outs)
+        return torch.utils._pytree.tree_map(lambda t: _functorch._add_batch_dim(t, 0, level), out)
+
+    module.forward = forward
+
+
 class SeedEnsemble:
     """``columns``: the S seeds' columns (built alike); ``rngs``: each seed's global RNG states
     (:func:`colsim.checkpoint.rng_states`) as its separate run would hold them now."""
@@ -132,6 +161,8 @@ class SeedEnsemble:
                         full = f"{mname}.{k}" if mname else k
                         mod._buffers[k] = torch.stack([n[full] for n in bufs])
         self.shared = tuple(self.stacked.seed_shared_state)
+        for name in self.stacked.seed_loop:
+            _per_seed(self.stacked.get_submodule(name), self.S)
 
     # ------------------------------------------------------------------ per-seed global RNG
     @contextlib.contextmanager

@@ -89,8 +89,8 @@ def run_ensemble(seeds: list[SeedRun], rule_spec, protocol, *, device: str = "cp
 
     def checkpoint(s, kind, *args, **kw):
         st = states[s]
-        getattr(ckpts[s], kind)(*args, rstate=split_seeds(rstate, s), sstate=st.sstate, cstate=ens.unstack_state(cstate, s),
-                                **kw)
+        getattr(ckpts[s], kind)(*args, rstate=split_seeds(rstate, s), sstate=st.sstate,
+                                cstate=ens.unstack_state(cstate, s), **kw)
 
     with HostGuards() as host:
         if ev.at_start:
