@@ -56,7 +56,7 @@ def ensemble(seeds: list[int], steps: int, root: Path) -> tuple[float, float]:
     """(seconds in ticks, wall seconds) of the same seeds as one ensemble, as ``colsim run --ensemble`` runs it."""
     from colsim.checkpoint import rng_states
     from colsim.rundir import build_for_run, execute_ensemble, new_run
-    from colsim.sim.ensemble_run import SeedRun
+    from colsim.simulate_ensemble import SeedRun
 
     t = time.perf_counter()
     runs = []

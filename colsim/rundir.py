@@ -104,10 +104,10 @@ def execute(run_dir: Path, cfg, built, recorder, config_yaml: str, *, resume: Op
 
 
 def execute_ensemble(runs: list, cfg, *, on_step: Optional[Callable[[dict], None]] = None) -> list[RunResult]:
-    """:func:`execute` for a seed ensemble (:func:`colsim.sim.ensemble_run.run_ensemble`): ``runs`` are the seeds'
-    :class:`~colsim.sim.ensemble_run.SeedRun` (their folders set up by :func:`new_run`); each folder gets its
+    """:func:`execute` for a seed ensemble (:func:`colsim.simulate_ensemble.run_ensemble`): ``runs`` are the seeds'
+    :class:`~colsim.simulate_ensemble.SeedRun` (their folders set up by :func:`new_run`); each folder gets its
     ``summary.json``. An exception closes every store as :func:`execute` does, then propagates."""
-    from colsim.sim.ensemble_run import run_ensemble
+    from colsim.simulate_ensemble import run_ensemble
 
     try:
         results = run_ensemble(runs, cfg.rule, cfg.protocol, device=cfg.device, on_step=on_step)

@@ -138,7 +138,7 @@ def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, qu
     from colsim.device import check_device
     from colsim.rundir import build_for_run, git_revision, new_run
     from colsim.sim.ensemble import ensemble_refusal
-    from colsim.sim.ensemble_run import SeedRun
+    from colsim.simulate_ensemble import SeedRun
 
     locks: list = []
     try:

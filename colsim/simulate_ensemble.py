@@ -172,6 +172,8 @@ def run_ensemble(seeds: list[SeedRun], rule_spec, protocol, *, device: str = "cp
                     if rec.enabled and step % rec.metrics_every == 0:
                         cols[s].load_forward_side_state(side[s])
                         _record(seeds[s].recorder, step, m, tr, cols[s], None, prog, ts, monitors[s])
+                if not rec.enabled:
+                    prog.tick_rate(ts)
                 prog.lap("record")
                 step += 1
                 for s in live:
