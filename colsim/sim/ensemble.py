@@ -125,10 +125,12 @@ def _per_seed(module: nn.Module, S: int) -> None:
             return _functorch.get_unwrapped(t).movedim(_functorch.maybe_get_bdim(t), 0) \
                 if _functorch.is_batchedtensor(t) else t.expand(S, *t.shape)
 
-        params = {n: phys(p) for n, p in module.named_parameters()}
-        buffers = {n: phys(b) for n, b in module.named_buffers()}
-        xs = phys(x)
         with torch._C._DisableFuncTorch():
+            # unbind, not S indexings: its backward stacks the seeds' gradients once instead of filling S zero
+            # tensors of the stacked shape per parameter (measured: a fifth of an ensemble tick)
+            params = {n: phys(p).unbind(0) for n, p in module.named_parameters()}
+            buffers = {n: phys(b).unbind(0) for n, b in module.named_buffers()}
+            xs = phys(x).unbind(0)
             outs = [torch.func.functional_call(module, ({n: p[s] for n, p in params.items()},
                                                         {n: b[s] for n, b in buffers.items()}), (xs[s], *args), kw)
                     for s in range(S)]
