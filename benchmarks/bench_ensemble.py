@@ -15,7 +15,8 @@ the host's speed falls on both. Each run has one phase of ``--steps`` steps (no 
 
 Measured on the 2-core reference machine, 2026-12-07 (commit of issue 32), UNDER LOAD (a sweep and other jobs
 held both cores: load average 4-14), 8 seeds, ``--steps 12`` (steady state, the ticks after the first two):
-sequential 0.67, ensemble 0.73 seed-steps/s: 1.09x (wall, evaluations included, 1.16x); before the per-seed
+sequential 0.67, ensemble 0.73 seed-steps/s: 1.09x (wall, evaluations included, 1.16x); a second run, the sweep
+still on both cores, 0.53 / 0.63: 1.17x (wall 1.12x); before the per-seed
 encoder unbound its parameters once (``colsim.sim.ensemble._per_seed``) 0.79x (wall 0.94x). Short runs flatter the
 ensemble, which pays the first ticks' costs once: the same script timing every tick gave 1.45x-1.73x
 (``--steps 8``). So the target (>= 1.3x) is not met in steady state on this host, under load; not yet measured on
