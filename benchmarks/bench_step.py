@@ -1,6 +1,7 @@
 """Training-step throughput of the default column, recording overhead, and ResNet-18 efficiency.
 
-Prints figures, and ratios against baselines measured in the same run:
+Prints figures, and ratios against baselines measured in the same run, after the CPU kernels the host offers
+(``torch.backends.cpu.get_cpu_capability()`` and the AVX-512 / AMX / bf16 flags of /proc/cpuinfo):
 
 1. steps/s and sequences/s (B streams x steps/s) of the default column (seqjepa_cnn on the
    nonstationary protocol's stream) under ``backprop`` and ``lpl``, through the real
@@ -59,6 +60,22 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def cpu_kernels() -> str:
+    """The vector ISA torch's CPU kernels dispatch to (``torch.backends.cpu.get_cpu_capability``: DEFAULT, AVX2,
+    AVX512, ...) and the host's bf16 / AMX / VNNI flags from /proc/cpuinfo (Linux) — what bf16 autocast can use."""
+    import re
+
+    import torch
+
+    flags: set = set()
+    try:
+        flags = set(re.findall(r"\b(avx512_bf16|avx512f|amx_bf16|amx_tile|amx_int8|avx_vnni|avx512_vnni)\b",
+                               Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        pass
+    return f"{torch.backends.cpu.get_cpu_capability()}; flags {' '.join(sorted(flags)) or 'none of avx512/amx'}"
 
 
 def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonstationary", device: str = "cpu"):
@@ -271,6 +288,7 @@ def main() -> None:
     import torch
 
     print(f"colsim bench_step — torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"CPU kernels: {cpu_kernels()}")
     if not a.skip_default:
         d = part_default(a.steps)
         print("\n1-2. default column (seqjepa_cnn, batch 32, M=3), simulator loop")

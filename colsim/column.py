@@ -67,6 +67,25 @@ class AbstractColumn(nn.Module, abc.ABC):
         """Scalar model diagnostics for the metrics store (sparsity, coding rates...)."""
         return {}
 
+    # Seed ensembles (``colsim run --ensemble``, colsim/sim/ensemble.py): the forward runs under ``torch.vmap``
+    # over parameters stacked on a leading seed dimension. ``seed_shared_state``: keys of the state that are the
+    # same for every seed (they follow the episode starts alone) and enter the forward once, unstacked.
+    seed_shared_state: tuple = ()
+    # sub-modules run seed by seed inside the ensemble's forward (convolutions: colsim.sim.ensemble._per_seed)
+    seed_loop: tuple = ()
+
+    def ensemble_refusal(self) -> Optional[str]:
+        """Why this column cannot run as a seed ensemble (one line naming the setting), or None when it can."""
+        return f"model {type(self).__name__} has no seed-ensemble forward"
+
+    def forward_side_state(self) -> dict:
+        """What a forward leaves on the module besides its outputs (what :meth:`diagnostics` reads): taken out
+        of the vmapped forward, split per seed, and put back with :meth:`load_forward_side_state`."""
+        return {}
+
+    def load_forward_side_state(self, side: dict) -> None:  # noqa: B027 — optional
+        """Put back one seed's :meth:`forward_side_state`."""
+
     def trainable(self) -> dict[str, nn.Parameter]:
         """The parameters rules may change (teacher copies are excluded)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}

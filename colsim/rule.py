@@ -87,6 +87,9 @@ class Rule(NamedTuple):
     post_step: Optional[PostStepFn] = None
     boundary: Optional[BoundaryFn] = None
     encoder_graph: bool = True  # False: no rule reads the autograd graph of the current view's encoder pass
+    # True: ``update`` also works on parameters stacked over a leading seed dimension (``colsim run --ensemble``,
+    # colsim/sim/ensemble.py): the trace's ``loss`` is then (S,), one per seed, and a metric may be (S,) too
+    seed_batched: bool = False
 
 
 def loss_grads(loss: Tensor, params: Params, retain_graph: bool = False) -> Grads:

@@ -22,7 +22,7 @@ from colsim.sim.host import keep_freed_memory
 from colsim import simulate
 from colsim.simulate import RunResult
 
-__all__ = ["build_for_run", "run_attrs", "git_revision", "new_run", "execute"]
+__all__ = ["build_for_run", "run_attrs", "git_revision", "new_run", "execute", "execute_ensemble"]
 
 
 def build_for_run(cfg):
@@ -101,3 +101,23 @@ def execute(run_dir: Path, cfg, built, recorder, config_yaml: str, *, resume: Op
         raise
     (Path(run_dir) / "summary.json").write_text(json.dumps(result.summary, indent=2))
     return result
+
+
+def execute_ensemble(runs: list, cfg, *, on_step: Optional[Callable[[dict], None]] = None) -> list[RunResult]:
+    """:func:`execute` for a seed ensemble (:func:`colsim.simulate_ensemble.run_ensemble`): ``runs`` are the seeds'
+    :class:`~colsim.simulate_ensemble.SeedRun` (their folders set up by :func:`new_run`); each folder gets its
+    ``summary.json``. An exception closes every store as :func:`execute` does, then propagates."""
+    from colsim.simulate_ensemble import run_ensemble
+
+    try:
+        results = run_ensemble(runs, cfg.rule, cfg.protocol, device=cfg.device, on_step=on_step)
+    except BaseException as exc:
+        for r in runs:
+            try:
+                r.recorder.close("interrupted" if isinstance(exc, (KeyboardInterrupt, OSError)) else "failed")
+            except Exception:  # noqa: BLE001 — the original error is the one to report
+                pass
+        raise
+    for r, result in zip(runs, results):
+        (r.dir / "summary.json").write_text(json.dumps(result.summary, indent=2))
+    return results

@@ -82,6 +82,7 @@ parameters, as the global path does; so does ``forward_inputs`` (replay has no c
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Literal, Optional
 
 import torch
@@ -529,6 +530,40 @@ class SeqJepaColumn(AbstractColumn):
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("target_encoder.")}
+
+    # ------------------------------------------------------------------ seed ensembles (colsim/sim/ensemble.py)
+    seed_shared_state = ("count",)  # the window's fill follows the episode starts, the same for every seed
+
+    @property
+    def seed_loop(self) -> tuple:
+        """The conv encoders run seed by seed in an ensemble: vmap's grouped convolutions measured slower on CPU
+        (benchmarks/bench_ensemble.py)."""
+        if os.environ.get("COLSIM_ENSEMBLE_VMAP_CONV") == "1" or self.cfg.encoder.kind != "cnn":
+            return ()
+        return ("encoder",) + (("target_encoder",) if self.target_encoder is not None else ())
+
+    def ensemble_refusal(self) -> Optional[str]:
+        """The settings a vmapped forward cannot run, or has not been checked against separate runs: batch
+        statistics (BatchNorm), data-dependent branches (the symmetric teacher), module state written by
+        blocks (CRATE / ToST statistics), compiled or lateral columns, regularisers other than coding_rate."""
+        c = self.cfg
+        checks = [(c.encoder.kind not in ("cnn", "mlp"), f"model.encoder.kind={c.encoder.kind} (BatchNorm)"),
+                  (c.encoder.output_norm == "batch", "model.encoder.output_norm=batch"),
+                  (c.action_norm == "batch", "model.action_norm=batch"),
+                  (c.aggregator.kind != "transformer", f"model.aggregator.kind={c.aggregator.kind}"),
+                  (c.predictor.kind != "mlp", f"model.predictor.kind={c.predictor.kind}"),
+                  (c.teacher.kind == "symmetric", "model.teacher.kind=symmetric"),
+                  (bool(c.compile), "model.compile=true"), (bool(c.lateral), "model.lateral=true"),
+                  (bool(c.channels_last), "model.channels_last=true")]
+        checks += [(r.name != "coding_rate", f"model.regularizers: {r.name}") for r in self.regularizers]
+        bad = [why for no, why in checks if no]
+        return f"{bad[0]} cannot run as a seed ensemble" if bad else None
+
+    def forward_side_state(self) -> dict:
+        return {"last": dict(self._last), "predicted": self._predicted}
+
+    def load_forward_side_state(self, side: dict) -> None:
+        self._last, self._predicted = dict(side["last"]), side["predicted"]
 
 
 @register_model("seqjepa", SeqJepaConfig)

@@ -29,8 +29,8 @@ def backprop(cfg: BackpropConfig, column=None) -> Rule:
         return {}
 
     def update(params, state, trace):
-        loss = trace["loss"]
-        grads = loss_grads(loss, params, retain_graph=retain_graph())
-        return grads, state, {"loss.pred": float(loss.detach())}
+        loss = trace["loss"]  # () or, in a seed ensemble, (S,): the seeds' losses share no parameter
+        grads = loss_grads(loss.sum(), params, retain_graph=retain_graph())
+        return grads, state, {"loss.pred": float(loss.detach()) if loss.dim() == 0 else loss.detach()}
 
-    return Rule(init, update, frozenset({"loss", "global"}))
+    return Rule(init, update, frozenset({"loss", "global"}), seed_batched=True)

@@ -32,6 +32,9 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-<protocol>-<rule>)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    ensemble: bool = typer.Option(False, "--ensemble", help="with --seeds: run the seeds as one batched program in "
+                                  "this process (stacked parameters, vmapped forward); each seed still gets its own "
+                                  "run folder, equal to its separate run's (CPU; backprop on the default column)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="RUN_DIR: continue that run in place from its latest "
                                           "checkpoint (exactly: same numbers as an uninterrupted run on CPU); or a "
                                           "checkpoint .pt: a new run (--out) continuing from it"),
@@ -40,21 +43,28 @@ def run(
     if resume is not None and resume.is_dir():
         given = [n for n, v in (("PROTOCOL", protocol), ("--rule", rule), ("--model", model), ("--set", set_),
                                 ("--steps", steps), ("--seed", seed), ("--seeds", seeds), ("--device", device),
-                                ("--out", out)) if v]
+                                ("--out", out), ("--ensemble", ensemble)) if v]
         if given:
             _fail(f"--resume {resume}: continues the run as its config.yaml says; drop {', '.join(given)}")
         return _resume_in_place(resume, quiet)
     if protocol is None:
         _fail("PROTOCOL: give a protocol (e.g. nonstationary), or --resume RUN_DIR to continue a run")
+    if ensemble and seeds is None:
+        _fail("--ensemble: give the seeds to run together with --seeds, e.g. --seeds 0-7")
     if seeds is None:
         return _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resume)
     try:
         seed_list = parse_seeds(seeds)
         if seed is not None or resume is not None:
             raise ConfigError("--seeds: give either --seeds or --seed/--resume, not both")
+        if ensemble and len(seed_list) < 2:
+            raise ConfigError(f"--ensemble: --seeds {seeds} is one seed; an ensemble needs two or more (or drop "
+                              "--ensemble)")
     except ConfigError as exc:
         _fail(str(exc))
         return
+    if ensemble:
+        return _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, quiet)
     failed = []
     for s in seed_list:
         o = None if out is None else Path(f"{out}-s{s}")
@@ -119,6 +129,79 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
         _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt)
     finally:
         lock.close()
+
+
+def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, quiet):
+    """``--seeds ... --ensemble``: every seed's run built and checked, its folder set up, then one ensemble
+    (:func:`colsim.rundir.execute_ensemble`); exit 1 when a seed's run did not complete, 128 + signal when stopped."""
+    from colsim.checkpoint import rng_states
+    from colsim.device import check_device
+    from colsim.rundir import build_for_run, git_revision, new_run
+    from colsim.sim.ensemble import ensemble_refusal
+    from colsim.simulate_ensemble import SeedRun
+
+    locks: list = []
+    try:
+        try:
+            cfgs = [_resolve(protocol, rule, model, set_, s, device, steps) for s in seed_list]
+            check_device(cfgs[0].device, f"--device {cfgs[0].device}")
+            if cfgs[0].device != "cpu":
+                raise ConfigError(f"--ensemble: runs on the CPU only so far, not --device {cfgs[0].device}; run the "
+                                  "seeds separately with --seeds")
+            if getattr(cfgs[0].model, "autocast", None) not in (None, "none"):
+                raise ConfigError(f"--ensemble: model.autocast={cfgs[0].model.autocast} is not batched over seeds yet; "
+                                  "drop it or run the seeds separately with --seeds")
+            built = []
+            for cfg in cfgs:  # each seed's world, column, rule and optimizer, and its global RNG as its run starts
+                b = build_for_run(cfg)
+                built.append((b, rng_states()))
+                why = ensemble_refusal(cfg.rule.name, b.rule, b.column)
+                if why is not None:
+                    raise ConfigError(why)
+            dirs = []
+            for s, cfg in zip(seed_list, cfgs):
+                dirs.append(_out_dir(None if out is None else Path(f"{out}-s{s}"), cfg, f"-s{s}"))
+                locks.append(_lock(dirs[-1], "--out"))
+        except ConfigError as exc:
+            _fail(str(exc))
+            return
+        runs = []
+        for s, cfg, d, (b, rng) in zip(seed_list, cfgs, dirs, built):
+            try:
+                config_yaml, recorder = new_run(d, cfg, git_revision=git_revision(), ensemble=list(seed_list))
+            except OSError as exc:
+                _fail(f"--out {d}: cannot write the run folder ({exc.strerror or exc})")
+            runs.append(SeedRun(s, b, recorder, d, config_yaml, rng))
+        cfg = cfgs[0]
+        console.print(f"[bold]colsim run --ensemble[/] {cfg.protocol.name} · rule [cyan]{cfg.rule.name}[/] · model "
+                      f"[cyan]{cfg.protocol.model}[/] · {cfg.protocol.total_steps} steps · seeds "
+                      f"{', '.join(map(str, seed_list))} -> {', '.join(map(str, dirs))}", soft_wrap=True)
+        try:
+            results = _ensemble_with_progress(cfg, runs, quiet)
+        except ConfigError as exc:  # found at a tick (the seeds' episode starts differ): the stores say failed
+            _fail(str(exc))
+    finally:
+        for lock in locks:
+            lock.close()
+    for r, res in zip(runs, results):
+        console.print(f"[bold]seed {r.seed}[/] ({r.dir})")
+        print_summary(res.summary)
+    stopped = [res for res in results if res.signal is not None]
+    if stopped:
+        err_console.print(f"[bold red]ensemble interrupted[/] by {signal.Signals(stopped[0].signal).name}; continue "
+                          f"each seed with: colsim run --resume RUN_DIR ({', '.join(str(r.dir) for r in runs)})",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + int(stopped[0].signal))
+    bad = [(r.seed, res.status) for r, res in zip(runs, results) if res.status != "completed"]
+    if bad:
+        err_console.print(f"[bold red]runs not completed[/]: {', '.join(f'seed {s} {st}' for s, st in bad)}")
+        raise typer.Exit(1)
+
+
+def _ensemble_with_progress(cfg, runs, quiet):
+    from colsim.rundir import execute_ensemble
+
+    return _with_progress(cfg, quiet, lambda on_step: execute_ensemble(runs, cfg, on_step=on_step), "mean loss")
 
 
 def _finish(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt):
@@ -240,14 +323,20 @@ def _resume_in_place(run_dir: Path, quiet: bool) -> None:
 
 
 def _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt=None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from colsim.rundir import execute
 
+    return _with_progress(cfg, quiet, lambda on_step: execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt,
+                                                              on_step=on_step))
+
+
+def _with_progress(cfg, quiet, execute, loss_label: str = "loss"):
+    """``execute(on_step)`` under a progress bar (none with ``quiet``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     if quiet:
-        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt)
+        return execute(None)
     cols = [TextColumn("[bold blue]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
+            TextColumn(loss_label + " {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
             TimeElapsedColumn()]
     with Progress(*cols, console=Console(), transient=False) as prog:
         task = prog.add_task("run", total=cfg.protocol.total_steps, phase="init", loss=float("nan"), rate=0.0)
@@ -255,6 +344,4 @@ def _run_with_progress(cfg, built, recorder, out_dir, config_yaml, quiet, ckpt=N
         def on_step(info):
             prog.update(task, completed=info["step"], phase=info["phase"], loss=info["loss"], rate=info["steps_per_s"])
 
-        return execute(out_dir, cfg, built, recorder, config_yaml, resume=ckpt, on_step=on_step)
-
-
+        return execute(on_step)

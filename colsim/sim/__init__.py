@@ -7,7 +7,9 @@
 * :mod:`~colsim.sim.host`          host guards: signals, the garbage collector, malloc, the global RNGs;
 * :mod:`~colsim.sim.progress`      the step rate, the ``on_step`` callback and the loop's own per-part timings;
 * :mod:`~colsim.sim.diagnostics`   per-tick collapse diagnostics (and a circuit's per-column metric row);
-* :mod:`~colsim.sim.summary`       ``summary.json``: matrices and forgetting / BWT / FWT of every read-out.
+* :mod:`~colsim.sim.summary`       ``summary.json``: matrices and forgetting / BWT / FWT of every read-out;
+* :mod:`~colsim.sim.ensemble`      a seed ensemble: parameters stacked over seeds, the vmapped forward, each seed's
+  RNG (its schedule is :mod:`colsim.simulate_ensemble`).
 
 Nothing here imports :mod:`colsim.simulate`; importing this package imports none of its modules.
 """
