@@ -40,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="the folder holding the pc_<data>_* sweep folders")
     ap.add_argument("--data", choices=["digits", "fashion"], default="digits")
+    ap.add_argument("--brief", action="store_true", help="only the paired difference from fine-tuning ± its CI")
     a = ap.parse_args()
     PROTOCOLS = [p.format(a.data) for p in SCENARIOS]
     base = {p: _accuracies(a.root / f"pc_{a.data}_finetune", p) for p in PROTOCOLS}
@@ -56,7 +57,11 @@ def main() -> None:
                 continue
             m, h, n = mean_ci([acc[k] for k in sorted(acc)])
             cell = f"{m:.3f} ± {h:.3f}"
-            if arm != "finetune":
+            if a.brief and arm != "finetune":
+                diff = [acc[k] - base[p][k] for k in sorted(set(acc) & set(base[p]))]
+                dm, dh, dn = mean_ci(diff)
+                cell = f"{dm:+.3f} ± {dh:.3f}"
+            elif arm != "finetune":
                 diff = [acc[k] - base[p][k] for k in sorted(set(acc) & set(base[p]))]
                 dm, dh, dn = mean_ci(diff)
                 cell += f" ({dm:+.3f} ± {dh:.3f}, MDE {min_detectable_effect(float(np.std(diff, ddof=1)), dn):.3f})"
