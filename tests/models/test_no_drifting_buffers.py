@@ -28,6 +28,7 @@ WITH_BUFFERS = {"seqjepa_resnet18", "seqjepa_cnn_bn"}  # the paper's ResNet-18 (
 def _eval_outputs(column, steps, batch):
     """z and z_AGG of an eval-mode pass over ``steps`` from a fresh window -> list of tensors."""
     column.eval()
+    torch.manual_seed(0)  # a column whose state seeds its own noise (echospike's rate coding) draws it the same way
     cs = column.init_state(batch, "cpu")
     out = []
     with torch.no_grad():
