@@ -43,3 +43,17 @@ def rule_updates(spec: str, extra=(), steps: int = 2, batch: int = 8):
         cs, trace = column(cs, st.obs, st.action, st.start | (t == 0), local=local)
         grads, state, metrics = rule.update(params, state, trace)
     return grads, metrics, local, state
+
+
+def stream_steps(world, n: int, batch: int, length: int = 2, classes=None, overrides=None, seed: int = 0) -> list:
+    """The first ``n`` Steps of ``world``'s stream (``batch``, episode ``length``, a phase's ``classes`` /
+    world ``overrides``), its generator seeded with ``seed``."""
+    import torch
+
+    s = world.stream(batch, length, classes, overrides or {})
+    state = s.init(torch.Generator().manual_seed(seed))
+    out = []
+    for _ in range(n):
+        state, st = s.step(state)
+        out.append(st)
+    return out

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _tiny import stream_steps
 from typer.testing import CliRunner
 
 pytest.importorskip("snntorch")
@@ -27,13 +28,7 @@ SMALL = ["--set", "model.hidden=[12,8]", "--set", "protocol.stream.batch=16", "-
 
 
 def _steps(world, n, batch=6, classes=None):
-    stream = world.stream(batch, 2, classes, {})
-    s = stream.init(torch.Generator().manual_seed(0))
-    out = []
-    for _ in range(n):
-        s, st = stream.step(s)
-        out.append(st)
-    return out
+    return stream_steps(world, n, batch, classes=classes)
 
 
 def test_successors_alternate_one_to_one_same_then_different_class():

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny import stream_steps
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
@@ -32,13 +33,7 @@ def world(**kw) -> Saccades:
 
 
 def run_stream(w: Saccades, steps: int, batch=6, length=3, classes=None, overrides=None, seed=0):
-    s = w.stream(batch, length, classes, overrides or {})
-    state = s.init(torch.Generator().manual_seed(seed))
-    out = []
-    for _ in range(steps):
-        state, st = s.step(state)
-        out.append(st)
-    return out
+    return stream_steps(w, steps, batch, length, classes, overrides, seed)
 
 
 # ---- scenes ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import stream_steps
 from typer.testing import CliRunner
 
 import colsim.protocols  # noqa: F401  (registers the worlds)
@@ -26,13 +27,7 @@ runner = CliRunner()
 
 
 def _steps(world, phase, n=3, batch=64, seed=0):
-    s = world.stream(batch, 2, phase.classes, phase.world)
-    state = s.init(torch.Generator().manual_seed(seed))
-    out = []
-    for _ in range(n):
-        state, st = s.step(state)
-        out.append(st)
-    return out
+    return stream_steps(world, n, batch, classes=phase.classes, overrides=phase.world, seed=seed)
 
 
 def test_packaged_and_shaped():
