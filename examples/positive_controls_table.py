@@ -2,6 +2,8 @@
 
     python examples/positive_controls_table.py runs                  # runs/pc_digits_{finetune,si,ewc,...}
     python examples/positive_controls_table.py runs --data fashion   # runs/pc_fashion_{finetune,si,ewc,...}
+    python examples/positive_controls_table.py runs --hot            # runs/pc_digits_task_hot_{finetune,si,ewc}:
+                                                                     # Task-IL digits at lr 5e-3
 
 An arm whose sweep folder is missing is left out.
 
@@ -40,18 +42,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="the folder holding the pc_<data>_* sweep folders")
     ap.add_argument("--data", choices=["digits", "fashion"], default="digits")
+    ap.add_argument("--hot", action="store_true",
+                    help="the Task-IL digits control at lr 5e-3 (sweeps pc_digits_task_hot_*), split_digits_task only")
     ap.add_argument("--brief", action="store_true", help="only the paired difference from fine-tuning ± its CI")
     a = ap.parse_args()
-    PROTOCOLS = [p.format(a.data) for p in SCENARIOS]
-    base = {p: _accuracies(a.root / f"pc_{a.data}_finetune", p) for p in PROTOCOLS}
+    PROTOCOLS = ["split_digits_task"] if a.hot else [p.format(a.data) for p in SCENARIOS]
+    prefix = "pc_digits_task_hot" if a.hot else f"pc_{a.data}"
+    base = {p: _accuracies(a.root / f"{prefix}_finetune", p) for p in PROTOCOLS}
     print("| arm | " + " | ".join(f"`{p}`" for p in PROTOCOLS) + " |")
     print("|---|" + "---|" * len(PROTOCOLS))
     for name, arm in ARMS:
-        if not (a.root / f"pc_{a.data}_{arm}").is_dir():
+        if not (a.root / f"{prefix}_{arm}").is_dir():
             continue
         cells = []
         for p in PROTOCOLS:
-            acc = _accuracies(a.root / f"pc_{a.data}_{arm}", p)
+            acc = _accuracies(a.root / f"{prefix}_{arm}", p)
             if not acc:
                 cells.append("—")
                 continue
