@@ -377,3 +377,46 @@ def test_sigterm_stops_the_sweep_and_records_its_runs_interrupted(tmp_path):
     for d in (out / "runs").glob("*"):
         m = _meta(d)
         assert m["status"] == "interrupted" and "signal" in m["error"], m
+
+
+def test_sweep_runs_seed_axes_as_ensembles(tmp_path):
+    """``ensemble: true``: the runs that differ only in their seed run as one seed ensemble per task (issue 32). Each
+    seed still gets its own run folder, store and sweep_run.json, and records what `colsim run --seeds 0,1
+    --ensemble` records, to 1e-6."""
+    from colsim.analysis import open_run
+
+    p = _write(tmp_path, {"name": "ens", "base": _base(rule="backprop"), "grid": {"seed": [0, 1]}, "ensemble": True,
+                          "cluster": {"workers": 1, "dashboard_address": ":0"}})
+    out = tmp_path / "sweep"
+    res = runner.invoke(app, ["sweep", str(p), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "seed ensembles: 2 runs as 1 task(s) (2 seeds)" in res.output and "runs: completed 2" in res.output
+    ref = tmp_path / "ref"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = runner.invoke(app, ["run", "stationary", "--rule", "backprop", "--steps", "4", "--seeds", "0,1",
+                                "--ensemble", "--quiet", "--out", str(ref), *[a for s in FAST for a in ("--set", s)]])
+    finally:
+        torch.set_num_threads(threads)
+    assert r.exit_code == 0, r.output
+    for s in (0, 1):
+        run_dir = out / "runs" / f"seed={s}"
+        m = _meta(run_dir)
+        assert m["status"] == "completed" and m["steps"] == 4 and m["ensemble"] == [0, 1]
+        ds = open_run(run_dir)
+        assert ds.attrs["ensemble"] == [0, 1] and ds.attrs["seed"] == s
+        mine, theirs = ds["metrics"]["loss"].values, open_run(Path(f"{ref}-s{s}"))["metrics"]["loss"].values
+        assert np.isfinite(mine[1:]).all() and np.array_equal(np.isnan(mine), np.isnan(theirs))  # no context at tick 0
+        assert np.nanmax(np.abs(mine - theirs)) <= 1e-6
+    assert not np.array_equal(open_run(out / "runs" / "seed=0")["metrics"]["loss"].values,
+                              open_run(out / "runs" / "seed=1")["metrics"]["loss"].values)  # two seeds, not one twice
+
+
+def test_sweep_ensemble_with_a_rule_not_batched_exits_2(tmp_path):
+    p = _write(tmp_path, {"name": "ens", "base": _base(rule="lpl"), "grid": {"seed": [0, 1]}})
+    res = runner.invoke(app, ["sweep", str(p), "--out", str(tmp_path / "sweep"), "--ensemble"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().startswith("error: sweep.ensemble: rule 'lpl' cannot run as a seed ensemble")
+    assert len(res.output.strip().splitlines()) == 1
+    assert not list((tmp_path / "sweep" / "runs").glob("*"))

@@ -104,6 +104,8 @@ def sweep(
                                           "threads)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per run (default 1)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    ensemble: bool = typer.Option(False, "--ensemble", help="run the runs that differ only in their seed as one seed "
+                                  "ensemble per task (as colsim run --seeds ... --ensemble; the YAML's ensemble: true)"),
 ):
     """Run a sweep on dask: one task per run, all under one folder that colsim.analysis opens as one dataset."""
     from colsim.sweep.runner import sweep_main
@@ -111,7 +113,7 @@ def sweep(
 
     try:
         code = sweep_main(sweep_file, out, steps, scheduler, cluster, workers, threads, quiet, Console(),
-                          git_revision=git_revision())
+                          git_revision=git_revision(), ensemble=ensemble or None)
     except ConfigError as exc:
         _fail(str(exc))
         return

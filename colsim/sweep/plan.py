@@ -63,7 +63,8 @@ from colsim.config import ConfigError, Strict, load_yaml_file, resolve_run_confi
 
 __all__ = ["SweepBase", "SlurmConfig", "ClusterConfig", "SweepConfig", "SweepRun", "SIMPLE_FIELDS", "DONE",
            "load_sweep", "plan_runs", "SweepLock", "check_slurm", "slurm_cluster", "cores_available",
-           "local_cluster_size", "coordinate_names", "sweep_file", "read_status", "is_done"]
+           "local_cluster_size", "coordinate_names", "sweep_file", "read_status", "is_done", "ensemble_groups",
+           "check_ensemble"]
 
 SIMPLE_FIELDS = ("protocol", "rule", "model", "seed", "device", "steps")
 DONE = ("completed", "diverged")  # statuses a re-run skips
@@ -122,6 +123,7 @@ class SweepConfig(Strict):
     grid: dict[str, Any] = Field(default_factory=dict)
     zip: dict[str, Any] = Field(default_factory=dict)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    ensemble: bool = False  # the runs that differ only in their seed run as one seed ensemble per task
 
 
 class SweepRun(NamedTuple):
@@ -275,6 +277,48 @@ def plan_runs(sw: SweepConfig) -> list[SweepRun]:
                      "seed": cfg.seed}
             runs.append(SweepRun(name, {coord[k]: v for k, v in point.items()}, cfg.to_dict(), ident))
     return runs
+
+
+def ensemble_groups(runs: list[SweepRun]) -> list[list[SweepRun]]:
+    """The runs grouped by their config without the seed, in the sweep's order: each group of two or more runs is
+    one seed ensemble (``sweep.ensemble``); a run whose config no other run shares except for the seed stays alone."""
+    groups: dict[str, list[SweepRun]] = {}
+    for r in runs:
+        key = json.dumps({k: v for k, v in r.config.items() if k != "seed"}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def check_ensemble(groups: list[list[SweepRun]]) -> None:
+    """ConfigError naming ``sweep.ensemble`` unless every group of two or more runs can run as a seed ensemble (the
+    checks of ``colsim run --ensemble``: the CPU, no autocast, a rule and column batched over seeds). One run of
+    each distinct rule / model / device is built to ask its rule and column."""
+    from colsim.config import build_run_config
+
+    asked: set = set()
+    for g in groups:
+        if len(g) < 2:
+            continue
+        cfg = build_run_config(g[0].config)
+        if cfg.device != "cpu":
+            raise ConfigError(f"sweep.ensemble: seed ensembles run on the CPU only so far, not device {cfg.device}; "
+                              "drop --ensemble (or ensemble: true in the sweep file)")
+        if getattr(cfg.model, "autocast", None) not in (None, "none"):
+            raise ConfigError(f"sweep.ensemble: model.autocast={cfg.model.autocast} is not batched over seeds yet; "
+                              "drop --ensemble (or ensemble: true in the sweep file)")
+        key = (cfg.rule.name, json.dumps(g[0].config.get("rule"), sort_keys=True, default=str),
+               json.dumps(g[0].config.get("model"), sort_keys=True, default=str))
+        if key in asked:
+            continue
+        asked.add(key)
+        from colsim.rundir import build_for_run
+        from colsim.sim.ensemble import ensemble_refusal
+
+        b = build_for_run(cfg)
+        why = ensemble_refusal(cfg.rule.name, b.rule, b.column)
+        if why is not None:
+            raise ConfigError("sweep.ensemble: " + why.removeprefix("--ensemble: ").replace(
+                "run the seeds separately with --seeds", "drop --ensemble (or ensemble: true in the sweep file)"))
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ import yaml
 
 from colsim.config import ConfigError
 from colsim import registry
-from colsim.sweep.plan import (ClusterConfig, check_slurm, SweepConfig, SweepLock, SweepRun, coordinate_names, is_done,
-                          load_sweep, local_cluster_size, cores_available, plan_runs, read_status, slurm_cluster)
+from colsim.sweep.plan import (ClusterConfig, check_ensemble, check_slurm, ensemble_groups, SweepConfig, SweepLock,
+                               SweepRun, coordinate_names, is_done, load_sweep, local_cluster_size, cores_available,
+                               plan_runs, read_status, slurm_cluster)
 
 __all__ = ["sweep_main", "connect", "probe_scheduler"]
 
@@ -124,7 +125,8 @@ def probe_scheduler(address: str, timeout: float = 3.0) -> None:
 
 def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = None, scheduler: Optional[str] = None,
                cluster: Optional[str] = None, workers: Optional[int] = None, threads: Optional[int] = None,
-               quiet: bool = False, console=None, git_revision: str = "unknown") -> int:
+               quiet: bool = False, console=None, git_revision: str = "unknown",
+               ensemble: Optional[bool] = None) -> int:
     from rich.console import Console
 
     console = console or Console()
@@ -145,7 +147,11 @@ def sweep_main(path: str, out: Optional[Path] = None, steps: Optional[int] = Non
     if scheduler is None and cc.kind == "slurm":
         check_slurm(cc)
     registry.load_plugins()
+    if ensemble is not None:
+        sw = sw.model_copy(update={"ensemble": ensemble})
     runs = plan_runs(sw)
+    if sw.ensemble:
+        check_ensemble(ensemble_groups(runs))
     out = Path(out) if out is not None else Path("runs") / str(sw.name)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")
@@ -208,6 +214,10 @@ def _run_locked(sw: SweepConfig, src: Path, cc: ClusterConfig, runs: list[SweepR
     console.print(f"[bold]colsim sweep[/] {sw.name}: {len(runs)} runs ({len(runs) - len(todo)} already done, "
                   f"{len(todo)} to run) -> {out}", highlight=False)
     statuses = {r.name: read_status(out / "runs" / r.name) for r in runs if r not in todo}
+    if todo and sw.ensemble:
+        units = ensemble_groups(todo)
+        console.print(f"seed ensembles: {len(todo)} runs as {len(units)} task(s) "
+                      f"({', '.join(str(len(u)) for u in units)} seeds)", highlight=False)
     if todo:
         statuses.update(_submit(cc, scheduler, todo, len(runs), out, quiet, console, sw, git_revision))
     return _report(runs, statuses, console)
@@ -218,23 +228,30 @@ def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    from colsim.sweep.task import execute, write_status
+    from colsim.sweep.task import execute, execute_ensemble, write_status
 
     client, cluster, resources = connect(cc, scheduler, console)
     statuses: dict[str, dict] = {}
     futures = {}
+    units = ensemble_groups(todo) if sw.ensemble else [[r] for r in todo]
     try:
         console.print(f"dask dashboard: {client.dashboard_link}", highlight=False)
         threads = cc.threads
-        for r in todo:
+
+        def spec(r: SweepRun) -> dict:
             prev = read_status(out / "runs" / r.name)
-            spec = {"name": r.name, "point": r.point, "identity": r.identity, "config": r.config,
-                    "dir": str(out / "runs" / r.name),
-                    "threads": threads, "attempts": prev.get("attempts", 0),
+            return {"name": r.name, "point": r.point, "identity": r.identity, "config": r.config,
+                    "dir": str(out / "runs" / r.name), "threads": threads, "attempts": prev.get("attempts", 0),
                     "attrs": {"git_revision": git_revision, "sweep": str(sw.name)}}
-            fut = client.submit(execute, spec, key=f"colsim-run-{r.name}-{uuid.uuid4().hex[:8]}", pure=False,
-                                resources=resources)
-            futures[fut] = r
+
+        for unit in units:
+            key = f"colsim-run-{unit[0].name}-{uuid.uuid4().hex[:8]}"
+            if len(unit) == 1:
+                fut = client.submit(execute, spec(unit[0]), key=key, pure=False, resources=resources)
+            else:
+                fut = client.submit(execute_ensemble, [spec(r) for r in unit], key=key, pure=False,
+                                    resources=resources)
+            futures[fut] = unit
         cols = [TextColumn("[bold blue]sweep {task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[bad]} not ok[/]"), TimeElapsedColumn(),
                 TimeRemainingColumn()]
@@ -242,18 +259,23 @@ def _submit(cc, scheduler, todo, total, out, quiet, console, sw, git_revision) -
             task = prog.add_task("sweep", total=total, completed=total - len(todo), name=sw.name, ok=0, bad=0)
             ok = bad = 0
             for fut in as_completed(list(futures), loop=client.loop):
-                r = futures[fut]
+                unit = futures[fut]
                 try:
-                    meta = fut.result()
+                    got = fut.result()
+                    metas = got if isinstance(got, list) else [got]
                 except Exception as exc:  # noqa: BLE001 — the task itself died (KilledWorker, lost worker, ...)
-                    meta = read_status(out / "runs" / r.name) or {"name": r.name, "point": r.point,
-                                                                  "identity": r.identity, "attempts": 1}
-                    meta.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
-                    (out / "runs" / r.name).mkdir(parents=True, exist_ok=True)
-                    write_status(out / "runs" / r.name, meta)
-                statuses[r.name] = meta
-                ok, bad = (ok + 1, bad) if meta.get("status") == "completed" else (ok, bad + 1)
-                prog.update(task, advance=1, ok=ok, bad=bad)
+                    metas = []
+                    for r in unit:
+                        meta = read_status(out / "runs" / r.name) or {"name": r.name, "point": r.point,
+                                                                      "identity": r.identity, "attempts": 1}
+                        meta.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                        (out / "runs" / r.name).mkdir(parents=True, exist_ok=True)
+                        write_status(out / "runs" / r.name, meta)
+                        metas.append(meta)
+                for r, meta in zip(unit, metas):
+                    statuses[r.name] = meta
+                    ok, bad = (ok + 1, bad) if meta.get("status") == "completed" else (ok, bad + 1)
+                prog.update(task, advance=len(unit), ok=ok, bad=bad)
     except KeyboardInterrupt:
         interrupted = True
         client.cancel(list(futures))

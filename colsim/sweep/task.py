@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["execute", "write_status"]
+__all__ = ["execute", "execute_ensemble", "write_status"]
 
 
 def _now() -> str:
@@ -55,6 +55,68 @@ def execute(spec: dict) -> dict:
     meta.update(wall_s=round(time.perf_counter() - t0, 3), finished=_now())
     write_status(run_dir, meta)
     return meta
+
+
+def execute_ensemble(specs: list[dict]) -> list[dict]:
+    """The sweep runs ``specs`` (each as :func:`execute` takes it), which differ only in their seed, as one seed
+    ensemble in this process (``colsim run --seeds ... --ensemble``; :func:`colsim.rundir.execute_ensemble`) -> each
+    run's status dict, in order. Every run folder is set up and marked ``running`` first; a failure before or
+    during the ensemble is recorded in every run's ``sweep_run.json`` and ``error.txt`` and never raised."""
+    metas, dirs = [], []
+    for spec in specs:
+        run_dir = Path(spec["dir"])
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        (run_dir / "checkpoints").mkdir(parents=True)
+        meta = {"name": spec["name"], "point": spec["point"], "identity": spec.get("identity", {}),
+                "status": "running", "error": None, "attempts": int(spec.get("attempts", 0)) + 1, "started": _now(),
+                "host": socket.gethostname(), "pid": os.getpid(), "threads": spec["threads"],
+                "ensemble": [int(sp["config"]["seed"]) for sp in specs]}
+        write_status(run_dir, meta)
+        metas.append(meta)
+        dirs.append(run_dir)
+    t0 = time.perf_counter()
+    try:
+        results = _run_ensemble(specs, dirs)
+        for meta, res in zip(metas, results):
+            meta.update(status=res.status, steps=res.steps)
+    except Exception as exc:  # noqa: BLE001 — recorded in every run of the ensemble, never propagated
+        for meta, run_dir in zip(metas, dirs):
+            meta.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+    wall = round(time.perf_counter() - t0, 3)
+    for meta, run_dir in zip(metas, dirs):
+        meta.update(wall_s=wall, finished=_now())
+        write_status(run_dir, meta)
+    return metas
+
+
+def _run_ensemble(specs: list[dict], dirs: list[Path]):
+    import torch
+
+    from colsim import registry
+    from colsim.checkpoint import rng_states
+    from colsim.config import ConfigError, build_run_config
+    from colsim.rundir import build_for_run, execute_ensemble as run_seeds, new_run
+    from colsim.sim.ensemble import ensemble_refusal
+    from colsim.simulate_ensemble import SeedRun
+
+    registry.load_plugins()
+    torch.set_num_threads(int(specs[0]["threads"]))
+    cfgs = [build_run_config(spec["config"]) for spec in specs]
+    built = []
+    for cfg in cfgs:  # each seed's world, column, rule and optimizer, and its global RNG as its run starts
+        b = build_for_run(cfg)
+        built.append((b, rng_states()))
+        why = ensemble_refusal(cfg.rule.name, b.rule, b.column)
+        if why is not None:
+            raise ConfigError(why)
+    seeds = [cfg.seed for cfg in cfgs]
+    runs = []
+    for spec, cfg, d, (b, rng) in zip(specs, cfgs, dirs, built):
+        config_yaml, recorder = new_run(d, cfg, sweep_point=spec["point"], ensemble=seeds, **spec.get("attrs", {}))
+        runs.append(SeedRun(cfg.seed, b, recorder, d, config_yaml, rng))
+    return run_seeds(runs, cfgs[0])
 
 
 def _run(spec: dict, run_dir: Path):
