@@ -22,7 +22,8 @@ def _runs(sweep: Path) -> list[tuple[dict, dict]]:
         if meta.exists() and summ.exists():
             s = json.loads(summ.read_text())
             if s.get("status") == "completed":
-                out.append((json.loads(meta.read_text())["point"], s))
+                m = json.loads(meta.read_text())  # a scan of one protocol does not sweep it: its identity names it
+                out.append(({"protocol": m.get("identity", {}).get("protocol"), **m["point"]}, s))
     return out
 
 
