@@ -19,6 +19,11 @@ a rule overlaid), one row per view:
     128 neurons a block, blocks stacked) and 12. firing-rate histogram per block (each unit's
     spikes per bin, mean over every probe view; seeds of a rule pooled), both at the last
     evaluation and only when a run of the page is spiking (``probe/raster_l*``, ``spike_count_l*``).
+12b. Read-out vs training samples, one panel per layer (the input first), one curve per arm: each run's last
+    per-layer read-out (summary.json ``layer_readout_accuracy``, models/echospike.py) at steps x batch samples
+    under its rule, and its step-0 read-out as ``untrained``; mean over seeds ± 1 SE, log axis. Only when two or
+    more runs of the page have per-layer read-outs (issue 31's budget curve: ``colsim dashboard
+    runs/echospike_budget runs/echospike_budget_rate_matched``).
 13.-16. Circuits only (runs of many columns, :mod:`._circuit_panels`): per-column vs voted accuracy,
    accuracy vs number of columns, steps to recognition (vote vs single) and the columns' CKA matrix
    over training. A circuit's per-column metrics enter panels 1-10 as their mean over columns.
@@ -48,6 +53,7 @@ TITLES = ["Loss components", "Rank monitor", "Accuracy matrix", "Forgetting curv
           "Equivariance R2 per action dimension", "dz eigenspectrum", "Rotation circle", "Per-layer sparsity",
           "Rule state", "Block diagnostics"]
 SPIKING_TITLES = ["Spike raster (one probe episode)", "Firing-rate histogram"]  # spiking runs only
+BUDGET_TITLE = "Read-out vs training samples"  # runs with per-layer read-outs (models/echospike.py) only
 _STATE_PREFIXES = ("metaplastic.", "si.", "ewc.", "replay.", "consolidation.")
 _LAYER_RE = re.compile(r"\.l(\d+)\..*(nonzero|sparsity|active)|sparsity|^spiking\.l\d+\.(rate|silent|saturated)$")
 _BLOCK_RE = re.compile(r"coding_rate|membership_entropy|usage")
@@ -102,6 +108,12 @@ class _Run:
         s = self.analysis.attrs.get("summary") if self.analysis is not None else None
         self.summary = json.loads(s) if isinstance(s, str) else (s or {})
         self.spiking = _spiking(tree["probe"].to_dataset()) if "probe" in tree.children else None
+        cfg = tree.attrs.get("config") or {}
+        batch = ((cfg.get("protocol") or {}).get("stream") or {}).get("batch") if isinstance(cfg, dict) else None
+        self.samples = (int(self.info["steps_done"]) * int(batch)
+                        if batch is not None and self.info.get("steps_done") is not None else None)
+        sj = Path(path) / "summary.json"  # the simulator's summary (per-layer read-outs), beside the store
+        self.run_summary = json.loads(sj.read_text()) if sj.is_file() else {}
         tree.close()
 
     def series(self, name):
@@ -414,6 +426,47 @@ def _layer_panel(hv, runs, panel, title):
     return ov.opts(title=title, frame_width=FW, frame_height=H, legend_position="right", legend_opts=_LEGEND)
 
 
+def readout_budget(runs) -> "dict | None":
+    """The per-layer read-out against the training budget (issue 31's budget curve), from runs whose summary has
+    ``layer_readout_accuracy`` (models/echospike.py): ``{"layers": names, "arms": {arm: {samples: [(S_seeds, L)
+    accuracies]}}}``. A run's last evaluation is its rule's point at its samples (steps x batch); its step-0
+    evaluation, where it has one, is the ``untrained`` arm's at the same samples (the same seed's initial layers,
+    the same read-out). None when fewer than two such runs are given."""
+    got = [r for r in runs if r.run_summary.get("layer_readout_accuracy") and r.samples]
+    if len(got) < 2:
+        return None
+    arms: dict[str, dict[int, list]] = {}
+    for r in got:
+        s = r.run_summary
+        acc = np.asarray(s["layer_readout_accuracy"], dtype=float)
+        arms.setdefault(r.info["rule"], {}).setdefault(r.samples, []).append(acc[-1])
+        if s.get("evaluations") and int(s["evaluations"][0]["step"]) == 0 and len(acc) > 1:
+            arms.setdefault("untrained", {}).setdefault(r.samples, []).append(acc[0])
+    return {"layers": list(got[0].run_summary.get("layer_readout_names") or []), "arms": arms}
+
+
+def _budget_row(hv, runs):
+    """One panel per layer: the read-out accuracy (mean over seeds, error bars ± 1 SE) against training samples
+    (log axis), one curve per arm; [] when the runs hold no budget curve."""
+    data = readout_budget(runs)
+    if data is None:
+        return []
+    panels = []
+    for li, lname in enumerate(data["layers"]):
+        els = []
+        for arm, by in sorted(data["arms"].items()):
+            xs = sorted(by)
+            m = [float(np.mean([a[li] for a in by[x]])) for x in xs]
+            se = [float(np.std([a[li] for a in by[x]], ddof=1) / np.sqrt(len(by[x]))) if len(by[x]) > 1 else 0.0
+                  for x in xs]
+            els.append(hv.Curve((xs, m), "samples", "read-out accuracy", label=arm)
+                       * hv.ErrorBars((xs, m, se), "samples", ["read-out accuracy", "se"], label=arm)
+                       * hv.Scatter((xs, m), "samples", "read-out accuracy", label=arm).opts(size=6))
+        panels.append(hv.Overlay(els).opts(title=f"{BUDGET_TITLE} - {lname}", logx=True, frame_width=FW,
+                                           frame_height=H, legend_position="right", legend_opts=_LEGEND))
+    return panels
+
+
 def build_layout(paths):
     """(rows of holoviews panels, one column per rule; header HTML; runs by rule) for ``paths``."""
     hv = _hv()
@@ -439,6 +492,9 @@ def build_layout(paths):
     if any(r.spiking is not None for r in runs):  # spiking runs only
         for fn, title in zip((_raster_panel, _rate_hist_panel), SPIKING_TITLES):
             rows.append([fn(hv, by_rule[rule], f"{title} - {rule}") for rule in rules])
+    budget = _budget_row(hv, runs)  # one row across rules: the arms are the curves
+    if budget:
+        rows.append(budget)
     rows += circuit_rows(hv, by_rule, _empty, {"frame_width": FW, "frame_height": H, "legend_position": "right",
                                                "legend_opts": _LEGEND})
     return rows, _header(runs), by_rule

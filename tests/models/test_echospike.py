@@ -164,3 +164,27 @@ def test_bad_input_exits_2_with_one_line_naming_the_field(args, field, tmp_path)
     assert res.exit_code == 2, res.output
     assert field in " ".join(res.output.split()) and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_dashboard_budget_curve_reads_each_run_s_last_and_step_0_read_outs(tmp_path):
+    """The dashboard's "Read-out vs training samples" row (issue 31's budget curve): each run's last evaluation at
+    steps x batch samples under its rule, its step-0 evaluation under ``untrained``."""
+    from colsim.analysis.dashboard import BUDGET_TITLE, _Run, build_layout, readout_budget
+
+    dirs = []
+    for steps in (2, 4):
+        d = tmp_path / f"s{steps}"
+        res = runner.invoke(app, ["run", "echospike_digits", "--rule", "espp", "--steps", str(steps), "--quiet",
+                                  "--out", str(d), *SMALL])
+        assert res.exit_code == 0, res.output
+        dirs.append(d)
+    data = readout_budget([_Run(d) for d in dirs])
+    assert data["layers"] == ["input", "layer1", "layer2"]
+    assert sorted(data["arms"]) == ["espp", "untrained"] and sorted(data["arms"]["espp"]) == [32, 64]
+    for d, n in zip(dirs, (32, 64)):
+        acc = json.loads((d / "summary.json").read_text())["layer_readout_accuracy"]
+        np.testing.assert_array_equal(data["arms"]["espp"][n][0], acc[-1])
+        np.testing.assert_array_equal(data["arms"]["untrained"][n][0], acc[0])
+    rows, _, _ = build_layout([str(d) for d in dirs])
+    titles = [p.opts.get().kwargs.get("title") for row in rows for p in row]
+    assert [t for t in titles if t and t.startswith(BUDGET_TITLE)] == [f"{BUDGET_TITLE} - {n}" for n in data["layers"]]
