@@ -33,7 +33,7 @@ def _accuracies(folder: Path, protocol: str) -> dict[int, float]:
     out = {}
     for meta in (folder / "runs").glob("*/sweep_run.json"):
         m = json.loads(meta.read_text())
-        if m["point"]["protocol"] == protocol and m["status"] == "completed":
+        if m["identity"]["protocol"] == protocol and m["status"] == "completed":
             out[m["point"]["seed"]] = json.loads((meta.parent / "summary.json").read_text())["average_accuracy"]
     return out
 
