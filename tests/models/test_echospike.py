@@ -178,13 +178,21 @@ def test_dashboard_budget_curve_reads_each_run_s_last_and_step_0_read_outs(tmp_p
                                   "--out", str(d), *SMALL])
         assert res.exit_code == 0, res.output
         dirs.append(d)
-    data = readout_budget([_Run(d) for d in dirs])
+    rm = tmp_path / "rm"  # the rate-matched arm of the 2-step run stands at that run's 32 samples, not its own 48
+    res = runner.invoke(app, ["run", "echospike_digits", "--rule", "rate_matched", "--set", f"rule.from_run={dirs[0]}",
+                              "--steps", "3", "--quiet", "--out", str(rm), *SMALL])
+    assert res.exit_code == 0, res.output
+    data = readout_budget([_Run(d) for d in dirs] + [_Run(rm)])
     assert data["layers"] == ["input", "layer1", "layer2"]
-    assert sorted(data["arms"]) == ["espp", "untrained"] and sorted(data["arms"]["espp"]) == [32, 64]
+    assert sorted(data["arms"]) == ["espp", "rate_matched", "untrained"] and sorted(data["arms"]["espp"]) == [32, 64]
+    assert list(data["arms"]["rate_matched"]) == [32]
+    np.testing.assert_array_equal(data["arms"]["rate_matched"][32][0],
+                                  json.loads((rm / "summary.json").read_text())["layer_readout_accuracy"][-1])
     for d, n in zip(dirs, (32, 64)):
         acc = json.loads((d / "summary.json").read_text())["layer_readout_accuracy"]
         np.testing.assert_array_equal(data["arms"]["espp"][n][0], acc[-1])
         np.testing.assert_array_equal(data["arms"]["untrained"][n][0], acc[0])
+    assert sorted(data["arms"]["untrained"]) == [32, 64] and len(data["arms"]["untrained"][32]) == 1  # not twice
     rows, _, _ = build_layout([str(d) for d in dirs])
     titles = [p.opts.get().kwargs.get("title") for row in rows for p in row]
     assert [t for t in titles if t and t.startswith(BUDGET_TITLE)] == [f"{BUDGET_TITLE} - {n}" for n in data["layers"]]
