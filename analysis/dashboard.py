@@ -45,6 +45,7 @@ import numpy as np
 
 from colsim.analysis._circuit_panels import CIRCUIT_TITLES, circuit_rows, column_mean
 from colsim.analysis.analyze import analyze_run, trained_sets
+from colsim.analysis.budget import collect as collect_budget, layer_names as budget_layers
 from colsim.analysis.store import open_run, run_info
 
 __all__ = ["TITLES", "SPIKING_TITLES", "CIRCUIT_TITLES", "dashboard", "build_layout"]
@@ -108,14 +109,6 @@ class _Run:
         s = self.analysis.attrs.get("summary") if self.analysis is not None else None
         self.summary = json.loads(s) if isinstance(s, str) else (s or {})
         self.spiking = _spiking(tree["probe"].to_dataset()) if "probe" in tree.children else None
-        cfg = tree.attrs.get("config") or {}
-        batch = ((cfg.get("protocol") or {}).get("stream") or {}).get("batch") if isinstance(cfg, dict) else None
-        self.samples = (int(self.info["steps_done"]) * int(batch)
-                        if batch is not None and self.info.get("steps_done") is not None else None)
-        sj = Path(path) / "summary.json"  # the simulator's summary (per-layer read-outs), beside the store
-        self.run_summary = json.loads(sj.read_text()) if sj.is_file() else {}
-        # a control matched to another run (rules/rate_matched.py's from_run) stands at that run's budget
-        self.matches = (cfg.get("rule") or {}).get("from_run") if isinstance(cfg, dict) else None
         tree.close()
 
     def series(self, name):
@@ -429,40 +422,14 @@ def _layer_panel(hv, runs, panel, title):
 
 
 def readout_budget(runs) -> "dict | None":
-    """The per-layer read-out against the training budget (issue 31's budget curve), from runs whose summary has
-    ``layer_readout_accuracy`` (models/echospike.py): ``{"layers": names, "arms": {arm: {samples: [(S_seeds, L)
-    accuracies]}}}``. A run's last evaluation is its rule's point at its samples (steps x batch); its step-0
-    evaluation, where it has one, is the ``untrained`` arm's at the same samples (the same seed's initial layers,
-    the same read-out). A run matched to another (``rule.from_run``, the rate-matched arm) stands at that run's
-    samples, and its step 0 (the same seed's layers again) is not counted twice. None when fewer than two such runs are given."""
-    got = [r for r in runs if r.run_summary.get("layer_readout_accuracy") and r.samples]
-    if len(got) < 2:
+    """The budget curve of the page's runs (:func:`colsim.analysis.budget.collect`): ``{"layers": names, "arms":
+    {arm: {samples: [accuracies (L,) per seed]}}}``; None when fewer than two runs have per-layer read-outs."""
+    paths = [r.path for r in runs]
+    arms = collect_budget(paths)
+    if sum(len(by_seed) for arm, by in arms.items() if arm != "untrained" for by_seed in by.values()) < 2:
         return None
-    arms: dict[str, dict[int, list]] = {}
-    by_path = {str(Path(r.path).resolve()): r for r in runs}
-    for r in got:
-        s = r.run_summary
-        acc = np.asarray(s["layer_readout_accuracy"], dtype=float)
-        x = r.samples
-        if r.matches:  # the run it was matched to: given with the page, or read from its folder
-            m = by_path.get(str(Path(r.matches).resolve()))
-            x = m.samples if m is not None else _samples_of(r.matches) or x
-        arms.setdefault(r.info["rule"], {}).setdefault(x, []).append(acc[-1])
-        if not r.matches and s.get("evaluations") and int(s["evaluations"][0]["step"]) == 0 and len(acc) > 1:
-            arms.setdefault("untrained", {}).setdefault(r.samples, []).append(acc[0])
-    return {"layers": list(got[0].run_summary.get("layer_readout_names") or []), "arms": arms}
-
-
-def _samples_of(run_dir) -> "int | None":
-    """steps x batch of a finished run folder (its summary.json and config.yaml), or None."""
-    import yaml
-
-    try:
-        steps = json.loads((Path(run_dir) / "summary.json").read_text())["steps"]
-        batch = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["protocol"]["stream"]["batch"]
-        return int(steps) * int(batch)
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
+    return {"layers": budget_layers(paths),
+            "arms": {arm: {x: [by[x][s] for s in sorted(by[x])] for x in by} for arm, by in arms.items()}}
 
 
 def _budget_row(hv, runs):
