@@ -15,7 +15,7 @@ from colsim import registry
 from colsim.simulate import _seeded
 from _tiny import TINY, build_tiny
 
-SPIKING_RULES = {"espp", "rate_matched"}  # rules that need a spiking column: the tiny spiking preset (models/spiking.py)
+SPIKING_RULES = {"espp", "espp_bptt", "rate_matched", "supervised_bptt"}  # rules that need a spiking column: the tiny spiking preset (models/spiking.py)
 RULE_OPTIONS = {"rate_matched": ["rule.target_rates=[0.05]"]}  # settings a rule has no default for
 
 
@@ -55,6 +55,7 @@ def _steps(rule_spec: str, n: int = 3, lr: float | None = None, seed: int = 0, o
     for t in range(n):
         ss, st = stream.step(ss)
         cs, trace = column(cs, st.obs, st.action, st.start | (t == 0), local=local)
+        trace["labels"] = st.labels  # as the simulator's tick (colsim/sim/tick.py): the world's labels
         grads, state, metrics = rule.update(params, state, trace)
         grads_seen.append({k: v.detach().clone() for k, v in grads.items()})
         for name, p in params.items():
