@@ -12,7 +12,7 @@ import numpy as np
 
 from colsim.analysis.compare import mean_ci, paired_from_summaries
 
-__all__ = ["per_rule_figure", "paired_figure", "save_png"]
+__all__ = ["per_rule_figure", "paired_figure", "budget_figure", "save_png"]
 
 
 def _hv():
@@ -55,6 +55,28 @@ def paired_figure(summaries: list[dict], metric: str, vs: str, rules: list[str],
     mean = hv.Scatter([(i, m) for i, m, _ in data], "rule", ylabel).opts(color="black", s=60, marker="D")
     return (zero * ci * mean).opts(title=title, xticks=ticks, xrotation=30, aspect=2.2, fig_size=180, xlabel="", ylabel=ylabel,
                                    xlim=(-0.6, max(len(shown), 1) - 0.4))
+
+
+def budget_figure(arms: dict, layers: list[str], title: str = "Read-out vs training samples"):
+    """Issue 31's budget curve (:func:`colsim.analysis.budget.collect`'s ``arms``): one panel per layer, one curve
+    per arm, the mean over seeds with its 95 % CI against the training samples (log axis)."""
+    hv = _hv()
+    panels = []
+    xs_all = sorted({x for by in arms.values() for x in by})
+    xlim = (xs_all[0] / 1.6, xs_all[-1] * 1.6) if xs_all else None
+    for li, name in enumerate(layers):
+        els = []
+        for arm in sorted(arms):
+            xs = sorted(arms[arm])
+            stats = [mean_ci([v[li] for v in arms[arm][x].values()]) for x in xs]
+            pts = [(x, m) for x, (m, _, _) in zip(xs, stats)]
+            bars = [(x, m, h if np.isfinite(h) else 0.0) for x, (m, h, _) in zip(xs, stats)]
+            els += [hv.Curve(pts, "samples", "read-out accuracy", label=arm),
+                    hv.ErrorBars(bars, "samples", ["read-out accuracy", "ci"]).opts(capsize=3),
+                    hv.Scatter(pts, "samples", "read-out accuracy", label=arm).opts(s=30)]
+        panels.append(hv.Overlay(els).opts(title=f"{name}", logx=True, aspect=1.2, fig_size=120, xlim=xlim,
+                                           show_legend=li == len(layers) - 1, legend_position="right"))
+    return hv.Layout(panels).opts(title=title).cols(len(panels))
 
 
 def save_png(obj, path) -> Path:

@@ -3,7 +3,8 @@ differences from the untrained and rate-matched arms (the same seeds), from the 
 
     colsim sweep protocols/sweeps/echospike_budget.yaml                 # ESPP (and, at step 0, untrained)
     colsim sweep protocols/sweeps/echospike_budget_rate_matched.yaml    # rate-matched random layers
-    python examples/espp_budget_table.py runs/echospike_budget runs/echospike_budget_rate_matched [more folders]
+    python examples/espp_budget_table.py runs/echospike_budget runs/echospike_budget_rate_matched [more folders] \
+        [--png docs/results/img/espp_budget.png]
 
 A cell: mean ± 95 % CI over seeds (colsim.analysis.compare.mean_ci); a difference row: the paired difference over
 the seeds both arms have, its CI, and the minimum detectable effect at 80 % power
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("folders", nargs="+", help="sweep or run folders")
     ap.add_argument("--vs", nargs="*", default=["untrained", "rate_matched"], help="arms ESPP is paired against")
     ap.add_argument("--arm", default="espp", help="the arm under test")
+    ap.add_argument("--png", help="also draw the budget curve (colsim.analysis.figures.budget_figure) to this PNG")
     a = ap.parse_args()
     arms, names = collect(a.folders), layer_names(a.folders)
     if not arms:
@@ -55,6 +57,10 @@ def main() -> None:
                 mde = min_detectable_effect(float(np.std(d, ddof=1)), n) if n > 1 else float("nan")
                 cells.append(f"**{m:+.3f} ± {h:.3f}** (MDE {mde:.3f})")
             print(f"| {x:.0e} | {a.arm} − {other} | " + " | ".join(cells) + " |")
+    if a.png:
+        from colsim.analysis.figures import budget_figure, save_png
+
+        print(f"\nfigure: {save_png(budget_figure(arms, names), a.png)}")
 
 
 if __name__ == "__main__":

@@ -35,3 +35,16 @@ def test_collect_and_paired_hand_computed(tmp_path):
     assert n == 2 and m == pytest.approx(0.07) and h == pytest.approx(12.706 * 0.03 * 2 ** 0.5 / 2 ** 0.5, rel=1e-3)
     m, h, n = paired(arms, "espp", "rate_matched", 50, 1)  # +0.05 and -0.02
     assert n == 2 and m == pytest.approx(0.015)
+
+
+def test_budget_figure_renders_a_png(tmp_path):
+    """The README's budget figure (examples/espp_budget_table.py --png): one panel per layer, written as a PNG."""
+    from colsim.analysis.figures import budget_figure, save_png
+
+    e0 = _run(tmp_path, "e0", "espp", 0, 5, [[0.8, 0.50], [0.8, 0.60]])
+    _run(tmp_path, "e1", "espp", 1, 50, [[0.7, 0.40], [0.7, 0.44]])
+    _run(tmp_path, "r0", "rate_matched", 0, 2, [[0.8, 0.50], [0.8, 0.55]], from_run=e0)
+    fig = budget_figure(collect([tmp_path]), ["input", "layer1"])
+    assert len(fig) == 2  # input, layer1
+    out = save_png(fig, tmp_path / "b.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
