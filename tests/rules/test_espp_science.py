@@ -25,8 +25,8 @@ So this test runs c = +-1e-3 for 1,600 steps, seeds 0-4 (five: with three, the t
 layer 3 +-0.077). Measured here (probe pool, 2026-12-07, trained minus untrained, untrained layers 0.917, 0.884,
 0.840): layer 1 -0.003 +- 0.017 (-0.012, -0.016, -0.010, +0.008, +0.016), layer 2 +0.001 +- 0.013 (+0.008, -0.016,
 +0.000, +0.008, +0.006), layer 3 -0.011 +- 0.034 (+0.018, -0.036, +0.018, -0.022, -0.034). No setting scanned
-shows ESPP's layers above the untrained ones, so there is no positive assertion for ESPP (issue 31, item 5; the
-README says so). The check is non-inferiority with the margin DELTA = 0.1 per layer, on the lower end of the
+shows ESPP's layers above the untrained ones on digits, so this file asserts no win (issue 31, item 5); the
+positive assertion is tests/rules/test_espp_budget.py's, on Fashion-MNIST, where the budget curve shows one. The check is non-inferiority with the margin DELTA = 0.1 per layer, on the lower end of the
 paired 95 % CI: the measured lower ends are -0.020, -0.012 and -0.045, so the margin leaves 0.055 for numerics
 across platforms, and every harmful setting above (the paper's values at 400 steps or more, whose layer 3 lower
 end is -0.31 at 400 steps; a 10x larger lr; the online variant) fails it.
