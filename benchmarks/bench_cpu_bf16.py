@@ -6,22 +6,55 @@ applied gradients stay float32. Every figure is a ratio of rates measured in thi
 interleaved (fp32, bf16, bf16, fp32, ...: drifts of a shared host cancel), after the CPU kernels the host offers:
 
 0. what autocast leaves in float32: the output dtype of each kind of module in one forward of the default
-   column under autocast (Linear / Conv2d / attention matmuls run in bf16; LayerNorm / BatchNorm / softmax
-   and the losses stay float32 by torch's CPU autocast op lists);
+   column under autocast (Linear / Conv2d and the activations after them run in bf16, LayerNorm keeps its input's
+   dtype, by torch's CPU autocast op lists; the coding rate's Gram matrix and Cholesky stay float32:
+   models/regularizers.py);
 1. steps/s of the simulator loop (``colsim.simulate.run``, recording off, no evaluations timed) of the default
    column (seqjepa_cnn, nonstationary stream, batch 32, backprop) with ``model.autocast=bf16`` and ``none``;
 2. the matmul fraction: the FLOPs of one full-window training step (torch.utils.flop_counter) over its median
    time, as a fraction of a 2048x2048 matmul's rate in float32 and in bf16, measured between the timed steps;
    for the default column and for seqjepa_resnet18 (32 px, batch 64, M = 3, channels-last);
 3. the losses: the default column (backprop, the nonstationary protocol's first phases, shortened) over seeds,
-   in float32 and bf16 on the same streams; the per-seed paired difference of the mean loss over the last
-   steps of each phase, with its 95 % CI (colsim.analysis.compare.mean_ci) against the seed-to-seed spread.
+   in float32 and bf16 on the same streams; the per-seed paired difference of the mean loss (and of the coding
+   rate of z) over the last steps of each phase, with its 95 % CI (colsim.analysis.compare.mean_ci), against the
+   seed-to-seed CI of float32.
 
-    python benchmarks/bench_cpu_bf16.py [--steps 60] [--reps 3] [--resnet-steps 3] [--seeds 3]
-                                        [--loss-steps 150] [--skip-resnet] [--skip-loss]
+    python benchmarks/bench_cpu_bf16.py [--steps 60] [--reps 3] [--cnn-steps 15] [--resnet-steps 3]
+        [--seeds 0,1,2] [--loss-phases 1] [--loss-steps 150] [--loss-last 50] [--loss-json FILE]
+        [--skip-loop] [--skip-fraction] [--skip-resnet] [--skip-loss]
 
-Measured (2 cores of an AMD EPYC, AVX512 capability, flags avx512_bf16 avx512_vnni, no AMX; torch 2.x;
-see docs/guide/gpu.md, "The CPU's own bf16"): filled in below from the run of 2026-12-07.
+On a shared 2-core host, run the parts in separate calls of a few minutes each; ``--loss-json`` collects part 3's
+seeds across calls (``--seeds 0``, then ``--seeds 1``, ...; ``--seeds ''`` only summarises the file).
+
+Measured 2026-12-07 on host "vm": 2 cores of an AMD EPYC, torch 2.13.0+cpu, 2 threads; the host shared with
+sweeps, load average 5-8 (absolute rates about a quarter of an idle host's; the ratios are what counts):
+
+    CPU kernels: AVX512; flags avx512_bf16 avx512_vnni avx512f
+    0. under model.autocast=bf16 (torch.autocast('cpu', bfloat16)), output dtype by module kind (parameters: float32):
+       Conv2d bfloat16, Dropout bfloat16, GELU bfloat16, LayerNorm bfloat16/float32, Linear bfloat16, MaxPool2d
+       bfloat16, ReLU bfloat16
+    --steps 20 --reps 4 --skip-fraction --skip-loss:
+    1. simulator loop, seqjepa_cnn, batch 32, backprop (4 interleaved rates of 20 steps; load 5.8-6.3)
+       steps/s fp32 0.59, bf16 0.75: bf16 / fp32 = 1.27x (per rep 0.99, 1.11, 1.02, 2.03; fastest / fastest 1.24x)
+       (an earlier call, --reps 2, load 5.0-6.0: 1.52x, per rep 1.24, 1.90)
+    --cnn-steps 20 / --resnet-steps 3 (two calls; the 1-step seqjepa_cnn row of the second call dropped):
+    2. model            GFLOP   s fp32   s bf16  bf16 x  best x  mm32 GF/s  mm16 GF/s  frac32  frac16  16/mm32  load
+       seqjepa_cnn       8.51    2.911    2.101   1.39x   1.31x         50        119    0.06    0.03     0.08  6.4-7.9
+       seqjepa_resnet18 803.32  27.414   28.906   0.95x   1.21x         54        132    0.55    0.21     0.52  6.0-6.3
+    --seeds K --loss-phases 2 --loss-steps 150 --loss-last 50 --loss-json F (one call per seed, OMP_NUM_THREADS=1,
+    load 5.2-6.5; then --seeds '' summarises F):
+    3. losses, seqjepa_cnn backprop, seeds 0,1,2, 2 phase(s) of 150 steps: mean loss over each phase's last 50 steps
+       loss, phase 0: fp32 -0.5719 ± 0.0018, bf16 -0.5717 ± 0.0018 (95 % CI over seeds); paired bf16 - fp32
+         +0.0003 ± 0.0000 (n=3): within the fp32 seed-to-seed CI
+       loss, phase 1: fp32 -0.5151 ± 0.0200, bf16 -0.5141 ± 0.0206 (95 % CI over seeds); paired bf16 - fp32
+         +0.0010 ± 0.0009 (n=3): within the fp32 seed-to-seed CI
+       reg.coding_rate.z, phase 0: fp32 204.4961 ± 0.3721, bf16 204.4658 ± 0.3133; paired -0.0303 ± 0.0753: within
+       reg.coding_rate.z, phase 1: fp32 207.3567 ± 0.5209, bf16 207.3599 ± 0.5032; paired +0.0033 ± 0.0342: within
+
+The CPU default stays float32 (``model.autocast`` unset = ``none``). bf16's losses stay within the seeds' error
+bar, but bf16 was not clearly faster: the default column's per-rep ratios ran 0.99-2.03x, and the ResNet-18's
+0.95x, though the host's bf16 matmul runs at 2.4x its fp32 matmul. See docs/guide/gpu.md, "bf16 autocast on the
+CPU".
 """
 from __future__ import annotations
 
@@ -112,26 +145,32 @@ def part_fraction(model: str, protocol: str, over: list, B: int, steps: int) -> 
             "load": (min(loads), max(loads))}
 
 
-def run_losses(seed: int, amp: str, steps: int, last: int, phases: int) -> list[float]:
-    """Per phase, the mean training loss over its last ``last`` steps (seqjepa_cnn, backprop; phase k sees
-    digits 2k, 2k+1, as the nonstationary protocol's phases do)."""
+LOSS_METRICS = ("loss", "reg.coding_rate.z")  # the training loss; the coding rate of z (its anti-collapse term)
+
+
+def run_losses(seed: int, amp: str, steps: int, last: int, phases: int) -> dict:
+    """Per metric of LOSS_METRICS, per phase, its mean over the phase's last ``last`` steps (seqjepa_cnn, backprop;
+    phase k sees digits 2k, 2k+1, as the nonstationary protocol's phases do)."""
     import math
 
-    from colsim.record import NullRecorder
+    from colsim.record import MemoryRecorder
     from colsim.simulate import run
 
     ph = ", ".join(f"{{name: p{k}, steps: {steps}, classes: [{2 * k},{2 * k + 1}]}}" for k in range(phases))
     cfg, world, col, r, local, opt = _setup("backprop", "seqjepa_cnn", [
         f"protocol.phases=[{ph}]", "protocol.evaluation.at_start=false", "protocol.evaluation.probe_samples=10",
-        "protocol.record.probe=false", "protocol.record.enabled=false", f"model.autocast={amp}"], seed=seed)
-    losses: dict = {}
-    run(col, r, cfg.protocol, NullRecorder(), world=world, optimizer=opt, local=local, seed=cfg.seed,
-        device=cfg.device, autocast=cfg.model.autocast,
-        on_step=lambda info: losses.setdefault(info["phase"], []).append(info["loss"]))
-    out = []
-    for v in losses.values():  # a phase's first tick has no context: its loss is missing (NaN)
-        assert all(math.isfinite(x) for x in v[1:]), f"non-finite loss under autocast={amp}, seed {seed}"
-        out.append(statistics.fmean(v[-last:]))
+        "protocol.record.probe=false", f"model.autocast={amp}"], seed=seed)
+    rec = MemoryRecorder()
+    run(col, r, cfg.protocol, rec, world=world, optimizer=opt, local=local, seed=cfg.seed, device=cfg.device,
+        autocast=cfg.model.autocast)
+    assert len(rec.metrics) == phases * steps, len(rec.metrics)
+    out: dict = {}
+    for name in LOSS_METRICS:
+        v = [m[name] for _, m in rec.metrics]
+        per = [v[k * steps:(k + 1) * steps] for k in range(phases)]
+        # a phase's first tick has no context: its loss is missing (NaN)
+        assert all(math.isfinite(x) for p_ in per for x in p_[1:]), f"non-finite {name} under autocast={amp}, seed {seed}"
+        out[name] = [statistics.fmean(p_[-last:]) for p_ in per]
     return out
 
 
@@ -152,13 +191,14 @@ def part_losses(seeds: list, steps: int, last: int, phases: int, store: "Path | 
         if store is not None:
             store.write_text(json.dumps(data, indent=1))
     done = sorted((s for s, v in runs.items() if all(a in v for a in AMPS)), key=int)
-    out = {"seeds": done, "phases": [], "load": [x for s in done for x in runs[s]["load"]]}
-    for k in range(phases):
-        f32 = [runs[s]["none"][k] for s in done]
-        b16 = [runs[s]["bf16"][k] for s in done]
-        out["phases"].append({"fp32": mean_ci(f32), "bf16": mean_ci(b16),
-                              "diff": mean_ci([b - f for f, b in zip(f32, b16)]),
-                              "fp32_seeds": f32, "bf16_seeds": b16})
+    out = {"seeds": done, "rows": [], "load": [x for s in done for x in runs[s]["load"]]}
+    for name in LOSS_METRICS:
+        for k in range(phases):
+            f32 = [runs[s]["none"][name][k] for s in done]
+            b16 = [runs[s]["bf16"][name][k] for s in done]
+            out["rows"].append({"metric": name, "phase": k, "fp32": mean_ci(f32), "bf16": mean_ci(b16),
+                                "diff": mean_ci([b - f for f, b in zip(f32, b16)]),
+                                "fp32_seeds": f32, "bf16_seeds": b16})
     return out
 
 
@@ -219,12 +259,12 @@ def main() -> None:
         print(f"\n3. losses, seqjepa_cnn backprop, seeds {','.join(L['seeds'])}, {a.loss_phases} phase(s) of "
               f"{a.loss_steps} steps: mean loss over each phase's last {a.loss_last} steps "
               f"(load {min(L['load']):.1f}-{max(L['load']):.1f})")
-        for k, ph in enumerate(L["phases"]):
+        for ph in L["rows"]:
             (mf, cf, _), (mb, cb, _), (md, cd, n) = ph["fp32"], ph["bf16"], ph["diff"]
             within = "within" if abs(md) <= cf else "OUTSIDE"
-            print(f"   phase {k}: fp32 {mf:.4f} ± {cf:.4f}, bf16 {mb:.4f} ± {cb:.4f} (95 % CI over seeds); paired "
-                  f"bf16 - fp32 {md:+.4f} ± {cd:.4f} (n={n}): {within} the fp32 seed-to-seed CI")
-            print(f"            per seed fp32 {', '.join(f'{x:.4f}' for x in ph['fp32_seeds'])}; "
+            print(f"   {ph['metric']}, phase {ph['phase']}: fp32 {mf:.4f} ± {cf:.4f}, bf16 {mb:.4f} ± {cb:.4f} (95 % CI "
+                  f"over seeds); paired bf16 - fp32 {md:+.4f} ± {cd:.4f} (n={n}): {within} the fp32 seed-to-seed CI")
+            print(f"      per seed fp32 {', '.join(f'{x:.4f}' for x in ph['fp32_seeds'])}; "
                   f"bf16 {', '.join(f'{x:.4f}' for x in ph['bf16_seeds'])}")
 
 if __name__ == "__main__":
