@@ -26,21 +26,28 @@ interleaved (fp32, bf16, bf16, fp32, ...: drifts of a shared host cancel), after
 On a shared 2-core host, run the parts in separate calls of a few minutes each; ``--loss-json`` collects part 3's
 seeds across calls (``--seeds 0``, then ``--seeds 1``, ...; ``--seeds ''`` only summarises the file).
 
-Measured 2026-12-07 on host "vm": 2 cores of an AMD EPYC, torch 2.13.0+cpu, 2 threads; the host shared with
-sweeps, load average 5-8 (absolute rates about a quarter of an idle host's; the ratios are what counts):
+Measured 2026-12-07 on host "vm": 2 cores of an AMD EPYC, torch 2.13.0+cpu; the host is shared with sweeps, so
+each call's load average is given (the ratios are what counts; at load 5-8 they scatter and rates fall ~25-fold).
 
     CPU kernels: AVX512; flags avx512_bf16 avx512_vnni avx512f
     0. under model.autocast=bf16 (torch.autocast('cpu', bfloat16)), output dtype by module kind (parameters: float32):
        Conv2d bfloat16, Dropout bfloat16, GELU bfloat16, LayerNorm bfloat16/float32, Linear bfloat16, MaxPool2d
        bfloat16, ReLU bfloat16
-    --steps 20 --reps 4 --skip-fraction --skip-loss:
-    1. simulator loop, seqjepa_cnn, batch 32, backprop (4 interleaved rates of 20 steps; load 5.8-6.3)
-       steps/s fp32 0.59, bf16 0.75: bf16 / fp32 = 1.27x (per rep 0.99, 1.11, 1.02, 2.03; fastest / fastest 1.24x)
-       (an earlier call, --reps 2, load 5.0-6.0: 1.52x, per rep 1.24, 1.90)
-    --cnn-steps 20 / --resnet-steps 3 (two calls; the 1-step seqjepa_cnn row of the second call dropped):
+    quiet host, 2 threads, --skip-loss --steps 30 --reps 4 --cnn-steps 20 --resnet-steps 3 (23:55 UTC, load 1.1-2.1):
+    1. simulator loop, seqjepa_cnn, batch 32, backprop (4 interleaved rates of 30 steps; load 1.1-1.3)
+       steps/s fp32 14.29, bf16 18.27: bf16 / fp32 = 1.28x (per rep 1.23, 1.28, 1.28, 1.25; fastest / fastest 1.24x)
     2. model            GFLOP   s fp32   s bf16  bf16 x  best x  mm32 GF/s  mm16 GF/s  frac32  frac16  16/mm32  load
-       seqjepa_cnn       8.51    2.911    2.101   1.39x   1.31x         50        119    0.06    0.03     0.08  6.4-7.9
-       seqjepa_resnet18 803.32  27.414   28.906   0.95x   1.21x         54        132    0.55    0.21     0.52  6.0-6.3
+       seqjepa_cnn       8.51    0.090    0.076   1.20x   1.25x        169        402    0.56    0.28     0.67  1.3-1.5
+       seqjepa_resnet18 803.32   4.550    2.873   1.58x   1.75x        134        273    1.32    1.02     2.09  1.9-2.1
+       (the ResNet's fractions > 1: the matmul reference fell while its steps ran, 134 against 169 GFLOP/s)
+    quiet host, OMP_NUM_THREADS=1, --skip-resnet --skip-loss --steps 30 --reps 4 --cnn-steps 20 (load 1.2-1.6):
+    1. steps/s fp32 8.56, bf16 11.18: bf16 / fp32 = 1.31x (per rep 1.31, 1.30, 1.30, 1.31; fastest / fastest 1.30x)
+    2. seqjepa_cnn       8.51    0.136    0.103   1.32x   1.32x         95        209    0.66    0.39     0.86  1.2-1.4
+    loaded host, 2 threads (load 5.8-6.3 / 6.0-6.3): 1. 1.27x (per rep 0.99, 1.11, 1.02, 2.03);
+       2. seqjepa_resnet18 27.4 s fp32, 28.9 s bf16: 0.95x (fastest / fastest 1.21x), frac32 0.55, frac16 0.21
+    a second call, --skip-loop --skip-loss --cnn-steps 10 --resnet-steps 4 (00:00 UTC; the load rose as the ResNet began):
+    2. seqjepa_cnn       8.51    0.093    0.069   1.35x   1.32x        181        406    0.51    0.30     0.68  1.1-1.2
+       seqjepa_resnet18 803.32  19.736   20.298   0.97x   1.41x         83        196    0.49    0.20     0.48  5.3-5.7
     --seeds K --loss-phases 2 --loss-steps 150 --loss-last 50 --loss-json F (one call per seed, OMP_NUM_THREADS=1,
     load 5.2-6.5; then --seeds '' summarises F):
     3. losses, seqjepa_cnn backprop, seeds 0,1,2, 2 phase(s) of 150 steps: mean loss over each phase's last 50 steps
@@ -51,10 +58,10 @@ sweeps, load average 5-8 (absolute rates about a quarter of an idle host's; the 
        reg.coding_rate.z, phase 0: fp32 204.4961 ± 0.3721, bf16 204.4658 ± 0.3133; paired -0.0303 ± 0.0753: within
        reg.coding_rate.z, phase 1: fp32 207.3567 ± 0.5209, bf16 207.3599 ± 0.5032; paired +0.0033 ± 0.0342: within
 
-The CPU default stays float32 (``model.autocast`` unset = ``none``). bf16's losses stay within the seeds' error
-bar, but bf16 was not clearly faster: the default column's per-rep ratios ran 0.99-2.03x, and the ResNet-18's
-0.95x, though the host's bf16 matmul runs at 2.4x its fp32 matmul. See docs/guide/gpu.md, "bf16 autocast on the
-CPU".
+On the quiet host bf16 is faster (1.2-1.3x the default column, 1.6x the ResNet-18) and its losses stay within the
+seeds' error bar. The CPU default still stays float32 (``model.autocast`` unset = ``none``): ``--ensemble`` refuses
+autocast, and the demo table, the determinism tests and the CPU results are float32. See docs/guide/gpu.md,
+"bf16 autocast on the CPU".
 """
 from __future__ import annotations
 
