@@ -78,7 +78,8 @@ def cpu_kernels() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}; flags {' '.join(sorted(flags)) or 'none of avx512/amx'}"
 
 
-def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonstationary", device: str = "cpu"):
+def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonstationary", device: str = "cpu",
+           seed: "int | None" = None):
     import colsim.models  # noqa: F401
     import colsim.protocols  # noqa: F401
     import colsim.rules  # noqa: F401
@@ -87,7 +88,7 @@ def _setup(rule: str, model: str = "seqjepa_cnn", overrides=(), protocol="nonsta
     from colsim.simulate import keep_freed_memory
 
     keep_freed_memory()  # as `colsim run` does on CPU (COLSIM_KEEP_FREED_MEMORY=0 turns it off)
-    cfg = resolve_run_config(protocol, rule=rule, model=model, overrides=list(overrides), device=device)
+    cfg = resolve_run_config(protocol, rule=rule, model=model, overrides=list(overrides), seed=seed, device=device)
     return (cfg, *build_run(cfg))
 
 
@@ -160,10 +161,11 @@ def part_full() -> dict:
 
 
 # ------------------------------------------------------------------------- ResNet-18
-def matmul_flops(n: int = 2048, reps: int = 10, warm: int = 3) -> float:
+def matmul_flops(n: int = 2048, reps: int = 10, warm: int = 3, dtype: str = "float32") -> float:
+    """FLOP/s of an n x n matmul in ``dtype`` (``float32`` or ``bfloat16``; the median of ``reps``)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     for _ in range(warm):
         a @ b
     ts = []
@@ -174,31 +176,33 @@ def matmul_flops(n: int = 2048, reps: int = 10, warm: int = 3) -> float:
     return 2 * n ** 3 / statistics.median(ts)
 
 
-def resnet_child(variant: str, steps: int) -> dict:
+def full_window_step(model: str, protocol: str, over: list, B: int, amp: "str | None" = None):
+    """One training step of ``model`` (backprop) on ``protocol``'s stream with every window full, as a closure
+    ``step(count_flops=False, amp=amp)``: the column forward and the rule update run under
+    ``colsim.device.autocast_context("cpu", amp)`` with the rule's grads cast to float32 before the optimizer, as
+    the simulator's tick does; ``count_flops=True`` returns the step's FLOPs (forward + backward,
+    torch.utils.flop_counter) instead of applying the update. -> (step, column)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from colsim.device import autocast_context
     from colsim.simulate import apply_update
 
-    over = ["protocol.stream.batch=64", "protocol.stream.episode_length=4", "model.window=3"]
-    over.append(f"model.channels_last={'true' if 'channels_last' in variant else 'false'}")
-    if "fused" in variant:
-        over.append("rule.optimizer.fused=true")
-    cfg, world, col, r, local, opt = _setup("backprop", "seqjepa_resnet18", over, protocol="stationary")
-    B = 64
-    stream = world.stream(B, 4, None, {})
+    cfg, world, col, r, local, opt = _setup("backprop", model, over, protocol=protocol)
+    M = cfg.model.window
+    stream = world.stream(B, cfg.protocol.stream.episode_length, None, {})
     ss = stream.init(torch.Generator().manual_seed(0))
     cs = col.init_state(B, "cpu")
     params = col.trainable()
     rs = r.init(params)
-    # fill the windows (3 context views per stream), then time full-window steps
-    for t in range(3):
+    # fill the windows (M context views per stream), then time full-window steps
+    for t in range(M):
         ss, st = stream.step(ss)
         with torch.no_grad():
             cs, _ = col(cs, st.obs, st.action, torch.zeros(B, dtype=torch.bool) | (t == 0))
-    cs["count"][:] = 3
+    cs["count"][:] = M
 
-    def step(count_flops=False):
+    def step(count_flops=False, amp=amp):
         nonlocal rs, ss
         ss, st = stream.step(ss)
         start = torch.zeros(B, dtype=torch.bool)
@@ -207,12 +211,23 @@ def resnet_child(variant: str, steps: int) -> dict:
                 _, tr = col(cs, st.obs, st.action, start)
                 r.update(params, rs, tr)
             return fc.get_total_flops()
-        _, tr = col(cs, st.obs, st.action, start)  # cs is kept: every step sees full windows
-        g, rs, _ = r.update(params, rs, tr)
+        with autocast_context("cpu", amp)():
+            _, tr = col(cs, st.obs, st.action, start)  # cs is kept: every step sees full windows
+            g, rs, _ = r.update(params, rs, tr)
+        g = {n: v if v is None or v.dtype == params[n].dtype else v.to(params[n].dtype) for n, v in g.items()}
         rs = apply_update(params, g, opt, r, rs)
         col.update_target(0.5)
-        return None
+        return float(tr["loss"].detach())
 
+    return step, col
+
+
+def resnet_child(variant: str, steps: int) -> dict:
+    over = ["protocol.stream.batch=64", "protocol.stream.episode_length=4", "model.window=3"]
+    over.append(f"model.channels_last={'true' if 'channels_last' in variant else 'false'}")
+    if "fused" in variant:
+        over.append("rule.optimizer.fused=true")
+    step, col = full_window_step("seqjepa_resnet18", "stationary", over, 64)
     flops = step(count_flops=True)  # eager: the FLOPs of the model, whatever runs them
     if "compile" in variant:  # model.compile=true, after the FLOP count (inductor on both encoders)
         col.encoder.compile(dynamic=False)

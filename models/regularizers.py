@@ -42,13 +42,17 @@ __all__ = [
 def _half_logdet_i_plus(z: Tensor, c: float) -> Tensor:
     """``1/2 logdet(I + c ZᵀZ)`` for z (m, d) as the sum of log of the Cholesky diagonal.
 
-    Uses the smaller of the (d, d) and (m, m) Gram matrices (equal by Sylvester's identity).
+    Uses the smaller of the (d, d) and (m, m) Gram matrices (equal by Sylvester's identity). Computed in
+    float32 even under autocast: a bf16 Gram matrix (autocast recasts the matmul's float32 inputs) is off by
+    ~2^-8 of its largest entries, enough for ``I + c Gram`` to lose positive-definiteness (the default column's
+    ``kind: cov`` term, c = 256 / (m - 1), failed its Cholesky under ``model.autocast=bf16`` on the CPU).
     """
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # cholesky needs fp32+
     m, d = z.shape
-    gram = z.T @ z if d <= m else z @ z.T  # (min(m, d), min(m, d))
-    eye = torch.eye(gram.shape[0], dtype=z.dtype, device=z.device)
-    chol = torch.linalg.cholesky(eye + c * gram)
+    with torch.autocast(z.device.type, enabled=False):
+        gram = z.T @ z if d <= m else z @ z.T  # (min(m, d), min(m, d))
+        eye = torch.eye(gram.shape[0], dtype=z.dtype, device=z.device)
+        chol = torch.linalg.cholesky(eye + c * gram)
     return chol.diagonal().log().sum()
 
 

@@ -52,6 +52,17 @@ def test_coding_rate_cov_form():
         coding_rate(z, kind="nope")
 
 
+def test_coding_rate_is_float32_under_bf16_autocast():
+    """Under torch.autocast (model.autocast=bf16) the Gram matrix and its Cholesky stay float32: a bf16 Gram of
+    the default column's ``kind: cov`` term (alpha 256) lost positive-definiteness (issue 32 item 4)."""
+    z = torch.randn(96, 128, generator=_gen(7)) @ torch.randn(128, 128, generator=_gen(8))
+    want = coding_rate(z, kind="cov", alpha=256.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = coding_rate(z, kind="cov", alpha=256.0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+
+
 def test_simdino_rate_formula():
     g = _gen(4)
     z = torch.randn(32, 16, generator=g, dtype=D64)
