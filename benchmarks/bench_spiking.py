@@ -63,6 +63,11 @@ paired ratio (the plain step's time over the colsim step's just before it, on th
 ticks learn in every sample, predictive ones in few). Issue 31's targets: >= 5,000 samples/s on 2 cores, ratio
 >= 0.8. ``--threads`` sets torch's intra-op threads (default 2).
 
+Measured 2026-12-08 on the 2-core reference host (AMD EPYC, torch 2.13.0+cpu) while nothing else ran (load
+average below 0.5), ``--steps 80``, echospike_fashion: 2 threads 8,759 and 6,844 samples/s (two runs; the plain
+loop 9,873 and 8,026; ratio 0.85 both), 1 thread 5,997 (plain 6,527; ratio 0.89). So 1e6 samples take 1.9-2.4
+minutes of ESPP training on 2 quiet cores (evaluations not included); both targets are met.
+
     python benchmarks/bench_spiking.py --echospike [--steps 40] [--threads 2]
 """
 from __future__ import annotations
