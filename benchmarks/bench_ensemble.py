@@ -19,8 +19,11 @@ sequential 0.67, ensemble 0.73 seed-steps/s: 1.09x (wall, evaluations included, 
 still on both cores, 0.53 / 0.63: 1.17x (wall 1.12x); before the per-seed
 encoder unbound its parameters once (``colsim.sim.ensemble._per_seed``) 0.79x (wall 0.94x). Short runs flatter the
 ensemble, which pays the first ticks' costs once: the same script timing every tick gave 1.45x-1.73x
-(``--steps 8``). So the target (>= 1.3x) is not met in steady state on this host, under load; not yet measured on
-an idle host. A profile (``--profile``): convolutions forward and backward, max-pooling and ``fill_`` lead in both.
+(``--steps 8``). So the target (>= 1.3x) is not met in steady state on this host, under load. On the idle host (2026-12-08, load average below 1, commit d0dbef9): 2 threads, ``--steps 12``: steady
+1.00x (13.2 / 13.2 seed-steps/s), wall 1.43x; ``--steps 30 --reps 2``: steady 1.01x (12.6 / 12.7), wall 1.06x;
+1 thread, ``--steps 30``: steady 0.82x (8.4 / 6.9), wall 0.89x. So on this CPU an ensemble shares no measurable
+step cost: the target is not met, and the wall-time gain of short runs is the first ticks' costs paid once.
+A profile (``--profile``): convolutions forward and backward, max-pooling and ``fill_`` lead in both.
 
     python benchmarks/bench_ensemble.py [--seeds 8] [--steps 30] [--reps 1] [--threads 2] [--profile]
 """
