@@ -103,6 +103,24 @@ def execute(run_dir: Path, cfg, built, recorder, config_yaml: str, *, resume: Op
     return result
 
 
+def build_seeds(cfgs: list) -> list:
+    """Each seed's world, column, rule and optimizer (:func:`build_for_run`), with its global RNG as its run starts,
+    for a seed ensemble -> [(built, rng states)]; ConfigError (one line) when a seed's rule or column cannot run
+    as one (:func:`colsim.sim.ensemble.ensemble_refusal`)."""
+    from colsim.checkpoint import rng_states
+    from colsim.config import ConfigError
+    from colsim.sim.ensemble import ensemble_refusal
+
+    built = []
+    for cfg in cfgs:
+        b = build_for_run(cfg)
+        built.append((b, rng_states()))
+        why = ensemble_refusal(cfg.rule.name, b.rule, b.column)
+        if why is not None:
+            raise ConfigError(why)
+    return built
+
+
 def execute_ensemble(runs: list, cfg, *, on_step: Optional[Callable[[dict], None]] = None) -> list[RunResult]:
     """:func:`execute` for a seed ensemble (:func:`colsim.simulate_ensemble.run_ensemble`): ``runs`` are the seeds'
     :class:`~colsim.simulate_ensemble.SeedRun` (their folders set up by :func:`new_run`); each folder gets its

@@ -134,10 +134,8 @@ def _run_one(protocol, rule, model, set_, steps, seed, device, out, quiet, resum
 def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, quiet):
     """``--seeds ... --ensemble``: every seed's run built and checked, its folder set up, then one ensemble
     (:func:`colsim.rundir.execute_ensemble`); exit 1 when a seed's run did not complete, 128 + signal when stopped."""
-    from colsim.checkpoint import rng_states
     from colsim.device import check_device
-    from colsim.rundir import build_for_run, git_revision, new_run
-    from colsim.sim.ensemble import ensemble_refusal
+    from colsim.rundir import build_seeds, git_revision, new_run
     from colsim.simulate_ensemble import SeedRun
 
     locks: list = []
@@ -151,13 +149,7 @@ def _run_ensemble(protocol, rule, model, set_, steps, seed_list, device, out, qu
             if getattr(cfgs[0].model, "autocast", None) not in (None, "none"):
                 raise ConfigError(f"--ensemble: model.autocast={cfgs[0].model.autocast} is not batched over seeds yet; "
                                   "drop it or run the seeds separately with --seeds")
-            built = []
-            for cfg in cfgs:  # each seed's world, column, rule and optimizer, and its global RNG as its run starts
-                b = build_for_run(cfg)
-                built.append((b, rng_states()))
-                why = ensemble_refusal(cfg.rule.name, b.rule, b.column)
-                if why is not None:
-                    raise ConfigError(why)
+            built = build_seeds(cfgs)
             dirs = []
             for s, cfg in zip(seed_list, cfgs):
                 dirs.append(_out_dir(None if out is None else Path(f"{out}-s{s}"), cfg, f"-s{s}"))

@@ -95,22 +95,14 @@ def _run_ensemble(specs: list[dict], dirs: list[Path]):
     import torch
 
     from colsim import registry
-    from colsim.checkpoint import rng_states
-    from colsim.config import ConfigError, build_run_config
-    from colsim.rundir import build_for_run, execute_ensemble as run_seeds, new_run
-    from colsim.sim.ensemble import ensemble_refusal
+    from colsim.config import build_run_config
+    from colsim.rundir import build_seeds, execute_ensemble as run_seeds, new_run
     from colsim.simulate_ensemble import SeedRun
 
     registry.load_plugins()
     torch.set_num_threads(int(specs[0]["threads"]))
     cfgs = [build_run_config(spec["config"]) for spec in specs]
-    built = []
-    for cfg in cfgs:  # each seed's world, column, rule and optimizer, and its global RNG as its run starts
-        b = build_for_run(cfg)
-        built.append((b, rng_states()))
-        why = ensemble_refusal(cfg.rule.name, b.rule, b.column)
-        if why is not None:
-            raise ConfigError(why)
+    built = build_seeds(cfgs)
     seeds = [cfg.seed for cfg in cfgs]
     runs = []
     for spec, cfg, d, (b, rng) in zip(specs, cfgs, dirs, built):
